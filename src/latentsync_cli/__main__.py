@@ -1,0 +1,3 @@
+from latentsync_cli.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""The `latentsync` command line: a thin layer over the core package.
+
+Human output and progress go to stderr; machine output (`--json`) goes alone to
+stdout. Errors the tool can diagnose are one line and a documented exit code
+(see `latentsync_cli.errors`); --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click import exceptions as _typer_click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click_exceptions = click.exceptions
+
+from latentsync_cli import __version__
+from latentsync_cli.cli.output import Output
+from latentsync_cli.errors import ExitCode, LatentsyncError
+
+app = typer.Typer(
+    name="latentsync",
+    help="Lip-sync a face video or portrait to speech with LatentSync 1.6, fast and measured.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"latentsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    ctx.obj = Output(quiet=quiet, debug=debug)
+
+
+def _register_commands() -> None:
+    # Imported here so that each command module stays independent of the others.
+    from latentsync_cli.cli import bench_commands, model_commands, preset_commands, sync_commands
+
+    app.add_typer(preset_commands.app, name="presets")
+    app.add_typer(model_commands.app, name="models")
+    sync_commands.register(app)
+    bench_commands.register(app)
+
+
+_register_commands()
+
+
+_CLICK_MODULES = (click.exceptions, _typer_click_exceptions)
+_ABORT_ERRORS = (click.exceptions.Abort, typer.Abort)
+_NO_ARGS_ERRORS = tuple(m.NoArgsIsHelpError for m in _CLICK_MODULES if hasattr(m, "NoArgsIsHelpError"))
+_CLICK_ERRORS = tuple(m.ClickException for m in _CLICK_MODULES)
+_EXIT_SIGNALS = (click.exceptions.Exit, typer.Exit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and turn errors into exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except LatentsyncError as error:
+        if debug:
+            raise
+        Output.print_error(error.message)
+        sys.exit(int(error.exit_code))
+    except _ABORT_ERRORS:
+        Output.print_error("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except _NO_ARGS_ERRORS as error:
+        error.show()  # the command's help, on stderr
+        sys.exit(int(ExitCode.USAGE))
+    except _CLICK_ERRORS as error:
+        command = error.ctx.command_path if getattr(error, "ctx", None) else "latentsync"
+        Output.print_error(f"{error.format_message()} (see `{command} --help`)")
+        sys.exit(int(ExitCode.USAGE) if error.exit_code == 2 else error.exit_code)
+    except _EXIT_SIGNALS as done:
+        sys.exit(done.exit_code)
+    except KeyboardInterrupt:
+        Output.print_error("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as error:  # a bug: one line unless --debug
+        if debug:
+            raise
+        Output.print_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug and report it)")
+        sys.exit(int(ExitCode.INTERNAL))
+    sys.exit(int(result) if isinstance(result, int) else 0)

@@ -1,0 +1,48 @@
+"""Where the CLI writes: humans on stderr, JSON alone on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+
+def _stderr_console(quiet: bool = False) -> Console:
+    return Console(stderr=True, no_color="NO_COLOR" in os.environ, quiet=quiet, highlight=False)
+
+
+@dataclass
+class Output:
+    quiet: bool = False
+    debug: bool = False
+    console: Console = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.console = _stderr_console(self.quiet)
+
+    def info(self, text: str) -> None:
+        self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        _stderr_console().print(f"warning: {text}", style="yellow", markup=False)
+
+    @staticmethod
+    def print_error(text: str) -> None:
+        _stderr_console().print(f"error: {text}", style="bold red", markup=False, soft_wrap=True)
+
+    @staticmethod
+    def print_json(obj) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def get_output(ctx) -> Output:
+    """The Output made by the app callback (or a default one when a command runs alone)."""
+    obj = getattr(ctx, "obj", None) if ctx is not None else None
+    if obj is None and ctx is not None:
+        root = ctx.find_root()
+        obj = root.obj
+    return obj if isinstance(obj, Output) else Output()

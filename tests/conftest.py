@@ -1,0 +1,49 @@
+"""Shared test fixtures.
+
+Golden fixtures (outputs of upstream LatentSync run on CPU) are read from
+`../shared/reference/golden`, beside the repository, and never copied in. When
+they are absent the golden tests skip, unless LATENTSYNC_REQUIRE_GOLDEN=1 (set
+by .ci/run), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+GOLDEN_DIR = SHARED_DIR / "reference" / "golden"
+REFERENCE_DIR = SHARED_DIR / "reference"
+MEDIA_DIR = SHARED_DIR / "media"
+
+
+def _require_or_skip(path: Path, what: str) -> Path:
+    if path.exists():
+        return path
+    message = f"{what} not found at {path}"
+    if os.environ.get("LATENTSYNC_REQUIRE_GOLDEN") == "1":
+        pytest.fail(message + " (LATENTSYNC_REQUIRE_GOLDEN=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The upstream golden fixtures folder."""
+    return _require_or_skip(GOLDEN_DIR, "golden fixtures")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The reference folder with the state-dict manifests."""
+    return _require_or_skip(REFERENCE_DIR / "unet_stage2_512_state_dict.tsv", "reference manifests").parent
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    """The demo clips; optional (tests that need them skip without them)."""
+    if not (MEDIA_DIR / "demo1_video.mp4").exists():
+        pytest.skip(f"demo media not found at {MEDIA_DIR}")
+    return MEDIA_DIR

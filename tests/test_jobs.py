@@ -1,0 +1,157 @@
+"""The unattended-job layer: output checks, batch manifests, resume store, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentsync_cli.errors import OutputError, UsageError
+from latentsync_cli.jobs import (
+    SCRATCH_PREFIX,
+    WorkDirStore,
+    check_output_path,
+    job_fingerprint,
+    job_scratch_dir,
+    read_batch,
+)
+
+OPTIONS = {"mode", "quality", "steps"}
+
+
+def test_check_output_refuses_existing_without_overwrite(tmp_path):
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"x")
+    with pytest.raises(OutputError, match="--overwrite"):
+        check_output_path(target, [], overwrite=False)
+    assert check_output_path(target, [], overwrite=True) == target
+
+
+def test_check_output_refuses_an_input_and_missing_folder(tmp_path):
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"x")
+    with pytest.raises(OutputError, match="same as an input"):
+        check_output_path(video, [video], overwrite=True)
+    with pytest.raises(OutputError, match="does not exist"):
+        check_output_path(tmp_path / "nope" / "out.mp4", [video], overwrite=False)
+
+
+def test_check_output_refuses_unwritable_folder():
+    # /sys refuses new files even to root, unlike a chmod-ed temp folder.
+    with pytest.raises(OutputError, match="not writable"):
+        check_output_path(Path("/sys/out.mp4"), [], overwrite=False)
+
+
+def test_scratch_dirs_are_private_and_removed(tmp_path):
+    output = tmp_path / "out.mp4"
+    with job_scratch_dir(output) as first, job_scratch_dir(output) as second:
+        assert first != second
+        assert first.parent == tmp_path and first.name.startswith(SCRATCH_PREFIX)
+        (first / "junk").write_bytes(b"x")
+    assert not first.exists() and not second.exists()
+
+
+def test_read_batch_csv_resolves_paths_and_keeps_options(tmp_path):
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("video,audio,output,mode\nclips/a.mp4,a.wav,out/a.mp4,turbo\n/abs/b.mp4,,,\n")
+    jobs = read_batch(manifest, OPTIONS)
+    assert [job.number for job in jobs] == [1, 2]
+    assert jobs[0].video == tmp_path / "clips" / "a.mp4"
+    assert jobs[0].audio == tmp_path / "a.wav"
+    assert jobs[0].output == tmp_path / "out" / "a.mp4"
+    assert jobs[0].options == {"mode": "turbo"}
+    assert jobs[1].video == Path("/abs/b.mp4") and jobs[1].audio is None and jobs[1].output is None
+    assert jobs[1].options == {}
+
+
+def test_read_batch_jsonl(tmp_path):
+    manifest = tmp_path / "jobs.jsonl"
+    lines = [{"video": "a.mp4", "steps": 4}, {"video": "b.mp4", "output": "b_out.mp4"}]
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    jobs = read_batch(manifest, OPTIONS)
+    assert jobs[0].options == {"steps": "4"}
+    assert jobs[1].output == tmp_path / "b_out.mp4"
+
+
+def test_read_batch_refuses_escaping_outputs_unknown_columns_and_bad_json(tmp_path):
+    escaping = tmp_path / "escape.csv"
+    escaping.write_text("video,output\na.mp4,../../elsewhere.mp4\n")
+    with pytest.raises(UsageError, match="leaves the batch folder"):
+        read_batch(escaping, OPTIONS)
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("video,colour\na.mp4,red\n")
+    with pytest.raises(UsageError, match="unknown column 'colour'"):
+        read_batch(unknown, OPTIONS)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"video": "a.mp4"}\n{not json\n')
+    with pytest.raises(UsageError, match="line 2"):
+        read_batch(broken, OPTIONS)
+    text_file = tmp_path / "jobs.txt"
+    text_file.write_text("video\n")
+    with pytest.raises(UsageError, match="unknown batch file type"):
+        read_batch(text_file, OPTIONS)
+
+
+def test_store_round_trip_and_resume_count(tmp_path):
+    store = WorkDirStore(tmp_path / "work", fingerprint="abc")
+    faces = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    store.save(0, faces=faces, has_face=np.array([True, False]))
+    assert store.has(0) and not store.has(1)
+    again = WorkDirStore(tmp_path / "work", fingerprint="abc")
+    loaded = again.load(0)
+    np.testing.assert_array_equal(loaded["faces"], faces)
+    assert loaded["has_face"].tolist() == [True, False]
+    assert again.resumed_windows == 1
+
+
+def test_store_clears_windows_of_another_job(tmp_path):
+    WorkDirStore(tmp_path / "work", fingerprint="first").save(0, faces=np.zeros((1, 2, 2, 3), np.uint8))
+    other = WorkDirStore(tmp_path / "work", fingerprint="second")
+    assert not other.has(0) and other.finished_count() == 0
+
+
+def test_fingerprint_changes_with_settings_and_inputs(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"abc")
+    base = job_fingerprint([video], {"steps": 20}, {"weights": "x"})
+    assert base == job_fingerprint([video], {"steps": 20}, {"weights": "x"})
+    assert base != job_fingerprint([video], {"steps": 10}, {"weights": "x"})
+    video.write_bytes(b"abcd")
+    assert base != job_fingerprint([video], {"steps": 20}, {"weights": "x"})
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_stop_with_documented_exit_code_and_run_cleanup(tmp_path, sig, code):
+    marker = tmp_path / "cleaned"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from latentsync_cli.errors import Interrupted
+        from latentsync_cli.jobs import stop_on_signals
+        try:
+            with stop_on_signals():
+                try:
+                    print("ready", flush=True)
+                    time.sleep(30)
+                finally:
+                    Path({str(marker)!r}).write_text("yes")
+        except Interrupted as error:
+            sys.exit(int(error.exit_code))
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    process.send_signal(sig)
+    assert process.wait(timeout=10) == code
+    assert time.monotonic() - started < 5
+    assert marker.read_text() == "yes"

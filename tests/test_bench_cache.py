@@ -1,0 +1,88 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from latentsync_cli import __version__
+from latentsync_cli.bench import cache
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path))
+    return tmp_path
+
+
+def _entry(key: cache.CacheKey, date: str = "2026-11-22T04:00:00+00:00", marker: str = "") -> dict:
+    return {"key": key.to_dict(), "date": date, "marker": marker}
+
+
+H100 = cache.CacheKey("NVIDIA H100 80GB HBM3", 79.6, "550.54", "2.13.0", "0.1.0", "latentsync-1.6")
+
+
+def test_env_override_sets_the_cache_file(cache_dir):
+    assert cache.cache_file() == cache_dir / "benchmarks.json"
+
+
+def test_make_key_uses_installed_versions_and_rounds_memory():
+    key = cache.make_key("NVIDIA H100 80GB HBM3", 85_520_809_984, "550.54", "random")
+    assert key.torch == torch.__version__
+    assert key.latentsync == __version__
+    assert key.memory_gb == 79.6
+    assert cache.make_key("cpu", None, None, "random-tiny").driver == ""
+
+
+def test_missing_or_corrupt_file_is_an_empty_cache(cache_dir):
+    assert cache.load_entries() == []
+    cache.cache_file().write_text("{not json")
+    assert cache.load_entries() == []
+    cache.cache_file().write_text(json.dumps({"entries": [{"key": {"device": "x"}}, "junk"]}))
+    assert cache.load_entries() == []
+
+
+def test_same_key_replaces_and_other_devices_are_kept(cache_dir):
+    other_gpu = replace(H100, device="NVIDIA L4", memory_gb=22.0)
+    cache.save_entry(_entry(H100, marker="first"))
+    cache.save_entry(_entry(other_gpu, marker="l4"))
+    cache.save_entry(_entry(H100, marker="second"))
+    markers = sorted(entry["marker"] for entry in cache.load_entries())
+    assert markers == ["l4", "second"]
+
+
+def test_other_weights_on_the_same_software_are_kept_but_stale_entries_go(cache_dir):
+    random_weights = replace(H100, weights="random")
+    cache.save_entry(_entry(H100, marker="checkpoint"))
+    cache.save_entry(_entry(random_weights, marker="random"))
+    assert sorted(e["marker"] for e in cache.load_entries()) == ["checkpoint", "random"]
+
+    newer_torch = replace(random_weights, torch="2.14.0")
+    assert cache.is_stale(cache.load_entries()[0], newer_torch)
+    cache.save_entry(_entry(newer_torch, marker="new torch"))
+    assert [e["marker"] for e in cache.load_entries()] == ["new torch"]
+
+    newer_latentsync = replace(newer_torch, latentsync="0.2.0")
+    cache.save_entry(_entry(newer_latentsync, marker="new latentsync"))
+    assert [e["marker"] for e in cache.load_entries()] == ["new latentsync"]
+
+
+def test_device_entries_newest_first_and_clear_removes_only_this_device(cache_dir):
+    other_gpu = replace(H100, device="NVIDIA L4")
+    cache.save_entry(_entry(H100, date="2026-11-20T00:00:00+00:00", marker="old"))
+    cache.save_entry(_entry(replace(H100, weights="random"), date="2026-11-22T00:00:00+00:00", marker="new"))
+    cache.save_entry(_entry(other_gpu, marker="l4"))
+    assert [e["marker"] for e in cache.device_entries(H100)] == ["new", "old"]
+    # A different driver is a different device record.
+    assert cache.device_entries(replace(H100, driver="560.1")) == []
+
+    assert cache.clear_device(H100) == 2
+    assert [e["marker"] for e in cache.load_entries()] == ["l4"]
+    assert cache.clear_device(H100) == 0
+
+
+def test_unwritable_cache_is_a_one_line_output_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(blocker / "sub"))
+    with pytest.raises(cache.OutputError, match="LATENTSYNC_CACHE_DIR"):
+        cache.save_entry(_entry(H100))

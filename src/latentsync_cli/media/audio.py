@@ -1,0 +1,111 @@
+"""Reading speech from any file ffmpeg understands, and writing the WAV to mux.
+
+Decoding goes through the ffmpeg binary bundled with imageio-ffmpeg, called with
+an argument list. For a 16 kHz mono 16-bit WAV the samples come out exactly as
+upstream LatentSync reads them (int16 / 32768).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import wave
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from latentsync_cli.errors import InputError
+
+SAMPLE_RATE = 16000
+SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: quieter than any usable speech recording
+NOT_MEDIA = "not an audio or video file ffmpeg can read; pass a WAV, MP3, M4A, FLAC or video"
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `path` to float32 mono at `sample_rate`, values in [-1, 1)."""
+    path = _check_readable_file(path)
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "0",
+        "-i",
+        str(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "s16le",
+        "-",
+    ]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        _raise_decode_error(path, result.stderr.decode("utf-8", "replace"))
+    audio = np.frombuffer(result.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+    if audio.size == 0:
+        raise InputError(f"{path}: the audio stream is empty (0 samples); pass a file that contains speech")
+    return audio
+
+
+def is_silent(audio: np.ndarray, peak: float = SILENCE_PEAK) -> bool:
+    """True when no sample reaches `peak` (default -60 dBFS); silent audio is valid but worth a warning."""
+    return audio.size == 0 or float(np.max(np.abs(audio))) < peak
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 16-bit PCM; the inverse of `load_audio` for values k / 32768."""
+    samples = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(samples.tobytes())
+
+
+def audio_duration_s(path: str | Path) -> float | None:
+    """The container's duration in seconds, or None when the file does not state one."""
+    path = _check_readable_file(path)
+    report = _probe(path)
+    if "Input #0" not in report:
+        raise InputError(f"{path}: {NOT_MEDIA}")
+    match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", report)
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _check_readable_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: audio file not found; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; pass an audio or video file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty; pass an audio or video file with speech")
+    return path
+
+
+def _probe(path: Path) -> str:
+    """ffmpeg's description of the input (stream list, duration) as it prints it on stderr."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
+    result = subprocess.run(command, capture_output=True, check=False)  # exits 1: no output file was given
+    return result.stderr.decode("utf-8", "replace")
+
+
+def _raise_decode_error(path: Path, decode_stderr: str) -> None:
+    """Tell apart 'not media', 'no audio stream' and a damaged stream, which ffmpeg reports alike."""
+    report = _probe(path)
+    if "Input #0" not in report:
+        raise InputError(f"{path}: {NOT_MEDIA}")
+    if not re.search(r"Stream #\S+.*: Audio:", report):
+        raise InputError(f"{path}: has no audio stream; pass an audio file as the second argument")
+    lines = [line.strip() for line in decode_stderr.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "ffmpeg failed"
+    raise InputError(f"{path}: cannot decode its audio ({detail}); convert it to WAV and try again")

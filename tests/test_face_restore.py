@@ -1,0 +1,98 @@
+"""Pasting the generated face back into the frame, against upstream's restore_img."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from skimage import data
+
+from latentsync_cli.face.align import FaceAligner
+from latentsync_cli.face.restore import faces_to_crops, paste_crop, restore_face, restore_faces
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    return load_file(str(golden_dir / "align_restore.safetensors"))
+
+
+def differing(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, float]:
+    diff = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
+    return int(diff.max()), float((diff > 0).mean())
+
+
+def to_model_range(face_uint8_hwc: np.ndarray) -> np.ndarray:
+    """uint8 (R, R, 3) -> float32 (3, R, R) in [-1, 1], as the pipeline feeds faces to the VAE."""
+    return (face_uint8_hwc.transpose(2, 0, 1).astype(np.float32) / 255 - 0.5) / 0.5
+
+
+def test_golden_restore_own_face(golden):
+    face = to_model_range(golden["faces_512"][0].transpose(1, 2, 0))
+    restored = restore_face(golden["frames"][0], face, golden["affine_matrices"][0])
+    assert restored.shape == golden["frames"][0].shape and restored.dtype == np.uint8
+    max_diff, fraction = differing(restored, golden["restored_own_face"])
+    assert max_diff <= 3 and fraction <= 0.02
+
+
+def test_golden_restore_grey_face(golden):
+    grey = torch.zeros(3, 512, 512)
+    restored = restore_face(golden["frames"][0], grey, golden["affine_matrices"][0])
+    max_diff, fraction = differing(restored, golden["restored_grey_face"])
+    assert max_diff <= 3 and fraction <= 0.02
+
+
+@pytest.fixture(scope="module")
+def big_frame_and_face():
+    frame = cv2.resize(data.astronaut(), (1080, 1920), interpolation=cv2.INTER_CUBIC)
+    affine = np.array([[1.1, 0.08, -260.5], [-0.08, 1.1, -610.25]])  # a face about 380 px wide
+    rng = np.random.default_rng(0)
+    face = rng.uniform(-1.1, 1.1, (3, 512, 512)).astype(np.float32)  # a little past [-1, 1], like VAE output
+    return frame, affine, face
+
+
+def test_working_on_the_covered_region_equals_the_whole_frame(big_frame_and_face):
+    frame, affine, face = big_frame_and_face
+    crop = faces_to_crops(face[None])[0]
+    whole = paste_crop(frame, crop, affine, region=(0, frame.shape[0], 0, frame.shape[1]))
+    np.testing.assert_array_equal(paste_crop(frame, crop, affine), whole)
+    assert (whole != frame).any(axis=2).mean() > 0.03  # the face really was pasted
+
+
+def test_face_near_the_frame_edge_equals_the_whole_frame():
+    frame = data.astronaut()
+    affine = np.array([[0.9, 0.0, 150.0], [0.0, 0.9, 30.0]])  # the crop hangs off the top-left corner
+    crop = faces_to_crops(torch.zeros(1, 3, 512, 512))[0]
+    whole = paste_crop(frame, crop, affine, region=(0, 512, 0, 512))
+    np.testing.assert_array_equal(paste_crop(frame, crop, affine), whole)
+
+
+def test_pixels_away_from_the_face_are_untouched(big_frame_and_face):
+    frame, affine, face = big_frame_and_face
+    before = frame.copy()
+    restored = restore_face(frame, face, affine)
+    np.testing.assert_array_equal(frame, before)  # the input is not modified
+    np.testing.assert_array_equal(restored[:200], frame[:200])
+    np.testing.assert_array_equal(restored[1500:], frame[1500:])
+
+
+def test_batched_restore_equals_one_by_one(big_frame_and_face):
+    frame, affine, face = big_frame_and_face
+    faces = torch.from_numpy(np.stack([face, -face]))
+    shifted = affine + [[0, 0, 7.0], [0, 0, -3.0]]
+    batched = restore_faces([frame, frame], faces, [affine, shifted])
+    np.testing.assert_array_equal(batched[0], restore_face(frame, face, affine))
+    np.testing.assert_array_equal(batched[1], restore_face(frame, -face, shifted))
+
+
+def test_align_then_restore_gives_the_frame_back():
+    frame = cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    points = np.array([[370.0, 300.0], [510.0, 290.0], [445.0, 400.0]])  # brows and nose of the astronaut
+    aligned = FaceAligner(512).align(frame, points)
+    restored = restore_face(frame, to_model_range(aligned.face), aligned.affine)
+    changed = (restored != frame).any(axis=2)
+    assert changed.mean() > 0.05
+    # The face went through two bilinear warps and two resizes; it should land where it came from.
+    error = np.abs(restored.astype(np.float32) - frame.astype(np.float32))[changed].mean()
+    assert error < 4.0

@@ -6,6 +6,7 @@ import torch
 
 from latentsync_cli import __version__
 from latentsync_cli.bench import cache
+from latentsync_cli.hardware import DeviceRecord
 
 
 @pytest.fixture
@@ -26,11 +27,13 @@ def test_env_override_sets_the_cache_file(cache_dir):
 
 
 def test_make_key_uses_installed_versions_and_rounds_memory():
-    key = cache.make_key("NVIDIA H100 80GB HBM3", 85_520_809_984, "550.54", "random")
+    gpu = DeviceRecord("cuda", "NVIDIA H100 80GB HBM3", index=0, total_memory_bytes=85_520_809_984, driver_version="550.54")
+    key = cache.make_key(gpu, "random")
+    assert (key.device, key.driver, key.weights) == ("NVIDIA H100 80GB HBM3", "550.54", "random")
     assert key.torch == torch.__version__
     assert key.latentsync == __version__
-    assert key.memory_gb == 79.6
-    assert cache.make_key("cpu", None, None, "random-tiny").driver == ""
+    assert key.memory_gb == 85.5
+    assert cache.make_key(DeviceRecord("cpu", "Some CPU (2 cores)"), "random-tiny").driver == ""
 
 
 def test_missing_or_corrupt_file_is_an_empty_cache(cache_dir):

@@ -10,7 +10,7 @@ def _config(name, mode, speed, ssim=None, full=20, cached=0):
     return {
         "name": name,
         "mode": mode,
-        "varied": {},
+        "changes": {},
         "settings": {"mode": mode},
         "output_s": 10.0,
         "wall_s": speed * 10.0,

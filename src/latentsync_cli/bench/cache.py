@@ -22,6 +22,7 @@ import torch
 
 from latentsync_cli import __version__
 from latentsync_cli.errors import OutputError
+from latentsync_cli.hardware import BYTES_PER_GB, DeviceRecord
 
 CACHE_DIR_ENV = "LATENTSYNC_CACHE_DIR"
 CACHE_FILE_NAME = "benchmarks.json"
@@ -31,7 +32,7 @@ CACHE_FORMAT = 1
 @dataclass(frozen=True)
 class CacheKey:
     device: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu"
-    memory_gb: float  # device memory, rounded to 0.1 GiB
+    memory_gb: float  # device memory in GB (10^9 bytes), rounded to 0.1
     driver: str  # GPU driver (or "" on CPU)
     torch: str
     latentsync: str
@@ -58,13 +59,12 @@ class CacheKey:
         )
 
 
-def make_key(device: str, memory_bytes: int | float | None, driver: str | None, weights: str) -> CacheKey:
-    """The key for a measurement made now, with the installed torch and latentsync."""
-    memory_gb = round((memory_bytes or 0) / 2**30, 1)
+def make_key(device: DeviceRecord, weights: str) -> CacheKey:
+    """The key for a measurement made now on `device`, with the installed torch and latentsync."""
     return CacheKey(
-        device=device,
-        memory_gb=memory_gb,
-        driver=driver or "",
+        device=device.name,
+        memory_gb=round((device.total_memory_bytes or 0) / BYTES_PER_GB, 1),
+        driver=device.driver_version or "",
         torch=torch.__version__,
         latentsync=__version__,
         weights=weights,

@@ -1,0 +1,104 @@
+"""Which configurations a benchmark level measures.
+
+A case is a speed mode (resolved at this device's tier defaults) plus a few
+changed settings. `quick` measures every mode with DeepCache on and off;
+`full` adds, one setting at a time around each mode's own settings, the other
+schedulers, windows, windows per UNet call, torch.compile, CUDA graphs and
+precisions this device can run; `stress` is one long run of one mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from latentsync_cli.hardware import Capabilities
+from latentsync_cli.settings import MAX_WINDOW, SCHEDULERS, RunSettings
+
+LEVELS = ("quick", "full", "stress")
+FULL_WINDOWS = (8, 12, 16, 20, 24)
+FULL_WINDOWS_PER_CALL = (1, 2, 4)
+STRESS_MODE = "normal"
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    name: str  # e.g. "turbo+deepcache", "normal+dpmpp_2m"
+    mode: str
+    changes: dict = field(default_factory=dict)  # RunSettings fields changed from the mode's own settings
+
+    def settings(self, base: RunSettings) -> RunSettings:
+        return replace(base, **self.changes)
+
+
+def plan_cases(level: str, bases: dict[str, RunSettings], capabilities: Capabilities) -> list[BenchCase]:
+    """The cases of `level`, given each mode's settings on this device (mode name -> RunSettings)."""
+    if level == "quick":
+        return _quick_cases(bases)
+    if level == "full":
+        return _unique(_quick_cases(bases) + _full_cases(bases, capabilities))
+    if level == "stress":
+        mode = STRESS_MODE if STRESS_MODE in bases else next(iter(bases))
+        return [_case(mode, bases[mode], {})]
+    raise ValueError(f"unknown benchmark level {level!r}")
+
+
+def _quick_cases(bases: dict[str, RunSettings]) -> list[BenchCase]:
+    cases = []
+    for mode, base in bases.items():
+        for deepcache in (False, True):
+            cases.append(_case(mode, base, {"deepcache": deepcache}))
+    return cases
+
+
+def _full_cases(bases: dict[str, RunSettings], capabilities: Capabilities) -> list[BenchCase]:
+    """One setting at a time, around each mode's own settings (DeepCache as the mode has it)."""
+    precisions = ["fp32"] + (["fp16"] if capabilities.fp16 else []) + (["bf16"] if capabilities.bf16 else [])
+    variations: list[dict] = []
+    variations += [{"scheduler": scheduler} for scheduler in SCHEDULERS]
+    variations += [{"window": window} for window in FULL_WINDOWS if window <= MAX_WINDOW]
+    variations += [{"windows_per_call": count} for count in FULL_WINDOWS_PER_CALL]
+    if capabilities.compile:
+        variations += [{"compile": True}, {"compile": False}]
+    if capabilities.cuda_graphs:
+        variations += [{"cuda_graphs": True}, {"cuda_graphs": False}]
+    variations += [{"precision": precision} for precision in precisions]
+    cases = []
+    for mode, base in bases.items():
+        for changes in variations:
+            cases.append(_case(mode, base, changes))
+    return cases
+
+
+def _case(mode: str, base: RunSettings, changes: dict) -> BenchCase:
+    # Keep only what really differs from the mode's settings, so equal cases compare equal.
+    changes = {key: value for key, value in changes.items() if getattr(base, key) != value}
+    settings = replace(base, **changes)
+    return BenchCase(name=case_name(mode, settings, changes), mode=mode, changes=changes)
+
+
+def case_name(mode: str, settings: RunSettings, changes: dict) -> str:
+    """The mode, "+deepcache" when it is on, then each other change: "fast+deepcache+w20"."""
+    name = mode + ("+deepcache" if settings.deepcache else "")
+    for key, value in changes.items():
+        if key == "deepcache":
+            continue
+        if key == "window":
+            name += f"+w{value}"
+        elif key == "windows_per_call":
+            name += f"+{value}/call"
+        elif key in ("compile", "cuda_graphs"):
+            name += f"+{key.replace('_', '')}" if value else f"+no-{key.replace('_', '')}"
+        else:
+            name += f"+{value}"
+    return name
+
+
+def _unique(cases: list[BenchCase]) -> list[BenchCase]:
+    seen = set()
+    kept = []
+    for case in cases:
+        identity = (case.mode, tuple(sorted(case.changes.items())))
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(case)
+    return kept

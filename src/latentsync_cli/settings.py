@@ -5,11 +5,29 @@ presets, tiers or flags again. `resolve_settings` (pure) turns a mode, a
 quality preset, the GPU tier, the video length, the benchmark cache and the
 user's explicit flags into a `RunSettings` plus, for each field, where its
 value came from.
+
+Layers, later ones win: RunSettings defaults -> the mode -> the optimization
+level (the tier's default one, or --optimization-level) and the tier's pinned
+precision -> the quality preset's steps (for `auto`: the length rule, then
+the benchmark pick) -> the user's flags. Last, the settings are fitted to the
+device: precision "auto" becomes bf16/fp16/fp32 by capability, and TF32,
+CUDA graphs and torch.compile are turned off where the device cannot use them.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from latentsync_cli.errors import UsageError
+from latentsync_cli.hardware import Capabilities, DeviceRecord, auto_precision, classify
+
+if TYPE_CHECKING:
+    from latentsync_cli.presets import Mode, PresetTable, QualityPreset
 
 SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "unipc")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -23,6 +41,11 @@ SOURCE_TIER = "tier"
 SOURCE_LENGTH = "length rule"
 SOURCE_BENCHMARK = "benchmark cache"
 SOURCE_FLAG = "user flag"
+SOURCE_LEVEL = "optimization level"  # a level the user named with --optimization-level
+
+DEFAULT_MODE = "normal"
+DEFAULT_QUALITY = "balanced"
+NO_BENCHMARK_NOTE = "no benchmark for this GPU; run `latentsync benchmark`"
 
 
 @dataclass(frozen=True)
@@ -76,3 +99,255 @@ class ResolvedSettings:
             "sources": {name: self.sources.get(name, SOURCE_DEFAULT) for name in values},
             "notes": list(self.notes),
         }
+
+
+@dataclass(frozen=True)
+class SettingsRequest:
+    """What the user asked for on the command line; None means "not given"."""
+
+    mode: str | None = None  # DEFAULT_MODE when None
+    quality: str | None = None  # DEFAULT_QUALITY when None
+    steps: int | None = None
+    deepcache: bool | None = None
+    scheduler: str | None = None
+    window: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    precision: str | None = None  # "auto" = the best the device supports
+    compile: bool | None = None
+    optimization_level: str | None = None  # None or "auto" = the tier's level
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    presets_file: Path | None = None  # --presets FILE (read by the CLI, not here)
+
+    def explicit_settings(self) -> dict[str, Any]:
+        """The RunSettings fields set directly by a flag."""
+        names = ("steps", "deepcache", "scheduler", "window", "guidance", "seed", "precision", "compile")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def resolve_settings(
+    table: PresetTable,
+    request: SettingsRequest,
+    devices: Sequence[DeviceRecord] | DeviceRecord,
+    duration_s: float | None = None,
+    benchmark_pick: Mapping[str, Any] | None = None,
+) -> ResolvedSettings:
+    """The settings of one run, and where each value came from. Pure.
+
+    `devices` are the probed devices (or one recorded device); `duration_s` is
+    the video length (None: unknown); `benchmark_pick` holds RunSettings field
+    values chosen from the benchmark cache for this GPU and length class (plus
+    an optional "description"), used only with quality `auto`.
+    """
+    if isinstance(devices, DeviceRecord):
+        devices = [devices]
+    mode, preset = _check_request(table, request)
+    device = choose_device(devices, request.device)
+    found = classify(device, list(table.tiers.values()))
+    tier = table.tiers[found.tier]
+
+    values = RunSettings().to_dict()
+    sources = dict.fromkeys(values, SOURCE_DEFAULT)
+    notes: list[str] = []
+
+    _put(values, sources, {"mode": mode.name}, SOURCE_FLAG if request.mode else SOURCE_DEFAULT)
+    _put(values, sources, {"quality": preset.name}, SOURCE_FLAG if request.quality else SOURCE_DEFAULT)
+    _put(values, sources, mode.settings(), SOURCE_MODE)
+
+    _put(values, sources, {"device": device.torch_device}, SOURCE_TIER if request.device == "auto" else SOURCE_FLAG)
+    _put(values, sources, {"tier": tier.name}, SOURCE_TIER)
+    if request.optimization_level in (None, "auto"):
+        level, level_source = table.levels[tier.level], SOURCE_TIER
+        _put(values, sources, {"optimization_level": level.name}, SOURCE_TIER)
+    else:
+        level, level_source = table.levels[request.optimization_level], SOURCE_LEVEL
+        _put(values, sources, {"optimization_level": level.name}, SOURCE_FLAG)
+    _put(values, sources, level.settings(), level_source)
+    if tier.precision is not None:
+        _put(values, sources, {"precision": tier.precision}, SOURCE_TIER)
+
+    if preset.auto:
+        rule = table.length[table.length_class(duration_s)]
+        _put(values, sources, {"steps": scaled_steps(mode, table.quality[rule.quality])}, SOURCE_LENGTH)
+        _put(values, sources, rule.settings(), SOURCE_LENGTH)
+        if benchmark_pick is not None:
+            _put(values, sources, _pick_values(benchmark_pick, notes), SOURCE_BENCHMARK)
+        else:
+            notes.append(NO_BENCHMARK_NOTE)
+    else:
+        steps_source = SOURCE_MODE if preset.step_scale == 1.0 else SOURCE_QUALITY
+        _put(values, sources, {"steps": scaled_steps(mode, preset)}, steps_source)
+
+    _put(values, sources, request.explicit_settings(), SOURCE_FLAG)
+    _fit_to_device(values, sources, found.capabilities, device, notes)
+    for name, value in values.items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise UsageError(f"{name} = {value!r} from the {sources[name]} is invalid: {problem}")
+    return ResolvedSettings(settings=RunSettings(**values), sources=sources, notes=tuple(notes))
+
+
+def scaled_steps(mode: Mode, preset: QualityPreset) -> int:
+    """The mode's steps times the preset's scale, rounded half up, never below the mode's minimum."""
+    return max(mode.min_steps, math.floor(mode.steps * preset.step_scale + 0.5))
+
+
+def choose_device(devices: Sequence[DeviceRecord], wanted: str = "auto") -> DeviceRecord:
+    """The device for --device: auto (first CUDA GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps."""
+    wanted = (wanted or "auto").strip().lower()
+    gpus = [d for d in devices if d.backend == "cuda"]
+    apple = [d for d in devices if d.backend == "mps"]
+    cpus = [d for d in devices if d.backend == "cpu"] or [DeviceRecord(backend="cpu", name="CPU")]
+    if wanted == "auto":
+        return (gpus or apple or cpus)[0]
+    if wanted == "cpu":
+        return cpus[0]
+    if wanted == "mps":
+        if not apple:
+            raise UsageError("--device mps: no Apple GPU (MPS) found; use --device auto or --device cpu")
+        return apple[0]
+    numbered = re.fullmatch(r"cuda(?::(\d+))?", wanted)
+    if numbered is None:
+        raise UsageError(f"--device {wanted}: unknown device; allowed: auto, cpu, cuda, cuda:N, mps")
+    if not gpus:
+        raise UsageError(f"--device {wanted}: no CUDA GPU found (see `latentsync presets gpu`); use --device auto or cpu")
+    if numbered.group(1) is None:
+        return gpus[0]
+    index = int(numbered.group(1))
+    for gpu in gpus:
+        if gpu.index == index:
+            return gpu
+    found = ", ".join(gpu.torch_device for gpu in gpus)
+    raise UsageError(f"--device {wanted}: no such GPU; found {found}")
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """Why a RunSettings value is invalid, or None when it is fine."""
+    default = getattr(RunSettings(), name)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            return "expected true or false"
+        return None
+    if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+        return "expected an integer"
+    if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "expected a number"
+    if isinstance(default, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if isinstance(default, str) and not isinstance(value, str):
+        return "expected a string"
+    if name == "steps" and value < 1:
+        return "use 1 or more steps"
+    if name == "window" and not 1 <= value <= MAX_WINDOW:
+        return f"allowed 1 to {MAX_WINDOW} frames (the temporal position encoding has {MAX_WINDOW} slots)"
+    if name == "guidance" and value < 1.0:
+        return "use 1.0 (no classifier-free guidance) or more"
+    if name == "scheduler" and value not in SCHEDULERS:
+        return f"allowed: {', '.join(SCHEDULERS)}"
+    if name == "precision" and value not in ("auto",) + PRECISIONS:
+        return f"allowed: auto, {', '.join(PRECISIONS)}"
+    if name == "seed" and not 0 <= value < 2**32:
+        return "use 0 to 4294967295"
+    if name in ("deepcache_interval", "face_detect_stride", "windows_per_call") and value < 1:
+        return "use 1 or more"
+    if name == "deepcache_branch" and value < 0:
+        return "use 0 or more"
+    if name == "memory_fraction" and not 0.0 < value <= 1.0:
+        return "use a fraction above 0 and at most 1"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Helpers of resolve_settings
+
+_FLAG_NAMES = {
+    "steps": "--steps",
+    "deepcache": "--deepcache",
+    "scheduler": "--scheduler",
+    "window": "--window",
+    "guidance": "--guidance",
+    "seed": "--seed",
+    "precision": "--precision",
+    "compile": "--compile",
+}
+
+
+def _check_request(table: PresetTable, request: SettingsRequest) -> tuple[Mode, QualityPreset]:
+    """Unknown names and out-of-range flags -> UsageError; returns the mode and quality preset."""
+    mode_name = request.mode or DEFAULT_MODE
+    quality_name = request.quality or DEFAULT_QUALITY
+    if mode_name not in table.modes:
+        raise UsageError(f"--mode {mode_name}: unknown mode; allowed: {', '.join(table.modes)}")
+    if quality_name not in table.quality:
+        raise UsageError(f"--quality {quality_name}: unknown quality preset; allowed: {', '.join(table.quality)}")
+    level = request.optimization_level
+    if level is not None and level != "auto" and level not in table.levels:
+        allowed = ", ".join(("auto", *table.levels))
+        raise UsageError(f"--optimization-level {level}: unknown level; allowed: {allowed}")
+    for name, value in request.explicit_settings().items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise UsageError(f"{_FLAG_NAMES[name]} {value}: {problem}")
+    return table.modes[mode_name], table.quality[quality_name]
+
+
+def _put(values: dict[str, Any], sources: dict[str, str], changes: Mapping[str, Any], source: str) -> None:
+    for name, value in changes.items():
+        values[name] = value
+        sources[name] = source
+
+
+_NOT_FROM_BENCHMARK = ("device", "tier", "quality")
+
+
+def _pick_values(pick: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The RunSettings fields of a benchmark pick; its description becomes a note."""
+    known = {f.name for f in fields(RunSettings)}
+    values = {}
+    for name, value in pick.items():
+        if name == "description":
+            notes.append(f"benchmark pick: {value}")
+        elif name in known and name not in _NOT_FROM_BENCHMARK:
+            values[name] = value
+        else:
+            notes.append(f"benchmark cache: ignored {name!r}")
+    return values
+
+
+def _fit_to_device(
+    values: dict[str, Any], sources: dict[str, str], capabilities: Capabilities, device: DeviceRecord, notes: list[str]
+) -> None:
+    """Make precision concrete and turn off what the device cannot use."""
+    precision = values["precision"]
+    if precision == "auto":
+        values["precision"] = auto_precision(capabilities)
+    else:
+        problem = _precision_problem(precision, capabilities, device)
+        if problem and sources["precision"] == SOURCE_FLAG:
+            raise UsageError(f"--precision {precision}: {problem}; use --precision auto")
+        if problem:
+            fallback = auto_precision(capabilities)
+            notes.append(f"precision {precision} from the {sources['precision']}: {problem}; using {fallback}")
+            _put(values, sources, {"precision": fallback}, SOURCE_TIER)
+        elif precision == "fp16" and not capabilities.fp16:
+            notes.append(f"{device.name} has no fp16 tensor cores: fp16 saves memory but may be slower than fp32")
+
+    if values["tf32"] and not capabilities.tf32:
+        _put(values, sources, {"tf32": False}, SOURCE_TIER)
+    if values["cuda_graphs"] and not capabilities.cuda_graphs:
+        _put(values, sources, {"cuda_graphs": False}, SOURCE_TIER)
+    if values["compile"] and not capabilities.compile:
+        if sources["compile"] != SOURCE_FLAG:
+            _put(values, sources, {"compile": False}, SOURCE_TIER)
+        elif device.backend == "cuda":
+            raise UsageError(f"--compile: {device.name} is too old for torch.compile (needs compute capability 7.0+)")
+
+
+def _precision_problem(precision: str, capabilities: Capabilities, device: DeviceRecord) -> str | None:
+    if precision == "bf16" and not capabilities.bf16:
+        if device.backend == "cuda":
+            return f"{device.name} has no bf16 support (needs compute capability 8.0 or newer)"
+        return f"bf16 is not supported on {device.backend}"
+    if precision == "fp16" and device.backend == "cpu":
+        return "fp16 is not supported on the CPU"
+    return None

@@ -1,0 +1,215 @@
+"""Write the output: RGB frames to H.264, then the speech muxed in as AAC.
+
+Nothing appears at a target path until it is complete. Both steps write to a
+temporary file beside the target (same folder, so the final `os.replace` is an
+atomic rename) named `.<name>.partial-<pid>-<random><suffix>`, and remove it on
+any failure, exception or interrupt. The temporary paths are attributes, so a
+signal handler can clean up too.
+
+libx264 with yuv420p needs even sizes: an odd width or height is padded by one
+pixel on the right/bottom edge, copying the last column/row, so the output is
+then 1 px larger than the frames (see `VideoEncoder.encoded_size`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from latentsync_cli.errors import OutputError
+from latentsync_cli.media.video import probe_video
+
+SAMPLE_RATE = 16000
+
+
+def partial_path(target: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A fresh temporary path beside `target`: `.<name>.partial-<pid>-<random><suffix>`."""
+    target = Path(target)
+    suffix = target.suffix if suffix is None else suffix
+    return target.with_name(f".{target.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+class VideoEncoder:
+    """Pipe RGB uint8 frames (H, W, 3) into libx264; the file appears at `path` on `finish()`.
+
+    Use it as a context manager: leaving the block normally finishes the file,
+    leaving it with an exception (KeyboardInterrupt included) aborts it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float | Fraction | str = 25,
+        crf: int = 18,
+        preset: str = "medium",
+    ):
+        self.path = Path(path)
+        self.width = width
+        self.height = height
+        self.encoded_size = (width + width % 2, height + height % 2)
+        self.frames_written = 0
+        _check_output_folder(self.path)
+        self.temp_path = partial_path(self.path)
+        self._errors = tempfile.TemporaryFile()
+        self._done = False
+        self.process = subprocess.Popen(
+            self._command(fps, crf, preset),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._errors,
+        )
+
+    @property
+    def temp_paths(self) -> list[Path]:
+        """Files this encoder may have created and has not yet moved into place."""
+        return [] if self._done else [self.temp_path]
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame must be uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}"
+            )
+        try:
+            self.process.stdin.write(np.ascontiguousarray(frame).data)
+        except (BrokenPipeError, ValueError, OSError):  # ffmpeg has exited (or stdin is already closed)
+            self.process.wait()
+            error = self._failure()
+            self.abort()
+            raise error from None
+        self.frames_written += 1
+
+    def finish(self) -> Path:
+        """Wait for ffmpeg to complete the file and move it to `path`."""
+        if self._done:
+            return self.path
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg is gone; its exit status says why
+        try:
+            returncode = self.process.wait()
+            if returncode != 0 or not self.temp_path.exists():
+                raise self._failure()
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._errors.close()
+        return self.path
+
+    close = finish
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the temporary file; safe to call more than once."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.temp_path.unlink(missing_ok=True)
+        self._done = True
+        self._errors.close()
+
+    def __enter__(self) -> VideoEncoder:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+    def _command(self, fps: float | Fraction | str, crf: int, preset: str) -> list[str]:
+        rate = str(fps if isinstance(fps, (str, Fraction)) else Fraction(fps).limit_denominator(1001))
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+        command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", rate]
+        command += ["-i", "pipe:0"]
+        if self.encoded_size != (self.width, self.height):
+            pad_width, pad_height = self.encoded_size
+            command += ["-vf", f"pad={pad_width}:{pad_height},fillborders=right={pad_width - self.width}"
+                        f":bottom={pad_height - self.height}:mode=smear"]  # fmt: skip
+        command += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+        command += ["-movflags", "+faststart", os.path.abspath(self.temp_path)]
+        return command
+
+    def _failure(self) -> OutputError:
+        self._errors.seek(0)
+        stderr = self._errors.read().decode("utf-8", "replace")
+        return ffmpeg_output_error(stderr, self.process.returncode, self.path)
+
+
+def mux(
+    video_path: str | os.PathLike,
+    audio: np.ndarray,
+    out_path: str | os.PathLike,
+    n_frames: int | None = None,
+    fps: int = 25,
+    sample_rate: int = SAMPLE_RATE,
+) -> Path:
+    """Copy the video stream and add `audio` (float32 mono) as AAC into `out_path`, atomically.
+
+    The audio is cut to the video's length, int(n_frames / fps * sample_rate)
+    samples (as upstream does), or padded with silence when shorter.
+    `n_frames` defaults to the frame count of `video_path`.
+    """
+    out_path = Path(out_path)
+    _check_output_folder(out_path)
+    if n_frames is None:
+        n_frames = probe_video(video_path).frame_count
+    n_samples = int(n_frames / fps * sample_rate)
+    samples = np.zeros(n_samples, dtype=np.float32)
+    kept = np.asarray(audio, dtype=np.float32).reshape(-1)[:n_samples]
+    samples[: len(kept)] = kept
+
+    temp_path = partial_path(out_path)
+    # The audio goes in through a pipe as raw float32, so no temporary WAV is needed.
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    command += ["-i", os.path.abspath(video_path)]
+    command += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
+    command += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k"]
+    command += ["-movflags", "+faststart", os.path.abspath(temp_path)]
+    try:
+        result = subprocess.run(command, input=samples.tobytes(), capture_output=True, check=False)
+        if result.returncode != 0 or not temp_path.exists():
+            raise ffmpeg_output_error(result.stderr.decode("utf-8", "replace"), result.returncode, out_path)
+        os.replace(temp_path, out_path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def ffmpeg_output_error(stderr: str, returncode: int | None, path: Path) -> OutputError:
+    """Turn a failed ffmpeg write into a one-line OutputError that says what to do."""
+    if "No space left on device" in stderr:
+        return OutputError(f"disk full while writing {path}: free some space or write elsewhere")
+    if "Permission denied" in stderr:
+        return OutputError(f"cannot write {path}: permission denied; choose a folder you can write to")
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        return OutputError(f"ffmpeg was stopped by {name} while writing {path}; nothing was written")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit status {returncode}"
+    return OutputError(f"ffmpeg could not write {path}: {reason}")
+
+
+def _check_output_folder(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist: create it first or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write to {folder}: permission denied; choose a folder you can write to")

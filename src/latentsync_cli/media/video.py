@@ -1,0 +1,403 @@
+"""Read a face video, or a still image, as RGB frames at a constant 25 fps.
+
+Frames are streamed from the ffmpeg binary that ships with imageio-ffmpeg:
+ffmpeg decodes, applies the rotation metadata, conforms any frame rate
+(variable included) to 25 fps by timestamp with its `fps` filter, converts to
+rgb24, and writes raw frames to a pipe that we read one frame at a time. No
+function here keeps the whole video in memory.
+
+The output length is set by the audio (`n_frames`). When the video is shorter,
+`read_frames` continues it: "pingpong" plays it forward, backward, forward...
+(the turn-around frame repeats, as upstream does), "loop" restarts it and
+"freeze" holds the last frame. The backward passes decode the video again in
+segments from the end (a fast seek, checked against a frame we already know,
+with an exact decode from the start as the fallback), so memory stays bounded
+by one segment instead of the whole clip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+
+from latentsync_cli.errors import InputError, UsageError
+
+OUTPUT_FPS = 25
+LOOP_MODES = ("pingpong", "loop", "freeze")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Frames held at once by the backward passes (and by the in-memory copy of a
+# short clip): about 40 frames at 1080p, 64 at 720p and below.
+SEGMENT_BUDGET_BYTES = 256 * 2**20
+MAX_SEGMENT_FRAMES = 64
+# A segment decode seeks this far before its first frame, so that the source
+# frame shown at that instant is decoded too.
+SEEK_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int  # as displayed, after rotation
+    height: int
+    fps: float  # the source's average frame rate (25.0 for a still image)
+    duration_s: float  # 0.0 for a still image or when the container does not say
+    frame_count: int  # frames at 25 fps, estimated from the duration (1 for a still image)
+    rotation: int  # counter-clockwise degrees the picture is turned for display: 0, 90, 180 or 270
+    is_image: bool
+    has_audio: bool
+    codec: str  # e.g. "h264", "hevc", "png"
+    video_stream: int = 0  # which of the file's video streams is decoded (cover art is skipped)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Describe a video or still image; InputError if it cannot be used."""
+    path = Path(path)
+    _check_input_file(path)
+    if is_image_path(path):
+        image = _read_image(path)
+        height, width = image.shape[:2]
+        codec = path.suffix.lower().lstrip(".").replace("jpg", "jpeg")
+        return VideoInfo(path, width, height, float(OUTPUT_FPS), 0.0, 1, 0, True, False, codec)
+    return _parse_ffmpeg_probe(_ffmpeg_probe_text(path), path)
+
+
+def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") -> Iterator[np.ndarray]:
+    """Yield exactly `n_frames` RGB uint8 frames (H, W, 3) at 25 fps.
+
+    A longer video is cut to its first `n_frames`; a shorter one is continued
+    as `loop` says; a still image is repeated. Every frame is a new writable
+    array that the caller owns.
+    """
+    if loop not in LOOP_MODES:
+        raise UsageError(f"unknown loop mode {loop!r}: use one of {', '.join(LOOP_MODES)}")
+    if n_frames < 0:
+        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    info = probe_video(path)
+    if info.is_image:
+        image = _read_image(info.path)
+        for _ in range(n_frames):
+            yield image.copy()
+        return
+    yield from _continued_video(info, n_frames, loop)
+
+
+def decode_frames(info: VideoInfo, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the 25 fps frames [start, stop) of a video, decoding from the start.
+
+    This is the reference decode: the forward pass of `read_frames` and the
+    exact fallback of its backward segments are both this function.
+    """
+    filters = f"fps={OUTPUT_FPS}:start_time=0"
+    if start > 0 or stop is not None:
+        end = "" if stop is None else f":end_frame={stop}"
+        filters += f",trim=start_frame={start}{end}"
+    frame_limit = None if stop is None else stop - start
+    yield from _pipe_frames(_decode_command(info, filters, frame_limit=frame_limit), info)
+
+
+def source_timestamps(path: str | os.PathLike) -> list[float]:
+    """Presentation times (s) of the video stream's frames as stored, sorted (no decoding)."""
+    path = Path(path)
+    _check_input_file(path)
+    info = probe_video(path)
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+        "-i", os.path.abspath(path), "-map", f"0:v:{info.video_stream}",
+        "-c:v", "copy", "-f", "framecrc", "pipe:1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InputError(f"cannot read timestamps of {path}: {_ffmpeg_reason(result.stderr)}")
+    time_base = 1.0
+    times = []
+    for line in result.stdout.splitlines():
+        if line.startswith("#tb 0:"):
+            numerator, denominator = line.split(":", 1)[1].strip().split("/")
+            time_base = int(numerator) / int(denominator)
+        elif line and not line.startswith("#"):
+            stream, _dts, pts = (field.strip() for field in line.split(",")[:3])
+            if stream == "0":
+                times.append(int(pts) * time_base)
+    return sorted(times)
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+# --- continuing a short video ------------------------------------------------
+
+
+def _continued_video(info: VideoInfo, n_frames: int, loop: str) -> Iterator[np.ndarray]:
+    if n_frames == 0:
+        return
+    # A short clip is cheaper to hold than to decode again.
+    keep_all = n_frames * info.width * info.height * 3 <= SEGMENT_BUDGET_BYTES
+    kept: list[np.ndarray] = []
+    count = 0
+    pending = None  # held back one step so that we can keep our own copy of the last frame
+    for frame in decode_frames(info, 0, n_frames):
+        if pending is not None:
+            yield pending
+        if keep_all:
+            kept.append(frame.copy())
+        pending = frame
+        count += 1
+    if pending is None:
+        raise InputError(f"no frames could be decoded from {info.path}: the video is empty or damaged")
+    last = pending.copy() if count < n_frames else pending
+    yield pending
+    if count == n_frames:
+        return
+
+    later = _kept_passes(kept, loop) if keep_all else _decoded_passes(info, count, last, loop)
+    for _ in range(n_frames - count):
+        yield next(later)
+    later.close()
+
+
+def _kept_passes(frames: list[np.ndarray], loop: str) -> Iterator[np.ndarray]:
+    """The frames after the first forward pass, from an in-memory copy of the clip."""
+    backward = True
+    while True:
+        if loop == "freeze":
+            order = [frames[-1]]
+        elif loop == "loop" or not backward:
+            order = frames
+        else:
+            order = frames[::-1]
+        for frame in order:
+            yield frame.copy()
+        backward = not backward
+
+
+def _decoded_passes(info: VideoInfo, count: int, last: np.ndarray, loop: str) -> Iterator[np.ndarray]:
+    """The frames after the first forward pass, decoding the video again each pass."""
+    backward = True
+    while True:
+        if loop == "freeze":
+            yield last.copy()
+        elif loop == "loop" or not backward:
+            yield from decode_frames(info, 0, count)
+        else:
+            yield from _backward_frames(info, count, last)
+        backward = not backward
+
+
+def _backward_frames(info: VideoInfo, count: int, last: np.ndarray) -> Iterator[np.ndarray]:
+    """Frames count-1 ... 0, decoded a segment at a time from the end.
+
+    Each segment is decoded one frame past its end, and that frame must equal
+    one we already have (the last frame, then the first frame of the segment
+    after it); the seek is also checked to deliver every frame. If either check
+    fails, that segment is decoded exactly from the start instead.
+    """
+    segment = _segment_length(info)
+    known = last
+    stop = count
+    while stop > 0:
+        start = max(0, stop - segment)
+        end = min(stop + 1, count)  # frame end-1 is `known`
+        frames = _seek_segment(info, start, end)
+        if len(frames) != end - start or not np.array_equal(frames[-1], known):
+            frames = list(decode_frames(info, start, end))
+        known = frames[0].copy()  # the caller may change the frames we yield
+        for frame in reversed(frames[: stop - start]):
+            yield frame
+        del frames  # let this segment go before the next one is decoded
+        stop = start
+
+
+def _seek_segment(info: VideoInfo, start: int, end: int) -> list[np.ndarray]:
+    """Frames [start, end) by seeking near `start` with timestamps kept absolute."""
+    seek_s = start / OUTPUT_FPS - SEEK_MARGIN_S
+    if seek_s <= 0:
+        return list(decode_frames(info, start, end))
+    # Without start_time the fps filter begins at the first decoded frame, so a
+    # seek that lands too late yields fewer frames (caught by the caller).
+    filters = f"fps={OUTPUT_FPS},trim=start_pts={start}:end_pts={end}"
+    command = _decode_command(info, filters, frame_limit=end - start, seek_s=seek_s)
+    return list(_pipe_frames(command, info))
+
+
+def _segment_length(info: VideoInfo) -> int:
+    frame_bytes = info.width * info.height * 3
+    return max(1, min(MAX_SEGMENT_FRAMES, SEGMENT_BUDGET_BYTES // frame_bytes))
+
+
+# --- running ffmpeg ----------------------------------------------------------
+
+
+def _decode_command(info: VideoInfo, filters: str, frame_limit: int | None = None, seek_s: float = 0.0) -> list[str]:
+    # -copyts -start_at_zero keeps timestamps relative to the file's start even
+    # after a seek, so the fps filter picks the same source frame for each
+    # 25 fps slot in a full decode and in a segment decode.
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    command += ["-copyts", "-start_at_zero"]
+    if seek_s > 0:
+        command += ["-noaccurate_seek", "-ss", f"{seek_s:.6f}"]
+    command += ["-i", os.path.abspath(info.path), "-map", f"0:v:{info.video_stream}"]
+    command += ["-an", "-sn", "-dn", "-vf", filters, "-fps_mode", "passthrough"]
+    if frame_limit is not None:
+        command += ["-frames:v", str(frame_limit)]
+    command += ["-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+    return command
+
+
+def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
+    """Run an ffmpeg decode and yield its raw rgb24 frames; kill it if the caller stops early."""
+    frame_bytes = info.width * info.height * 3
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        count = 0
+        try:
+            while True:
+                buffer = bytearray(frame_bytes)
+                if _read_exactly(process.stdout, buffer) < frame_bytes:
+                    break  # end of stream (a partial frame at the end is dropped)
+                count += 1
+                yield np.frombuffer(buffer, dtype=np.uint8).reshape(info.height, info.width, 3)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.stdout.close()
+            process.wait()
+        if process.returncode != 0:
+            errors.seek(0)
+            reason = _ffmpeg_reason(errors.read().decode("utf-8", "replace"))
+            raise InputError(f"cannot decode {info.path} (stopped after {count} frames): {reason}")
+
+
+def _read_exactly(stream, buffer: bytearray) -> int:
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        got = stream.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+def _ffmpeg_probe_text(path: Path) -> str:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.path.abspath(path)]
+    # ffmpeg exits 1 here ("At least one output file must be specified"): the description is on stderr.
+    result = subprocess.run(command, capture_output=True, check=False)
+    return result.stderr.decode("utf-8", "replace")
+
+
+# --- parsing ffmpeg's description of the input --------------------------------
+
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO_STREAM = re.compile(r"Stream #0:\d+\S*: Video: (\w+)")
+_SIZE = re.compile(r", (\d+)x(\d+)(?=[ ,\[]|$)")
+_FPS = re.compile(r", (\d+(?:\.\d+)?)(k?) (?:fps|tbr)")
+_ROTATION = re.compile(r"display ?matrix: rotation of (-?\d+(?:\.\d+)?) degrees", re.IGNORECASE)
+
+
+def _parse_ffmpeg_probe(text: str, path: Path) -> VideoInfo:
+    if "Input #0" not in text:
+        raise InputError(
+            f"cannot read {path} as a video ({_ffmpeg_reason(text)}): "
+            "use a video ffmpeg can open (MP4, MOV, MKV, WebM) or a PNG/JPEG/WebP image"
+        )
+    streams = _stream_sections(text)
+    video = [section for section in streams if _VIDEO_STREAM.search(section[0])]
+    pictures = [number for number, section in enumerate(video) if "attached pic" not in section[0]]
+    if not pictures:
+        raise InputError(f"{path} has no video stream: pass a video or an image of the face")
+    header, *details = video[pictures[0]]
+    codec = _VIDEO_STREAM.search(header).group(1)
+    size = _SIZE.search(header)
+    if size is None:
+        raise InputError(f"cannot read the frame size of {path}: the video stream looks damaged")
+    width, height = int(size.group(1)), int(size.group(2))
+    fps = 0.0
+    for match in _FPS.finditer(header):  # "fps" comes before "tbr"; the first one found wins
+        fps = float(match.group(1)) * (1000 if match.group(2) else 1)
+        break
+    rotation = 0
+    for line in details:
+        if match := _ROTATION.search(line):
+            rotation = int(round(float(match.group(1)) / 90.0)) * 90 % 360
+    if rotation in (90, 270):  # ffmpeg turns the picture upright while decoding
+        width, height = height, width
+    duration_s = 0.0
+    if match := _DURATION.search(text):
+        hours, minutes, seconds = match.groups()
+        duration_s = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    has_audio = any(": Audio: " in section[0] for section in streams)
+    frame_count = int(round(duration_s * OUTPUT_FPS))
+    return VideoInfo(path, width, height, fps, duration_s, frame_count, rotation, False, has_audio, codec, pictures[0])
+
+
+def _stream_sections(text: str) -> list[list[str]]:
+    """Each `Stream #0:...` line with the indented lines under it."""
+    sections: list[list[str]] = []
+    indent = 0
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("Stream #0:"):
+            sections.append([stripped])
+            indent = len(line) - len(stripped)
+        elif sections and len(line) - len(stripped) > indent and stripped:
+            sections[-1].append(stripped)
+        elif sections:
+            indent = -1  # the stream's block is over; nothing more attaches to it
+    return sections
+
+
+def _ffmpeg_reason(stderr: str) -> str:
+    """The most specific line of an ffmpeg error log, without its `[component @ 0x..]` prefix."""
+    component_lines, other_lines = [], []
+    for line in stderr.splitlines():
+        match = re.match(r"\s*\[[^\]]*\]\s*(.+)", line)
+        if match and not match.group(1).startswith("Error opening input"):
+            component_lines.append(match.group(1).strip())
+        elif line.strip() and not line.startswith("At least one output file"):
+            other_lines.append(line.strip())
+    lines = component_lines or other_lines  # the generic summary lines come last
+    return lines[-1] if lines else "ffmpeg gave no reason"
+
+
+# --- files and images ----------------------------------------------------------
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"input not found: {path} (check the path)")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: pass a video or image file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): export or download it again")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """A still image as RGB uint8: alpha composited over black, grey to RGB, 16-bit to 8-bit."""
+    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread cannot open some non-ASCII paths on Windows
+    # IMREAD_UNCHANGED keeps alpha and 16-bit samples but ignores the EXIF
+    # orientation; JPEG has no alpha, so it is read the way that applies it.
+    is_jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(data, flags)
+    if image is None or image.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"cannot read image {path}: the file is damaged or not an 8/16-bit PNG/JPEG/WebP image")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:  # grey + alpha is read as BGRA too
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        image = (image[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,166 @@
+"""media/encode.py: H.264 encoding, AAC muxing, atomic rename, cleanup on failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from latentsync_cli.errors import InputError, OutputError
+from latentsync_cli.media import encode
+from latentsync_cli.media.encode import VideoEncoder, mux
+from latentsync_cli.media.video import decode_frames, probe_video, read_frames
+
+
+def ffmpeg_description(path) -> str:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stderr
+
+
+def decoded_audio_samples(path) -> int:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", os.fspath(path),
+               "-map", "0:a:0", "-ac", "1", "-ar", "16000", "-f", "f32le", "pipe:1"]  # fmt: skip
+    return len(subprocess.run(command, capture_output=True, check=True).stdout) // 4
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [name for name in os.listdir(folder) if ".partial-" in name]
+
+
+def moving_frames(count, width=64, height=48):
+    for index in range(count):
+        frame = np.zeros((height, width, 3), dtype=np.uint8)
+        frame[:, :, 0] = index * 10 % 256
+        frame[:, : width // 2, 1] = 200
+        yield frame
+
+
+def test_encode_then_mux_gives_one_video_and_one_audio_stream(tmp_path):
+    with VideoEncoder(tmp_path / "video.mp4", 64, 48) as encoder:
+        for frame in moving_frames(20):
+            encoder.write(frame)
+    assert encoder.frames_written == 20 and leftovers(tmp_path) == []
+    speech = 0.1 * np.sin(np.arange(3 * 16000) / 8.0).astype(np.float32)  # 3 s: longer than 0.8 s of video
+    out = mux(tmp_path / "video.mp4", speech, tmp_path / "out.mp4")
+    description = ffmpeg_description(out)
+    assert description.count(": Video: h264") == 1 and description.count(": Audio: aac") == 1
+    info = probe_video(out)
+    assert (info.fps, info.frame_count, info.has_audio) == (25.0, 20, True)
+    assert len(list(decode_frames(info))) == 20
+    assert abs(decoded_audio_samples(out) - int(20 / 25 * 16000)) <= 1024  # cut to the video (AAC frames are 1024)
+    assert leftovers(tmp_path) == []
+
+
+def test_short_audio_is_padded_to_the_video_length(tmp_path):
+    with VideoEncoder(tmp_path / "video.mp4", 64, 48) as encoder:
+        for frame in moving_frames(50):
+            encoder.write(frame)
+    out = mux(tmp_path / "video.mp4", np.full(4000, 0.2, dtype=np.float32), tmp_path / "out.mp4", n_frames=50)
+    assert abs(decoded_audio_samples(out) - 2 * 16000) <= 1024
+
+
+def test_odd_size_round_trip_pads_one_edge_pixel(tmp_path):
+    frames = list(moving_frames(6, width=721, height=405))
+    for frame in frames:
+        frame[:, -1] = (0, 0, 255)  # the last column and row, to see them copied into the padding
+        frame[-1, :] = (255, 255, 0)
+    with VideoEncoder(tmp_path / "odd.mp4", 721, 405, crf=10) as encoder:
+        assert encoder.encoded_size == (722, 406)
+        for frame in frames:
+            encoder.write(frame)
+    info = probe_video(tmp_path / "odd.mp4")
+    assert (info.width, info.height, info.frame_count) == (722, 406, 6)
+    back = list(read_frames(tmp_path / "odd.mp4", 6))
+    assert np.abs(back[3][:405, :721].astype(int) - frames[3]).mean() < 3
+    # the padding copies the last column and row (which 4:2:0 chroma blurs, so compare decoded with decoded)
+    assert np.abs(back[3][:, 721].astype(int) - back[3][:, 720]).max() <= 4
+    assert np.abs(back[3][405].astype(int) - back[3][404]).max() <= 4
+    assert back[3][200, 721, 2] > 100 and back[3][405, 300, 0] > 200
+
+
+def test_paths_with_spaces_quotes_and_non_ascii_work(tmp_path):
+    folder = tmp_path / "out put ü"
+    folder.mkdir()
+    video_path = folder / "my clip 'ü'.mp4"
+    with VideoEncoder(video_path, 64, 48) as encoder:
+        for frame in moving_frames(5):
+            encoder.write(frame)
+    out = mux(video_path, np.zeros(16000, dtype=np.float32), folder / 'final "ü" [1] $HOME.mp4')
+    assert out.exists() and probe_video(out).has_audio
+    assert len(list(read_frames(out, 5))) == 5
+    assert leftovers(folder) == []
+
+
+def test_killing_ffmpeg_midway_leaves_nothing_at_the_target(tmp_path):
+    target = tmp_path / "out.mp4"
+    encoder = VideoEncoder(target, 64, 48, preset="ultrafast")
+    frames = moving_frames(100000)
+    for _ in range(10):
+        encoder.write(next(frames))
+    assert encoder.temp_paths == [encoder.temp_path] and encoder.temp_path.parent == tmp_path
+    os.kill(encoder.process.pid, signal.SIGKILL)
+    with pytest.raises(OutputError, match="SIGKILL"):
+        for frame in frames:  # the pipe breaks on some write, or finish() sees the signal
+            encoder.write(frame)
+        encoder.finish()
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_exception_inside_the_block_removes_the_temporary_file(tmp_path):
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"an older result")
+    with pytest.raises(KeyboardInterrupt):
+        with VideoEncoder(target, 64, 48) as encoder:
+            for frame in moving_frames(10):
+                encoder.write(frame)
+            raise KeyboardInterrupt
+    assert encoder.process.poll() is not None
+    assert target.read_bytes() == b"an older result"  # untouched: never half-replaced
+    assert leftovers(tmp_path) == []
+
+
+def test_mux_failure_leaves_nothing_at_the_target(tmp_path):
+    (tmp_path / "video.mp4").write_text("not a video at all\n" * 10)
+    target = tmp_path / "out.mp4"
+    with pytest.raises(OutputError, match="out.mp4"):
+        mux(tmp_path / "video.mp4", np.zeros(16000, dtype=np.float32), target, n_frames=25)
+    with pytest.raises(InputError, match="video.mp4"):  # without n_frames it probes the video first
+        mux(tmp_path / "video.mp4", np.zeros(16000, dtype=np.float32), target)
+    assert not target.exists() and leftovers(tmp_path) == []
+
+
+def test_a_missing_output_folder_is_an_output_error(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        VideoEncoder(tmp_path / "no such folder" / "out.mp4", 64, 48)
+
+
+def test_wrong_frame_shape_is_refused(tmp_path):
+    with VideoEncoder(tmp_path / "out.mp4", 64, 48) as encoder:
+        with pytest.raises(ValueError, match="uint8"):
+            encoder.write(np.zeros((48, 64, 3), dtype=np.float32))
+        encoder.write(np.zeros((48, 64, 3), dtype=np.uint8))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full is Linux only")
+def test_a_full_disk_is_reported_as_disk_full(tmp_path):
+    # A real full-disk write: ffmpeg writing to /dev/full fails with ENOSPC.
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+               "-f", "lavfi", "-i", "testsrc2=size=64x48", "-t", "1", "-c:v", "libx264", "-f", "matroska", "/dev/full"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    error = encode.ffmpeg_output_error(result.stderr, result.returncode, tmp_path / "out.mp4")
+    assert "disk full" in str(error) and "out.mp4" in str(error)
+    assert error.exit_code == 6
+
+
+def test_partial_path_is_hidden_beside_the_target(tmp_path):
+    first = encode.partial_path(tmp_path / "result.mp4")
+    second = encode.partial_path(tmp_path / "result.mp4")
+    assert first.parent == tmp_path and first != second
+    assert first.name.startswith(f".result.partial-{os.getpid()}-") and first.suffix == ".mp4"

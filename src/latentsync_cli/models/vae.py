@@ -47,11 +47,15 @@ def tiny_vae_config() -> dict:
     return config
 
 
-def random_vae(config: dict, seed: int) -> AutoencoderKL:
+def random_vae(
+    config: dict, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> AutoencoderKL:
     """An AutoencoderKL built from `config` with seeded random weights (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**config)
+    # nn.Module.to rather than diffusers' override, which warns about fp32-only modules this VAE does not have.
+    torch.nn.Module.to(vae, device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)
 
 

@@ -32,8 +32,9 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_resolve_json_has_values_and_sources(capsys):
-    code, out, _ = run(capsys, "presets", "resolve", "--mode", "turbo", "--quality", "draft", "--duration", "30",
-                       "--json")
+    code, out, _ = run(
+        capsys, "presets", "resolve", "--mode", "turbo", "--quality", "draft", "--duration", "30", "--json"
+    )
     assert code == 0
     data = json.loads(out)  # stdout is pure JSON
     for name in ("steps", "scheduler", "window", "guidance", "deepcache_interval"):
@@ -152,8 +153,20 @@ def test_real_process_acceptance(tmp_path):
     """The acceptance commands in a fresh interpreter: JSON alone on stdout, exit 2 for a broken file."""
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "NO_COLOR": "1"}
     env.pop("LATENTSYNC_PRESETS", None)
-    command = [sys.executable, "-m", "latentsync_cli", "presets", "resolve", "--mode", "turbo", "--quality", "draft",
-               "--duration", "30", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "latentsync_cli",
+        "presets",
+        "resolve",
+        "--mode",
+        "turbo",
+        "--quality",
+        "draft",
+        "--duration",
+        "30",
+        "--json",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sources"]["deepcache_interval"] == "mode"

@@ -31,7 +31,11 @@ def builtin_data() -> dict:
 def test_builtin_table_has_the_documented_entries(builtin):
     assert list(builtin.modes) == ["normal", "fast", "turbo", "ultra"]
     assert {name: q.step_scale for name, q in builtin.quality.items() if not q.auto} == {
-        "draft": 0.5, "fast": 0.7, "balanced": 1.0, "quality": 1.5, "ultra": 2.0,
+        "draft": 0.5,
+        "fast": 0.7,
+        "balanced": 1.0,
+        "quality": 1.5,
+        "ultra": 2.0,
     }
     assert builtin.quality["auto"].auto
     assert list(builtin.levels) == ["conservative", "balanced", "aggressive"]
@@ -42,7 +46,11 @@ def test_builtin_table_has_the_documented_entries(builtin):
 def test_normal_mode_is_upstream_reference_quality(builtin):
     normal = builtin.modes["normal"]
     assert (normal.steps, normal.scheduler, normal.guidance, normal.window, normal.deepcache) == (
-        20, "ddim", 1.5, 16, False,
+        20,
+        "ddim",
+        1.5,
+        16,
+        False,
     )
 
 
@@ -62,8 +70,16 @@ def test_faster_modes_are_cheaper(builtin):
 
 @pytest.mark.parametrize(
     "seconds, length_class",
-    [(0.5, "short"), (4.99, "short"), (5.0, "short"), (5.01, "medium"), (20.0, "medium"), (20.5, "long"),
-     (3600, "long"), (None, "medium")],
+    [
+        (0.5, "short"),
+        (4.99, "short"),
+        (5.0, "short"),
+        (5.01, "medium"),
+        (20.0, "medium"),
+        (20.5, "long"),
+        (3600, "long"),
+        (None, "medium"),
+    ],
 )
 def test_length_classes(builtin, seconds, length_class):
     assert builtin.length_class(seconds) == length_class
@@ -73,7 +89,7 @@ def test_override_merges_per_entry_and_adds_modes(tmp_path, no_user_file):
     override = tmp_path / "mine.toml"
     override.write_text(
         "[modes.fast]\nsteps = 10\n\n"
-        "[modes.slow]\nsteps = 40\nmin_steps = 20\nscheduler = \"unipc\"\nguidance = 2\nwindow = 24\n"
+        '[modes.slow]\nsteps = 40\nmin_steps = 20\nscheduler = "unipc"\nguidance = 2\nwindow = 24\n'
         "deepcache = false\ndeepcache_interval = 3\ndeepcache_branch = 0\nface_detect_stride = 1\n"
         "[auto.fidelity_floor]\nmouth_psnr_db = 30.0\n"
     )
@@ -108,26 +124,28 @@ def test_json_layout_loads_back_as_the_same_table(builtin):
 
 def test_deep_merge_keeps_both_sides():
     assert deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}, "c": 4}) == {
-        "a": {"x": 1, "y": 3}, "b": 1, "c": 4,
+        "a": {"x": 1, "y": 3},
+        "b": 1,
+        "c": 4,
     }
 
 
 BAD_FILES = {
     "syntax": ("[modes.fast\nsteps = 3\n", ["invalid TOML"]),
     "unknown key": ("[modes.fast]\nstepz = 3\n", ["modes.fast.stepz", "allowed:", "steps"]),
-    "wrong type": ("[modes.fast]\nsteps = \"ten\"\n", ["modes.fast.steps", "integer"]),
+    "wrong type": ('[modes.fast]\nsteps = "ten"\n', ["modes.fast.steps", "integer"]),
     "bool for int": ("[modes.fast]\nsteps = true\n", ["modes.fast.steps", "integer"]),
     "window > 24": ("[modes.fast]\nwindow = 30\n", ["modes.fast.window", "1 to 24"]),
     "steps < 1": ("[modes.fast]\nsteps = 0\n", ["modes.fast.steps", ">= 1"]),
     "guidance < 1": ("[modes.turbo]\nguidance = 0.5\n", ["modes.turbo.guidance", ">= 1"]),
-    "scheduler": ("[modes.fast]\nscheduler = \"lms\"\n", ["modes.fast.scheduler", "ddim, dpmpp_2m, euler, unipc"]),
+    "scheduler": ('[modes.fast]\nscheduler = "lms"\n', ["modes.fast.scheduler", "ddim, dpmpp_2m, euler, unipc"]),
     "unknown table": ("[mode.fast]\nsteps = 3\n", ["[mode]", "modes"]),
     "bad name": ("[modes.Fast]\nsteps = 3\n", ["modes.Fast", "lowercase"]),
     "incomplete new mode": ("[modes.mine]\nsteps = 3\n", ["modes.mine", "missing", "min_steps"]),
-    "dangling level": ("[tiers.cpu]\nlevel = \"max\"\n", ["tiers.cpu.level", "conservative"]),
+    "dangling level": ('[tiers.cpu]\nlevel = "max"\n', ["tiers.cpu.level", "conservative"]),
     "min above steps": ("[modes.fast]\nmin_steps = 13\n", ["modes.fast.min_steps", "steps = 12"]),
-    "precision": ("[levels.balanced]\nprecision = \"fp8\"\n", ["levels.balanced.precision", "bf16"]),
-    "floor not a number": ("[auto.fidelity_floor]\nmouth_ssim = \"high\"\n", ["auto.fidelity_floor.mouth_ssim"]),
+    "precision": ('[levels.balanced]\nprecision = "fp8"\n', ["levels.balanced.precision", "bf16"]),
+    "floor not a number": ('[auto.fidelity_floor]\nmouth_ssim = "high"\n', ["auto.fidelity_floor.mouth_ssim"]),
 }
 
 

@@ -30,12 +30,13 @@ from latentsync_cli.settings import (
 GB = 10**9
 CPU = DeviceRecord(backend="cpu", name="CPU", total_memory_bytes=32 * GB)
 MPS = DeviceRecord(backend="mps", name="Apple GPU (MPS)", total_memory_bytes=16 * GB)
-GTX_1070 = DeviceRecord(backend="cuda", name="GTX 1070", index=0, total_memory_bytes=8 * 2**30,
-                        compute_capability=(6, 1))
-T4 = DeviceRecord(backend="cuda", name="Tesla T4", index=0, total_memory_bytes=15360 * 2**20,
-                  compute_capability=(7, 5))
-RTX_4090 = DeviceRecord(backend="cuda", name="RTX 4090", index=0, total_memory_bytes=24564 * 2**20,
-                        compute_capability=(8, 9))
+GTX_1070 = DeviceRecord(
+    backend="cuda", name="GTX 1070", index=0, total_memory_bytes=8 * 2**30, compute_capability=(6, 1)
+)
+T4 = DeviceRecord(backend="cuda", name="Tesla T4", index=0, total_memory_bytes=15360 * 2**20, compute_capability=(7, 5))
+RTX_4090 = DeviceRecord(
+    backend="cuda", name="RTX 4090", index=0, total_memory_bytes=24564 * 2**20, compute_capability=(8, 9)
+)
 DEVICES = {"cpu": CPU, "mps": MPS, "small_gpu": GTX_1070, "medium_gpu": T4, "large_gpu": RTX_4090}
 
 TABLE = load_presets(environ={})
@@ -91,7 +92,13 @@ def test_defaults_are_upstream_reference_settings():
     resolved = resolve(T4)
     s = resolved.settings
     assert (s.mode, s.quality, s.steps, s.scheduler, s.guidance, s.window, s.deepcache) == (
-        "normal", "balanced", 20, "ddim", 1.5, 16, False,
+        "normal",
+        "balanced",
+        20,
+        "ddim",
+        1.5,
+        16,
+        False,
     )
     assert resolved.sources["mode"] == SOURCE_DEFAULT and resolved.sources["seed"] == SOURCE_DEFAULT
     assert resolved.sources["scheduler"] == SOURCE_MODE and resolved.sources["optimization_level"] == SOURCE_TIER

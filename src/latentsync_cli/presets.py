@@ -65,10 +65,9 @@ class Mode:
 
     def settings(self) -> dict[str, Any]:
         """The RunSettings fields this mode sets."""
-        names = ("steps", "scheduler", "guidance", "window", "deepcache", "deepcache_interval", "deepcache_branch")
-        values = {name: getattr(self, name) for name in names}
-        values["face_detect_stride"] = self.face_detect_stride
-        return values
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "min_steps", "description")
+        }
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,9 @@ def _builtin_location():
     in_repository = Path(__file__).resolve().parents[2] / PRESETS_FILENAME
     if in_repository.is_file():
         return in_repository
-    raise ConfigError(f"built-in {PRESETS_FILENAME} not found in the package or at {in_repository}; reinstall latentsync")
+    raise ConfigError(
+        f"built-in {PRESETS_FILENAME} not found in the package or at {in_repository}; reinstall latentsync"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -312,9 +313,7 @@ def _check_layer(data: Mapping[str, Any], origin: str) -> None:
             continue
         for name, entry in entries.items():
             if not NAME_PATTERN.match(name):
-                raise ConfigError(
-                    f"{origin}: {section}.{name}: names use lowercase letters, digits, '-' and '_' only"
-                )
+                raise ConfigError(f"{origin}: {section}.{name}: names use lowercase letters, digits, '-' and '_' only")
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"{origin}: {section}.{name} must be a table ([{section}.{name}])")
             _check_entry(SECTIONS[section], entry, f"{section}.{name}", origin)
@@ -405,7 +404,10 @@ def _build_section(merged: Mapping[str, Any], section: str, origins: Mapping) ->
     entries = merged.get(section, {})
     if not entries:
         raise ConfigError(f"presets: the table has no [{section}.*] entries; restore the built-in presets.toml")
-    return {name: _build_entry(cls, name, entry, f"{section}.{name}", origins[(section, name)]) for name, entry in entries.items()}
+    return {
+        name: _build_entry(cls, name, entry, f"{section}.{name}", origins[(section, name)])
+        for name, entry in entries.items()
+    }
 
 
 def _build_entry(cls: type, name: str | None, entry: Mapping[str, Any], where: str, origin: str):
@@ -432,7 +434,7 @@ def _check_references(table: PresetTable, origins: Mapping[tuple[str, str], str]
         _check_reference(tier.level, table.levels, f"tiers.{tier.name}.level", origins[("tiers", tier.name)])
     for backend in BACKENDS:
         if not any(t.backend == backend for t in table.tiers.values()):
-            raise ConfigError(f"presets: no tier has backend = \"{backend}\"; every backend needs one")
+            raise ConfigError(f'presets: no tier has backend = "{backend}"; every backend needs one')
     for rule in table.length.values():
         _check_reference(rule.quality, table.quality, f"length.{rule.name}.quality", origins[("length", rule.name)])
     open_ended = [r.name for r in table.length.values() if r.max_seconds is None]

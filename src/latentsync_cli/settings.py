@@ -210,7 +210,9 @@ def choose_device(devices: Sequence[DeviceRecord], wanted: str = "auto") -> Devi
     if numbered is None:
         raise UsageError(f"--device {wanted}: unknown device; allowed: auto, cpu, cuda, cuda:N, mps")
     if not gpus:
-        raise UsageError(f"--device {wanted}: no CUDA GPU found (see `latentsync presets gpu`); use --device auto or cpu")
+        raise UsageError(
+            f"--device {wanted}: no CUDA GPU found (see `latentsync presets gpu`); use --device auto or cpu"
+        )
     if numbered.group(1) is None:
         return gpus[0]
     index = int(numbered.group(1))

@@ -215,7 +215,9 @@ def gpu(ctx: typer.Context, presets: PresetsOption = None, json_output: JsonOpti
     for d in devices:
         capability = ".".join(map(str, d["compute_capability"])) if d["compute_capability"] else "-"
         fast = [name for name in ("bf16", "fp16", "tf32") if d["capabilities"][name]] or ["fp32 only"]
-        rows.add_row(d["device"], _gigabytes(d["total_memory_bytes"]), capability, d["tier"], d["level"], " ".join(fast))
+        rows.add_row(
+            d["device"], _gigabytes(d["total_memory_bytes"]), capability, d["tier"], d["level"], " ".join(fast)
+        )
     out.console.print(rows)
     for d in devices:
         versions = f", driver {d['driver_version']}, CUDA {d['cuda_version']}" if d["driver_version"] else ""
@@ -290,12 +292,29 @@ def _key_help_lines(cls: type) -> list[str]:
 
 
 def _modes_table(table: PresetTable) -> Table:
-    rows = _new_table("mode", "steps", "min", "sampler", "guidance", "window", "deepcache", "detect every",
-                 title=SECTION_TITLES["modes"])
+    rows = _new_table(
+        "mode",
+        "steps",
+        "min",
+        "sampler",
+        "guidance",
+        "window",
+        "deepcache",
+        "detect every",
+        title=SECTION_TITLES["modes"],
+    )
     for m in table.modes.values():
         deepcache = f"every {m.deepcache_interval}" if m.deepcache else "off"
-        rows.add_row(m.name, str(m.steps), str(m.min_steps), m.scheduler, f"{m.guidance:g}", str(m.window),
-                     deepcache, str(m.face_detect_stride))
+        rows.add_row(
+            m.name,
+            str(m.steps),
+            str(m.min_steps),
+            m.scheduler,
+            f"{m.guidance:g}",
+            str(m.window),
+            deepcache,
+            str(m.face_detect_stride),
+        )
     return rows
 
 
@@ -307,12 +326,21 @@ def _quality_table(table: PresetTable) -> Table:
 
 
 def _levels_table(table: PresetTable) -> Table:
-    rows = _new_table("level", "precision", "tf32", "compile", "graphs", "vae", "win/call", "mem",
-                 title=SECTION_TITLES["levels"])
+    rows = _new_table(
+        "level", "precision", "tf32", "compile", "graphs", "vae", "win/call", "mem", title=SECTION_TITLES["levels"]
+    )
     for lv in table.levels.values():
         vae = "+".join(part for part, on in (("slice", lv.vae_slicing), ("tile", lv.vae_tiling)) if on) or "whole"
-        rows.add_row(lv.name, lv.precision, _show(lv.tf32), _show(lv.compile),
-                     _show(lv.cuda_graphs), vae, str(lv.windows_per_call), f"{lv.memory_fraction:.0%}")
+        rows.add_row(
+            lv.name,
+            lv.precision,
+            _show(lv.tf32),
+            _show(lv.compile),
+            _show(lv.cuda_graphs),
+            vae,
+            str(lv.windows_per_call),
+            f"{lv.memory_fraction:.0%}",
+        )
     return rows
 
 

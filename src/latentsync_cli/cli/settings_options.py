@@ -52,13 +52,19 @@ PANEL = "Speed and quality"
 
 ModeOption = Annotated[
     str | None,
-    typer.Option("--mode", help=f"Speed mode: normal, fast, turbo, ultra (or your own). [default: {DEFAULT_MODE}]",
-                 rich_help_panel=PANEL),
+    typer.Option(
+        "--mode",
+        help=f"Speed mode: normal, fast, turbo, ultra (or your own). [default: {DEFAULT_MODE}]",
+        rich_help_panel=PANEL,
+    ),
 ]
 QualityOption = Annotated[
     str | None,
-    typer.Option("--quality", help=f"Quality preset: draft, fast, balanced, quality, ultra, auto. [default: {DEFAULT_QUALITY}]",
-                 rich_help_panel=PANEL),
+    typer.Option(
+        "--quality",
+        help=f"Quality preset: draft, fast, balanced, quality, ultra, auto. [default: {DEFAULT_QUALITY}]",
+        rich_help_panel=PANEL,
+    ),
 ]
 StepsOption = Annotated[
     int | None, typer.Option("--steps", help="Denoising steps (overrides mode and quality).", rich_help_panel=PANEL)
@@ -80,24 +86,30 @@ GuidanceOption = Annotated[
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed. [default: 1247]", rich_help_panel=PANEL)]
 PrecisionOption = Annotated[
     str | None,
-    typer.Option("--precision", help="auto, fp32, fp16 or bf16 (auto: the best the device supports).",
-                 rich_help_panel=PANEL),
+    typer.Option(
+        "--precision", help="auto, fp32, fp16 or bf16 (auto: the best the device supports).", rich_help_panel=PANEL
+    ),
 ]
 CompileOption = Annotated[
     bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet.", rich_help_panel=PANEL)
 ]
 OptimizationLevelOption = Annotated[
     str | None,
-    typer.Option("--optimization-level", help="conservative, balanced, aggressive or auto (from the GPU tier).",
-                 rich_help_panel=PANEL),
+    typer.Option(
+        "--optimization-level",
+        help="conservative, balanced, aggressive or auto (from the GPU tier).",
+        rich_help_panel=PANEL,
+    ),
 ]
-DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=PANEL)
-]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=PANEL)]
 PresetsOption = Annotated[
     Path | None,
-    typer.Option("--presets", help="Presets override file (instead of $LATENTSYNC_PRESETS or the user file).",
-                 rich_help_panel=PANEL, dir_okay=False),
+    typer.Option(
+        "--presets",
+        help="Presets override file (instead of $LATENTSYNC_PRESETS or the user file).",
+        rich_help_panel=PANEL,
+        dir_okay=False,
+    ),
 ]
 
 # pick_from_benchmark(device, length_class) -> RunSettings field values (+ "description"), or None

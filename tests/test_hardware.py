@@ -110,7 +110,7 @@ class FakeNvml:
         self.fail_at = fail_at
         self.gpus = [
             ("Tesla T4", 15360 * MIB, 15000 * MIB, (7, 5), "GPU-aaaa-1111"),
-            ("A100-SXM4-80GB", 81920 * MIB, 80000 * MIB, (8, 0), "GPU-bbbb-2222"),
+            ("NVIDIA A100-SXM4-80GB", 81920 * MIB, 80000 * MIB, (8, 0), "GPU-bbbb-2222"),
         ]
         self.shut_down = False
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from latentsync_cli.errors import UsageError, WeightsError
 from latentsync_cli.models.checkpoint import expected_state_shapes
 from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
-from latentsync_cli.models.vae import random_vae, tiny_vae_config
+from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
 from latentsync_cli.models.weights import (
     Architecture,
     find_weight_files,
@@ -26,7 +26,7 @@ from latentsync_cli.models.weights import (
     read_state_shapes,
     verify_weights,
 )
-from latentsync_cli.models.whisper import AudioEncoder, WhisperDims
+from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
 
 UNET_KEY = "conv_in.weight"
 VAE_ATTENTION = "encoder.mid_block.attentions.0"
@@ -310,3 +310,14 @@ def test_unknown_weights_choice_is_a_usage_error():
 def test_checkpoint_weights_offline_without_files_fail_before_building_anything(offline_empty_hub):
     with pytest.raises(WeightsError, match="latentsync models download"):
         load_models("checkpoint")
+
+
+def test_located_files_load_with_the_real_loaders(tiny_dir_template):
+    paths = locate_weights(tiny_dir_template)
+    assert load_vae(paths.vae).config.latent_channels == 4
+    assert load_whisper_encoder(paths.whisper).dims == WhisperDims.tiny()
+
+
+def test_checkpoint_weights_of_the_wrong_architecture_name_the_key(tiny_dir_template):
+    with pytest.raises(WeightsError, match="conv_in.weight"):
+        load_models("checkpoint", checkpoint_dir=tiny_dir_template)

@@ -24,7 +24,8 @@ class Output:
         self.console = _stderr_console(self.quiet)
 
     def info(self, text: str) -> None:
-        self.console.print(text)
+        # soft_wrap keeps long paths on one line, so they can be copied.
+        self.console.print(text, soft_wrap=True)
 
     def warn(self, text: str) -> None:
         _stderr_console().print(f"warning: {text}", style="yellow", markup=False)

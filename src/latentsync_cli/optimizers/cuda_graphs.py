@@ -1,0 +1,108 @@
+"""CUDA graphs for the denoising step: capture the UNet call once per input shape, then replay it.
+
+A replay skips Python and kernel launch overhead. Graphs need static shapes,
+so with graphs on, the pipeline pads every window to the full window size (by
+repeating its last frame) and drops the padding after. With DeepCache there
+are two graphs per shape: the full pass (which writes the cached hidden state
+into a static buffer) and the shallow pass (which reads it from one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from latentsync_cli.optimizers import OptimizationLog
+from latentsync_cli.settings import RunSettings
+
+WARMUP_CALLS = 2  # on a side stream before capture, as torch.cuda.graphs recommends
+
+
+@dataclass
+class CapturedCall:
+    graph: torch.cuda.CUDAGraph
+    sample: Tensor
+    timestep: Tensor
+    audio: Tensor
+    hidden_in: Tensor | None  # DeepCache shallow pass: the cached state it reads
+    output: Tensor
+    hidden_out: Tensor | None  # DeepCache full pass: the state it stores
+
+
+class CudaGraphUNet:
+    """Calls `unet_call` through one captured CUDA graph per (shapes, DeepCache path)."""
+
+    def __init__(self, unet_call: Callable[..., Tensor]):
+        self.unet_call = unet_call
+        self.captured: dict[tuple, CapturedCall] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet_call.dtype
+
+    def reset(self) -> None:
+        """Drop every graph (and its memory pool), e.g. before moving the UNet between devices."""
+        self.captured.clear()
+
+    def __call__(self, sample: Tensor, timestep: Tensor, audio_embeds: Tensor, cache=None) -> Tensor:
+        path = "plain" if cache is None else ("reuse" if cache.reuse else "full")
+        key = (tuple(sample.shape), sample.dtype, tuple(audio_embeds.shape), path, getattr(cache, "branch", None))
+        call = self.captured.get(key)
+        if call is None:
+            call = self.captured[key] = self._capture(sample, timestep, audio_embeds, cache)
+        call.sample.copy_(sample)
+        call.timestep.copy_(torch.as_tensor(timestep, device=call.timestep.device, dtype=call.timestep.dtype))
+        call.audio.copy_(audio_embeds)
+        if call.hidden_in is not None and cache.hidden is not call.hidden_in:
+            call.hidden_in.copy_(cache.hidden)
+        call.graph.replay()
+        if call.hidden_out is not None:
+            cache.hidden = call.hidden_out
+        # The next replay overwrites `output`; the caller may keep the result longer.
+        return call.output.clone()
+
+    def _capture(self, sample: Tensor, timestep: Tensor, audio_embeds: Tensor, cache) -> CapturedCall:
+        static_sample = sample.clone()
+        static_timestep = torch.as_tensor(timestep, device=sample.device).clone()
+        static_audio = audio_embeds.clone()
+        hidden_in = cache.hidden.clone() if cache is not None and cache.reuse else None
+
+        def graph_cache():
+            # A private cache, so warm-up and capture never touch the caller's state.
+            return None if cache is None else replace(cache, hidden=hidden_in)
+
+        side_stream = torch.cuda.Stream()
+        side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side_stream):
+            for _ in range(WARMUP_CALLS):
+                self.unet_call(static_sample, static_timestep, static_audio, cache=graph_cache())
+        torch.cuda.current_stream().wait_stream(side_stream)
+
+        graph = torch.cuda.CUDAGraph()
+        capture_cache = graph_cache()
+        with torch.cuda.graph(graph):
+            output = self.unet_call(static_sample, static_timestep, static_audio, cache=capture_cache)
+        hidden_out = capture_cache.hidden if cache is not None and not cache.reuse else None
+        return CapturedCall(graph, static_sample, static_timestep, static_audio, hidden_in, output, hidden_out)
+
+
+class CudaGraphs:
+    name = "cuda graphs"
+
+    def apply(self, settings: RunSettings, device: torch.device, unet_call, log: OptimizationLog):
+        """The UNet callable to use: graph-replaying on CUDA, unchanged elsewhere."""
+        if not settings.cuda_graphs:
+            log.off(self.name, "UNet kernels launched one by one")
+            return unet_call
+        if device.type != "cuda":
+            log.skipped(self.name, f"CUDA graphs need a CUDA device, this run uses {device.type}")
+            return unet_call
+        log.applied(
+            self.name,
+            f"UNet step captured once per shape and replayed; windows padded to {settings.window} frames "
+            "(last frame repeated, padding dropped after)",
+        )
+        return CudaGraphUNet(unet_call)

@@ -198,7 +198,8 @@ def make_bad_input(tmp_path, kind):
         return tmp_path / "notes.mp4"
     if kind == "truncated":
         whole = make_face_clip(tmp_path / "whole.mp4", 1.0, size=(96, 64), preset="ultrafast")
-        (tmp_path / "cut.mp4").write_bytes(whole.read_bytes()[:3000])
+        data = whole.read_bytes()  # the index is at the front (faststart): cut inside the first frame
+        (tmp_path / "cut.mp4").write_bytes(data[: data.index(b"mdat") + 64])
         return tmp_path / "cut.mp4"
     if kind == "audio only":
         run_ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "1", tmp_path / "speech.m4a")
@@ -224,7 +225,7 @@ def test_unusable_inputs_raise_one_line_input_errors(tmp_path, kind):
 def test_unknown_loop_mode_is_a_usage_error(tmp_path):
     path = make_index_clip(tmp_path / "clip.mp4", 3)
     with pytest.raises(UsageError, match="bounce"):
-        list(video.read_frames(path, 3, loop="bounce"))
+        video.read_frames(path, 3, loop="bounce")
 
 
 def test_probe_reports_audio_and_codec(tmp_path):

@@ -38,9 +38,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # short clip): about 40 frames at 1080p, 64 at 720p and below.
 SEGMENT_BUDGET_BYTES = 256 * 2**20
 MAX_SEGMENT_FRAMES = 64
-# A segment decode seeks this far before its first frame, so that the source
-# frame shown at that instant is decoded too.
-SEEK_MARGIN_S = 1.0
+# A segment decode seeks to the keyframe before this many seconds ahead of its
+# first frame (any margin works in theory; this one absorbs imprecise seeks).
+SEEK_MARGIN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") 
 
     A longer video is cut to its first `n_frames`; a shorter one is continued
     as `loop` says; a still image is repeated. Every frame is a new writable
-    array that the caller owns.
+    array that the caller owns. Bad input raises here, before the first frame.
     """
     if loop not in LOOP_MODES:
         raise UsageError(f"unknown loop mode {loop!r}: use one of {', '.join(LOOP_MODES)}")
@@ -83,11 +83,8 @@ def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") 
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
     info = probe_video(path)
     if info.is_image:
-        image = _read_image(info.path)
-        for _ in range(n_frames):
-            yield image.copy()
-        return
-    yield from _continued_video(info, n_frames, loop)
+        return _repeated_image(_read_image(info.path), n_frames)
+    return _continued_video(info, n_frames, loop)
 
 
 def decode_frames(info: VideoInfo, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
@@ -137,19 +134,27 @@ def is_image_path(path: Path) -> bool:
 # --- continuing a short video ------------------------------------------------
 
 
+def _repeated_image(image: np.ndarray, n_frames: int) -> Iterator[np.ndarray]:
+    for _ in range(n_frames):
+        yield image.copy()
+
+
 def _continued_video(info: VideoInfo, n_frames: int, loop: str) -> Iterator[np.ndarray]:
     if n_frames == 0:
         return
-    # A short clip is cheaper to hold than to decode again.
-    keep_all = n_frames * info.width * info.height * 3 <= SEGMENT_BUDGET_BYTES
-    kept: list[np.ndarray] = []
+    frame_bytes = info.width * info.height * 3
+    # A short clip that will need continuing is cheaper to hold than to decode
+    # again, as long as it fits in the budget (the length is only an estimate).
+    kept: list[np.ndarray] | None = [] if info.frame_count < n_frames else None
     count = 0
     pending = None  # held back one step so that we can keep our own copy of the last frame
     for frame in decode_frames(info, 0, n_frames):
         if pending is not None:
             yield pending
-        if keep_all:
+        if kept is not None and (len(kept) + 1) * frame_bytes <= SEGMENT_BUDGET_BYTES:
             kept.append(frame.copy())
+        else:
+            kept = None
         pending = frame
         count += 1
     if pending is None:
@@ -159,7 +164,7 @@ def _continued_video(info: VideoInfo, n_frames: int, loop: str) -> Iterator[np.n
     if count == n_frames:
         return
 
-    later = _kept_passes(kept, loop) if keep_all else _decoded_passes(info, count, last, loop)
+    later = _kept_passes(kept, loop) if kept is not None else _decoded_passes(info, count, last, loop)
     for _ in range(n_frames - count):
         yield next(later)
     later.close()
@@ -273,8 +278,10 @@ def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
             process.wait()
         if process.returncode != 0:
             errors.seek(0)
-            reason = _ffmpeg_reason(errors.read().decode("utf-8", "replace"))
-            raise InputError(f"cannot decode {info.path} (stopped after {count} frames): {reason}")
+            reason = _first_ffmpeg_error(errors.read().decode("utf-8", "replace"))
+            raise InputError(
+                f"cannot decode {info.path} after {count} frames: the file is damaged or truncated ({reason})"
+            )
 
 
 def _read_exactly(stream, buffer: bytearray) -> int:
@@ -357,7 +364,7 @@ def _stream_sections(text: str) -> list[list[str]]:
 
 
 def _ffmpeg_reason(stderr: str) -> str:
-    """The most specific line of an ffmpeg error log, without its `[component @ 0x..]` prefix."""
+    """Why ffmpeg could not open a file: its last specific line, without the `[component @ 0x..]` prefix."""
     component_lines, other_lines = [], []
     for line in stderr.splitlines():
         match = re.match(r"\s*\[[^\]]*\]\s*(.+)", line)
@@ -367,6 +374,15 @@ def _ffmpeg_reason(stderr: str) -> str:
             other_lines.append(line.strip())
     lines = component_lines or other_lines  # the generic summary lines come last
     return lines[-1] if lines else "ffmpeg gave no reason"
+
+
+def _first_ffmpeg_error(stderr: str) -> str:
+    """Why a decode failed: the first error line (later ones are consequences), without prefixes."""
+    for line in stderr.splitlines():
+        message = re.sub(r"^(\s*\[[^\]]*\])+\s*", "", line).strip()
+        if message:
+            return message
+    return "ffmpeg gave no reason"
 
 
 # --- files and images ----------------------------------------------------------

@@ -145,6 +145,8 @@ def test_wrong_frame_shape_is_refused(tmp_path):
         with pytest.raises(ValueError, match="uint8"):
             encoder.write(np.zeros((48, 64, 3), dtype=np.float32))
         encoder.write(np.zeros((48, 64, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="finished"):
+        encoder.write(np.zeros((48, 64, 3), dtype=np.uint8))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full is Linux only")

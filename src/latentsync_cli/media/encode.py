@@ -67,6 +67,7 @@ class VideoEncoder:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._errors,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop ffmpeg ourselves (abort)
         )
 
     @property
@@ -75,13 +76,15 @@ class VideoEncoder:
         return [] if self._done else [self.temp_path]
 
     def write(self, frame: np.ndarray) -> None:
+        if self._done:
+            raise ValueError(f"the encoder of {self.path} is already finished or aborted")
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(
                 f"frame must be uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}"
             )
         try:
             self.process.stdin.write(np.ascontiguousarray(frame).data)
-        except (BrokenPipeError, ValueError, OSError):  # ffmpeg has exited (or stdin is already closed)
+        except OSError:  # BrokenPipeError and friends: ffmpeg has exited
             self.process.wait()
             error = self._failure()
             self.abort()
@@ -183,7 +186,9 @@ def mux(
     command += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k"]
     command += ["-movflags", "+faststart", os.path.abspath(temp_path)]
     try:
-        result = subprocess.run(command, input=samples.tobytes(), capture_output=True, check=False)
+        result = subprocess.run(
+            command, input=samples.tobytes(), capture_output=True, check=False, start_new_session=True
+        )
         if result.returncode != 0 or not temp_path.exists():
             raise ffmpeg_output_error(result.stderr.decode("utf-8", "replace"), result.returncode, out_path)
         os.replace(temp_path, out_path)

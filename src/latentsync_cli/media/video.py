@@ -262,7 +262,13 @@ def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
     """Run an ffmpeg decode and yield its raw rgb24 frames; kill it if the caller stops early."""
     frame_bytes = info.width * info.height * 3
     with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,  # Ctrl-C reaches us only; closing the generator stops ffmpeg
+        )
         count = 0
         try:
             while True:

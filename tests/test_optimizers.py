@@ -106,12 +106,12 @@ def test_upstream_ddim_timesteps_and_swap_changes_them():
 def test_step_scaling_changes_the_timesteps_and_is_recorded(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
     fewer = RunSettings(steps=8)
-    plan = apply_optimizations(tiny_unet, vae, fewer, torch.device("cpu"))
+    plan = apply_optimizations(tiny_unet, vae, fewer, torch.device("cpu"), face_size=256)
     assert plan.log.find("step scaling")[0].status == APPLIED
     assert "8 steps instead of upstream's 20" in plan.log.find("step scaling")[0].detail
     assert len(make_scheduler("ddim", 8).timesteps) == 8
     assert make_scheduler("ddim", 8).timesteps.tolist() != make_scheduler("ddim", 20).timesteps.tolist()[:8]
-    upstream = apply_optimizations(tiny_unet, vae, RunSettings(steps=20), torch.device("cpu"))
+    upstream = apply_optimizations(tiny_unet, vae, RunSettings(steps=20), torch.device("cpu"), face_size=256)
     assert upstream.log.find("step scaling")[0].status == OFF
 
 
@@ -205,7 +205,7 @@ def test_padding_repeats_the_last_frame():
 def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
     settings = RunSettings(tf32=True, cuda_graphs=True, channels_last=True, memory_fraction=0.5)
-    plan = apply_optimizations(tiny_unet, vae, settings, torch.device("cpu"))
+    plan = apply_optimizations(tiny_unet, vae, settings, torch.device("cpu"), face_size=256)
     for name in ("tf32", "cuda graphs", "memory fraction"):
         entry = plan.log.find(name)[0]
         assert entry.status == SKIPPED and "cpu" in entry.detail, entry
@@ -217,9 +217,9 @@ def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
 
 def test_vae_slicing_and_tiling_switch_diffusers_flags(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
-    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), torch.device("cpu"))
+    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), torch.device("cpu"), face_size=256)
     assert vae.use_slicing and vae.use_tiling
-    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), torch.device("cpu"))
+    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), torch.device("cpu"), face_size=256)
     assert not vae.use_slicing and not vae.use_tiling
 
 
@@ -313,8 +313,9 @@ def test_stage_timer_spans_from_threads_make_a_chrome_trace_and_verdict():
     assert len({event["tid"] for event in trace}) == 2
     assert all(set(event) >= {"name", "ph", "ts", "dur", "pid", "tid"} for event in trace)
     busy = timer.lane_busy()
-    path = critical_path(busy, timer.lane_stages())
-    assert path["busy_s"] == max(busy.values())
+    path = critical_path({"main": 1.0, **busy}, timer.lane_stages())
+    assert path["bounding_lane"] == max(busy, key=busy.get)
+    assert path["seconds"] == pytest.approx(1.0 + max(busy.values()))
 
     verdict = bottleneck_verdict({"denoise": 7.8, "decode": 1.0}, wall_s=10.0)
     assert verdict == "bottleneck: denoise (78 % of wall time) — try --mode turbo or DeepCache"

@@ -156,12 +156,21 @@ class StageTimer:
         return events
 
 
-def critical_path(lane_busy: dict[str, float], lane_stages: dict[str, list[str]]) -> dict:
-    """The lane that bounds wall time when the lanes overlap: the busiest one."""
-    if not lane_busy:
-        return {"lane": None, "busy_s": 0.0, "stages": []}
-    lane = max(lane_busy, key=lane_busy.get)
-    return {"lane": lane, "busy_s": lane_busy[lane], "stages": lane_stages.get(lane, [])}
+def critical_path(lane_busy: dict[str, float], lane_stages: dict[str, list[str]], serial_lane: str = "main") -> dict:
+    """The chain of work that bounds wall time: the serial lane plus the busiest of the overlapped lanes.
+
+    The other lanes run concurrently, so with perfect overlap the wall time is
+    serial + max(busy of each overlapped lane); what is left over is waiting.
+    """
+    overlapped = {lane: busy for lane, busy in lane_busy.items() if lane != serial_lane}
+    bounding = max(overlapped, key=overlapped.get) if overlapped else None
+    lanes = [lane for lane in (serial_lane, bounding) if lane is not None and lane in lane_busy]
+    return {
+        "lanes": lanes,
+        "bounding_lane": bounding,
+        "stages": [stage for lane in lanes for stage in lane_stages.get(lane, [])],
+        "seconds": sum(lane_busy[lane] for lane in lanes),
+    }
 
 
 def bottleneck_verdict(stage_totals: dict[str, float], wall_s: float) -> str:

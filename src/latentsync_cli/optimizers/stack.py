@@ -35,6 +35,7 @@ def apply_optimizations(
     vae: torch.nn.Module,
     settings: RunSettings,
     device: torch.device,
+    face_size: int,
     compile_backend: str = "inductor",
 ) -> RunPlan:
     log = OptimizationLog()
@@ -46,7 +47,7 @@ def apply_optimizations(
     GuidanceSkip().apply(settings, log)
     windows_per_call = WindowBatching().apply(settings, log)
     ChannelsLast().apply(settings, vae, log)
-    VaeMemory().apply(settings.vae_slicing, settings.vae_tiling, vae, log)
+    VaeMemory().apply(settings.vae_slicing, settings.vae_tiling, vae, log, face_size)
     MemoryFraction().apply(settings.memory_fraction, device, log)
     unet_call = TorchCompile().apply(settings, unet, log, backend=compile_backend)
     unet_call = CudaGraphs().apply(settings, device, unet_call, log)

@@ -1,0 +1,279 @@
+"""The pipeline's GPU stage, its memory ladder, resume hooks and thread overlap, on CPU with random-tiny models.
+
+Windows are built from a real face photo (no video decoding) so that each test
+runs the real VAE, UNet and denoising loop on a handful of frames. The
+end-to-end runs through video files are in test_cli_sync.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from latentsync_cli.errors import DeviceMemoryError, ExitCode, InputError
+from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
+from latentsync_cli.models.weights import load_models
+from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob, batches_of_equal_length
+from latentsync_cli.pipeline.overlap import run_overlapped
+from latentsync_cli.pipeline.windows import WindowInput, window_ranges, window_seed
+from latentsync_cli.settings import RunSettings
+from latentsync_cli.timing import StageTimer
+
+# One denoising step keeps the tests fast; guidance 1.5 keeps the CFG path in play.
+FAST = RunSettings(steps=1, guidance=1.5, window=2, vae_slicing=False, deepcache=False)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def audio_features():
+    return torch.randn((64, 50, 384), generator=torch.Generator().manual_seed(3))
+
+
+def make_windows(flags_per_window: list[list[bool]], resolution: int = 256) -> list[WindowInput]:
+    """Windows whose face frames are the astronaut photo, shifted a little from frame to frame."""
+    face = cv2.resize(face_photo(), (resolution, resolution), interpolation=cv2.INTER_AREA)
+    windows, first_frame = [], 0
+    for index, flags in enumerate(flags_per_window):
+        flags = np.array(flags, dtype=bool)
+        faces = [np.roll(face, 3 * (first_frame + i), axis=1) for i in np.flatnonzero(flags)]
+        tensor = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).contiguous()
+        windows.append(
+            WindowInput(
+                index=index,
+                first_frame=first_frame,
+                frames=[np.zeros((4, 4, 3), np.uint8)] * len(flags),
+                has_face=flags,
+                faces=tensor,
+                affines=[np.eye(2, 3)] * len(faces),
+            )
+        )
+        first_frame += len(flags)
+    return windows
+
+
+def generate(models, settings, windows, audio_features, store=None):
+    pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+    paste_mask = torch.from_numpy(np.ones((256, 256), np.float32) * 0.5)[None, None]
+    outputs = pipeline.generate_windows(windows, audio_features, paste_mask, store or DictStore())
+    return pipeline, [output.wait().float() for output in outputs]
+
+
+class DictStore:
+    """A WindowStore in memory (jobs.WorkDirStore keeps the same things on disk)."""
+
+    def __init__(self, windows: dict | None = None):
+        self.windows = dict(windows or {})
+        self.saved: list[int] = []
+
+    def has(self, index):
+        return index in self.windows
+
+    def load(self, index):
+        return self.windows[index]
+
+    def save(self, index, faces, flags):
+        self.saved.append(index)
+        self.windows[index] = {"faces": faces.copy(), "flags": flags.copy()}
+
+
+class OutOfMemoryAtFirst(torch.nn.Module):
+    """The real UNet, except that its first `failures` calls raise CUDA out-of-memory, as a full GPU would."""
+
+    def __init__(self, unet: torch.nn.Module, failures: int):
+        super().__init__()
+        self.unet = unet
+        self.failures_left = failures
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def forward(self, *args, **kwargs):
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        return self.unet(*args, **kwargs)
+
+
+def count_unet_calls(unet: torch.nn.Module):
+    """Batch size of every UNet call, read from the input of the real conv_in."""
+    batches = []
+    hook = unet.conv_in.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    return batches, hook
+
+
+# --- windows and randomness --------------------------------------------------------------------
+
+
+def test_window_ranges_cover_every_frame_once():
+    ranges = window_ranges(52, 16)
+    assert [(r.start, r.stop) for r in ranges] == [(0, 16), (16, 32), (32, 48), (48, 52)]
+
+
+def test_window_seeds_depend_only_on_seed_and_index():
+    assert window_seed(1247, 3) == window_seed(1247, 3)
+    assert len({window_seed(1247, k) for k in range(100)}) == 100
+    assert window_seed(1247, 0) != window_seed(1248, 0)
+
+
+def test_batches_share_a_call_only_with_equal_face_counts():
+    windows = make_windows([[True, True], [True, True], [True, False], [True, True]])
+    sizes = [[w.index for w in batch] for batch in batches_of_equal_length(windows, 2)]
+    assert sizes == [[0, 1], [2], [3]]
+
+
+# --- the GPU stage -------------------------------------------------------------------------------
+
+
+def test_only_frames_with_a_face_are_generated(models, audio_features):
+    windows = make_windows([[True, False, True]])
+    batches, hook = count_unet_calls(models.unet)
+    try:
+        _, (faces,) = generate(models, dataclasses.replace(FAST, window=3), windows, audio_features)
+    finally:
+        hook.remove()
+    assert faces.shape == (2, 3, 256, 256)
+    assert batches == [2 * 2]  # CFG doubles the 2 face frames; the face-less frame is not in the call
+    assert torch.isfinite(faces).all() and faces.abs().max() < 10
+
+
+def test_several_windows_per_call_match_one_window_per_call(models, audio_features):
+    windows = make_windows([[True, True]] * 3)
+    batches, hook = count_unet_calls(models.unet)
+    try:
+        _, one_by_one = generate(models, FAST, windows, audio_features)
+        calls_one = len(batches)
+        _, together = generate(models, dataclasses.replace(FAST, windows_per_call=3), windows, audio_features)
+    finally:
+        hook.remove()
+    assert calls_one == 3 and batches[3:] == [3 * 2 * 2]  # one call: 3 windows x CFG 2 x 2 frames
+    for single, batched in zip(one_by_one, together):
+        torch.testing.assert_close(batched, single, atol=2e-3, rtol=0)
+
+
+def test_out_of_memory_lowers_windows_per_call_and_gives_the_same_faces(models, audio_features):
+    windows = make_windows([[True, True]] * 2)
+    settings = dataclasses.replace(FAST, windows_per_call=2)
+    _, expected = generate(models, settings, windows, audio_features)
+
+    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=2))
+    pipeline, faces = generate(faulty, settings, windows, audio_features)
+
+    assert pipeline.ladder.downgrades == ["windows per call 2 -> 1", "VAE slicing on"]
+    assert pipeline.ladder.current.windows_per_call == 1 and models.vae.use_slicing
+    assert [entry.status for entry in pipeline.log.find("memory")] == ["downgraded", "downgraded"]
+    for got, want in zip(faces, expected):
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+
+
+def test_out_of_memory_at_the_smallest_setting_is_a_clear_error(models, audio_features):
+    windows = make_windows([[True, True]])
+    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=100))
+    with pytest.raises(DeviceMemoryError) as caught:
+        generate(faulty, FAST, windows, audio_features)
+    assert caught.value.exit_code == ExitCode.OUT_OF_MEMORY
+    assert "\n" not in str(caught.value) and "window 0" in str(caught.value)
+
+
+def test_resumed_windows_are_loaded_and_later_windows_do_not_change(models, audio_features):
+    windows = make_windows([[True, True], [True, True], [True, True]])
+    first_store = DictStore()
+    _, uninterrupted = generate(models, FAST, windows, audio_features, first_store)
+    assert first_store.saved == [0, 1, 2]
+
+    # A killed job left windows 0 and 1; mark their faces so we can tell they were loaded, not made again.
+    finished = {index: dict(first_store.windows[index]) for index in (0, 1)}
+    finished[0]["faces"] = np.full_like(finished[0]["faces"], 0.25)
+    batches, hook = count_unet_calls(models.unet)
+    try:
+        pipeline, resumed = generate(models, FAST, windows, audio_features, DictStore(finished))
+    finally:
+        hook.remove()
+    assert pipeline.resumed_windows == 2
+    assert len(batches) == 1  # only window 2 went through the UNet
+    assert torch.all(resumed[0] == 0.25)
+    torch.testing.assert_close(resumed[2], uninterrupted[2], atol=0, rtol=0)
+
+
+def test_no_face_in_the_first_frames_stops_before_any_model_work(models, tmp_path):
+    video = make_face_clip(tmp_path / "empty.mp4", 0.6, size=(160, 120), faceless=(0.0, 1.0))
+    audio = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
+    calls = []
+    hooks = [
+        models.audio_encoder.register_forward_hook(lambda *_: calls.append("whisper")),
+        models.unet.register_forward_hook(lambda *_: calls.append("unet")),
+    ]
+    pipeline = LipsyncPipeline(models, FAST, StageTimer("cpu"))
+    job = SyncJob(video, audio, tmp_path / "out.mp4", tmp_path)
+    try:
+        with pytest.raises(InputError, match="no face found in .*empty.mp4"):
+            pipeline.run(job)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# --- overlap of the three stages -----------------------------------------------------------------
+
+
+def stage_threads_alive() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in ("producer", "consumer") and t.is_alive()]
+
+
+def test_stages_pass_every_item_in_order():
+    seen = []
+
+    def consume(items):
+        for item in items:
+            seen.append(item)
+        return len(seen)
+
+    count = run_overlapped(lambda: iter(range(10)), lambda items: (2 * item for item in items), consume)
+    assert count == 10 and seen == [2 * i for i in range(10)]
+    assert stage_threads_alive() == []
+
+
+def test_a_producer_error_reaches_the_caller_and_every_thread_stops():
+    def produce():
+        yield 1
+        raise ValueError("decoder broke")
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        run_overlapped(produce, lambda items: items, lambda items: list(items))
+    assert stage_threads_alive() == []
+
+
+def test_a_consumer_error_stops_an_endless_producer():
+    def consume(items):
+        for item in items:
+            if item == 3:
+                raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_overlapped(lambda: itertools.count(), lambda items: items, consume)
+    assert stage_threads_alive() == []
+
+
+def test_keyboard_interrupt_in_the_gpu_stage_stops_the_threads():
+    def process(items):
+        for item in items:
+            if item == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        run_overlapped(lambda: itertools.count(), process, lambda items: [time.sleep(0.01) for _ in items])
+    assert stage_threads_alive() == []

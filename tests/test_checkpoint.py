@@ -178,8 +178,12 @@ def test_random_init_needs_real_memory():
         init_random_weights(build_meta_unet(TINY), seed=0)
 
 
-def test_random_unet_is_allocated_in_the_target_dtype():
-    model = build_random_unet(TINY, "cpu", torch.float16, seed=0)
-    assert {p.dtype for p in model.parameters()} == {torch.float16}
-    assert {b.dtype for b in model.buffers()} == {torch.float16}
-    assert not model.training
+def test_random_unet_in_half_precision_has_the_fp32_weights_rounded():
+    half = build_random_unet(TINY, "cpu", torch.float16, seed=5)
+    full = build_random_unet(TINY, "cpu", torch.float32, seed=5)
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    assert {b.dtype for b in half.buffers()} == {torch.float16}
+    assert not half.training
+    full_state = full.state_dict()
+    for key, value in half.state_dict().items():
+        torch.testing.assert_close(value, full_state[key].half(), rtol=0, atol=0, msg=key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -183,10 +184,11 @@ def test_audio_rows_are_batch_major(tiny_unet):
     assert (after[1] - before[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.08), (torch.float16, 0.02)])
 def test_half_precision_follows_fp32(tiny_unet, dtype, tolerance):
-    sample, audio = make_inputs(batch=1, frames=2, size=8)
-    half = build_random_unet(TINY, "cpu", dtype, seed=0)
+    # 16x16, not 8x8: at 8x8 the deepest per-frame norms see 2 numbers each and amplify rounding.
+    sample, audio = make_inputs(batch=1, frames=2, size=16)
+    half = copy.deepcopy(tiny_unet).to(dtype)
     with torch.no_grad():
         reference = tiny_unet(sample, 501, audio)
         out = half(sample.to(dtype), 501, audio.to(dtype))

@@ -12,6 +12,7 @@ handed to the model with `load_state_dict(assign=True)`.
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
 
 REDOWNLOAD = "re-download it with `latentsync models download`"
 KEYS_SHOWN = 3  # how many offending keys an error message lists
+RANDOM_STD = 0.02  # spread of random weights
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -132,10 +134,11 @@ def load_unet(
 
 
 def init_random_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Seeded random weights, for timing runs (`--weights random`): fast and deterministic per device.
+    """Seeded random weights, for timing runs (`--weights random`): deterministic per device and seed.
 
-    Matrices and kernels get normal(0, 0.02), like the golden fixtures' recipe;
-    norms get weight 1 and bias 0, other biases normal(0, 0.02). Upstream's
+    Every parameter but the norms is drawn uniformly with standard deviation
+    0.02 (the spread of the golden fixtures' recipe; uniform draws are twice as
+    fast as normal ones on CPU). Norms start at weight 1, bias 0. Upstream's
     zero-initialised layers (conv_in, conv_out, motion proj_out) become non-zero,
     so outputs are not trivially zero. Position tables are recomputed.
     """
@@ -143,15 +146,17 @@ def init_random_weights(model: nn.Module, seed: int) -> nn.Module:
     if first.is_meta:
         raise ValueError("materialise the model first, e.g. model.to_empty(device=...)")
     generator = torch.Generator(device=first.device).manual_seed(seed)
-    norm_types = (nn.GroupNorm, nn.LayerNorm)
+    half_width = RANDOM_STD * math.sqrt(3.0)  # U(-a, a) has std a / sqrt(3)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, norm_types):
+            if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
                 continue
             for parameter in module.parameters(recurse=False):
-                parameter.normal_(0.0, 0.02, generator=generator)
+                # Drawn in fp32 whatever the model's dtype, so an fp16 model gets the fp32 model's weights, rounded.
+                draw = torch.empty(parameter.shape, dtype=torch.float32, device=parameter.device)
+                parameter.copy_(draw.uniform_(-half_width, half_width, generator=generator))
             if isinstance(module, PositionalEncoding):
                 module.reset_table()
     return model

@@ -169,7 +169,8 @@ def test_random_init_is_seeded_and_not_trivial():
         assert first[key].abs().sum() > 0
         assert abs(first[key].std().item() - 0.02) < 0.005
     assert torch.equal(first["down_blocks.0.resnets.0.norm1.weight"], torch.ones(32))
-    pe = first["up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe"]
+    key = "up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe"
+    pe = first[key]
     torch.testing.assert_close(pe, sinusoid_table(24, 32), rtol=0, atol=0)
 
 

@@ -63,10 +63,8 @@ def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, Tensor]:
         raise WeightsError(f"{path}: not a state dict (expected tensors by name); {REDOWNLOAD}")
     not_tensors = [key for key, value in loaded.items() if not isinstance(value, Tensor)]
     if not_tensors:
-        raise WeightsError(
-            f"{path}: {len(not_tensors)} entries are not tensors (e.g. {', '.join(map(str, not_tensors[:KEYS_SHOWN]))}); "
-            f"{REDOWNLOAD}"
-        )
+        examples = ", ".join(map(str, not_tensors[:KEYS_SHOWN]))
+        raise WeightsError(f"{path}: {len(not_tensors)} entries are not tensors (e.g. {examples}); {REDOWNLOAD}")
     return loaded
 
 

@@ -86,7 +86,7 @@ class UNetConfig:
     def from_dict(cls, config: dict, source: str = "UNet config") -> UNetConfig:
         """Read upstream's config dict (the `model:` section of stage2_512.yaml, or its JSON)."""
         try:
-            return cls(**_fields_from_upstream(config, source))
+            return cls(**_fields_from_upstream(config))
         except ValueError as error:
             raise WeightsError(f"{source}: {error}; use the LatentSync 1.6 UNet config") from None
         except TypeError as error:  # e.g. a list where a number belongs
@@ -170,7 +170,7 @@ _IGNORED_KEYS = {"upcast_attention"}
 _IGNORED_MOTION_KEYS = {"zero_initialize"}
 
 
-def _fields_from_upstream(config: dict, source: str) -> dict:
+def _fields_from_upstream(config: dict) -> dict:
     """Map upstream's config keys to UNetConfig fields; unknown or unsupported values raise ValueError."""
     if not isinstance(config, dict):
         raise ValueError("expected a mapping of UNet options")
@@ -307,7 +307,9 @@ class UNet3DConditionModel(nn.Module):
                 skip -= 1
             if block.upsamplers is not None:
                 self.up_steps.append((index, None, None))
-        self.up_step_consuming = {skip: i for i, (_, layer, skip) in enumerate(self.up_steps) if layer is not None}
+        self.up_step_consuming = {
+            consumed: step for step, (_, layer, consumed) in enumerate(self.up_steps) if layer is not None
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -366,7 +368,7 @@ class UNet3DConditionModel(nn.Module):
         if reuse:
             x = cache.hidden
             if x.shape[0] != skips[-1].shape[0] or x.shape[-2:] != skips[-1].shape[-2:]:
-                raise ValueError("cache.hidden comes from inputs of another shape: run a full pass with this cache first")
+                raise ValueError("cache.hidden comes from inputs of another shape: run a full pass with this cache")
             first_step = self.up_step_consuming[cache.branch]
         else:
             x = self.mid_block(x, temb, audio, num_frames)

@@ -104,7 +104,6 @@ def decode_frames(info: VideoInfo, start: int = 0, stop: int | None = None) -> I
 def source_timestamps(path: str | os.PathLike) -> list[float]:
     """Presentation times (s) of the video stream's frames as stored, sorted (no decoding)."""
     path = Path(path)
-    _check_input_file(path)
     info = probe_video(path)
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",

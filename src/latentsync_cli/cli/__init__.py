@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click_exceptions = click.exceptions
 
 from latentsync_cli import __version__
+from latentsync_cli.cli.native_logs import filtered_native_stderr
 from latentsync_cli.cli.output import Output
 from latentsync_cli.errors import ExitCode, LatentsyncError
 
@@ -71,6 +72,12 @@ _EXIT_SIGNALS = (click.exceptions.Exit, typer.Exit)
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn errors into exit codes."""
+    with filtered_native_stderr():
+        code = _run(argv)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         result = app(args=argv, standalone_mode=False)
@@ -78,25 +85,22 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         Output.print_error(error.message)
-        sys.exit(int(error.exit_code))
-    except _ABORT_ERRORS:
+        return int(error.exit_code)
+    except (*_ABORT_ERRORS, KeyboardInterrupt):
         Output.print_error("interrupted")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        return int(ExitCode.INTERRUPTED)
     except _NO_ARGS_ERRORS as error:
         error.show()  # the command's help, on stderr
-        sys.exit(int(ExitCode.USAGE))
+        return int(ExitCode.USAGE)
     except _CLICK_ERRORS as error:
         command = error.ctx.command_path if getattr(error, "ctx", None) else "latentsync"
         Output.print_error(f"{error.format_message()} (see `{command} --help`)")
-        sys.exit(int(ExitCode.USAGE) if error.exit_code == 2 else error.exit_code)
+        return int(ExitCode.USAGE) if error.exit_code == 2 else error.exit_code
     except _EXIT_SIGNALS as done:
-        sys.exit(done.exit_code)
-    except KeyboardInterrupt:
-        Output.print_error("interrupted")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        return done.exit_code
     except Exception as error:  # a bug: one line unless --debug
         if debug:
             raise
         Output.print_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug and report it)")
-        sys.exit(int(ExitCode.INTERNAL))
-    sys.exit(int(result) if isinstance(result, int) else 0)
+        return int(ExitCode.INTERNAL)
+    return int(result) if isinstance(result, int) else 0

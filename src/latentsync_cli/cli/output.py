@@ -28,7 +28,7 @@ class Output:
         self.console.print(text, soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        _stderr_console().print(f"warning: {text}", style="yellow", markup=False)
+        self.console.print(f"warning: {text}", style="yellow", markup=False, soft_wrap=True)
 
     @staticmethod
     def print_error(text: str) -> None:

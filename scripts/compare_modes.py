@@ -1,0 +1,85 @@
+"""Run `--mode normal` and `--mode turbo` on the same generated input, in one process, and compare them.
+
+Not a test (timings are not asserted anywhere): it prints, per mode, the
+resolved steps, scheduler, guidance and DeepCache use, the denoise stage time,
+the wall time and seconds per output second, then the turbo/normal ratios.
+
+    python3 scripts/compare_modes.py                          # random-tiny weights on the CPU, 0.5 s clip
+    python3 scripts/compare_modes.py --device cuda --weights auto --seconds 10 --json
+
+Both modes share the loaded models; they run in the order given by --modes,
+after one untimed warm-up run of the first mode (first-call costs would
+otherwise land on whichever mode runs first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from latentsync_cli.cli.settings_options import make_request, resolve_for_cli
+from latentsync_cli.media.synthetic import make_face_clip, make_speech
+from latentsync_cli.models.weights import load_models
+from latentsync_cli.optimizers.precision import dtype_for
+from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
+from latentsync_cli.timing import StageTimer
+
+
+def run_mode(models, mode: str, device: str, video: Path, audio: Path, folder: Path) -> dict:
+    settings = resolve_for_cli(make_request(mode=mode, device=device), duration_s=None).settings
+    pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device))
+    output = folder / f"{mode}.mp4"
+    output.unlink(missing_ok=True)
+    result = pipeline.run(SyncJob(video, audio, output, folder))
+    return {
+        "mode": mode,
+        "steps": settings.steps,
+        "scheduler": settings.scheduler,
+        "guidance": settings.guidance,
+        "deepcache": settings.deepcache,
+        "window": settings.window,
+        "denoise_s": round(result.stage_seconds.get("denoise", 0.0), 3),
+        "wall_s": round(result.wall_s, 3),
+        "stage_sum_s": round(result.stage_sum_s, 3),
+        "seconds_per_output_second": round(result.seconds_per_output_second, 3),
+        "frames": result.frames,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", default=["normal", "turbo"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default="random-tiny", help="auto, random or random-tiny")
+    parser.add_argument("--seconds", type=float, default=0.5, help="length of the generated clip and speech")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="latentsync-modes-") as name:
+        folder = Path(name)
+        video = make_face_clip(folder / "clip.mp4", args.seconds, size=(320, 240))
+        audio = make_speech(folder / "voice.wav", args.seconds, use_espeak=False)
+        first = resolve_for_cli(make_request(mode=args.modes[0], device=args.device)).settings
+        models = load_models(args.weights, None, first.device, dtype_for(first.precision), seed=0)
+        run_mode(models, args.modes[0], args.device, video, audio, folder)  # warm-up, not reported
+        rows = [run_mode(models, mode, args.device, video, audio, folder) for mode in args.modes]
+
+    baseline = rows[0]
+    for row in rows:
+        row["denoise_vs_first"] = round(row["denoise_s"] / baseline["denoise_s"], 3) if baseline["denoise_s"] else None
+    if args.json:
+        print(json.dumps({"weights": models.description, "device": first.device, "runs": rows}, indent=2))
+        return
+    print(f"weights: {models.description}; device {first.device}")
+    header = ("mode", "steps", "scheduler", "guidance", "deepcache", "denoise_s", "wall_s", "s/out s", "denoise x")
+    print("  ".join(f"{title:>10}" for title in header))
+    for row in rows:
+        values = (row["mode"], row["steps"], row["scheduler"], row["guidance"], row["deepcache"],
+                  row["denoise_s"], row["wall_s"], row["seconds_per_output_second"], row["denoise_vs_first"])  # fmt: skip
+        print("  ".join(f"{str(value):>10}" for value in values))
+
+
+if __name__ == "__main__":
+    main()

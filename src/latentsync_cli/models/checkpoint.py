@@ -153,8 +153,11 @@ def init_random_weights(model: nn.Module, seed: int) -> nn.Module:
                 continue
             for parameter in module.parameters(recurse=False):
                 # Drawn in fp32 whatever the model's dtype, so an fp16 model gets the fp32 model's weights, rounded.
-                draw = torch.empty(parameter.shape, dtype=torch.float32, device=parameter.device)
-                parameter.copy_(draw.uniform_(-half_width, half_width, generator=generator))
+                if parameter.dtype == torch.float32:
+                    parameter.uniform_(-half_width, half_width, generator=generator)
+                else:
+                    draw = torch.empty(parameter.shape, dtype=torch.float32, device=parameter.device)
+                    parameter.copy_(draw.uniform_(-half_width, half_width, generator=generator))
             if isinstance(module, PositionalEncoding):
                 module.reset_table()
     return model

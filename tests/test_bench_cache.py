@@ -89,3 +89,16 @@ def test_unwritable_cache_is_a_one_line_output_error(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_DIR_ENV, str(blocker / "sub"))
     with pytest.raises(cache.OutputError, match="LATENTSYNC_CACHE_DIR"):
         cache.save_entry(_entry(H100))
+
+
+def test_a_stress_run_keeps_the_measured_configurations(cache_dir):
+    quick = {**_entry(H100, marker="quick"), "level": "quick", "configs": [{"name": "normal"}]}
+    cache.store_benchmark(quick)
+    stress = {**_entry(H100, marker="stress"), "level": "stress", "configs": [{"name": "x"}], "stress": {"windows": 9}}
+    cache.store_benchmark(stress)
+    (entry,) = cache.load_entries()
+    assert entry["configs"] == [{"name": "normal"}] and entry["stress"] == {"windows": 9}
+    # Without an earlier entry the stress run is stored as it is.
+    cache.clear_device(H100)
+    cache.store_benchmark(stress)
+    assert cache.load_entries()[0]["level"] == "stress"

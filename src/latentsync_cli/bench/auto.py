@@ -137,3 +137,12 @@ def _caveats(entry: dict, current: cache.CacheKey) -> str:
         key = entry["key"]
         text += f"; measured with torch {key['torch']} and latentsync {key['latentsync']}: run `latentsync benchmark` again"
     return text
+
+
+def picker_for(table: PresetTable, mode: str | None = None):
+    """`pick_from_benchmark` bound to a table (and the user's --mode), as resolve_for_cli takes it."""
+
+    def pick(device_record: DeviceRecord, length_class: str) -> dict | None:
+        return pick_from_benchmark(device_record, length_class, table, mode)
+
+    return pick

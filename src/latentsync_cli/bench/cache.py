@@ -113,6 +113,16 @@ def save_entry(entry: dict, path: Path | None = None) -> Path:
     return path
 
 
+def store_benchmark(entry: dict, path: Path | None = None) -> Path:
+    """Save a benchmark run. A stress run adds its "stress" section to an existing entry with the
+    same key (keeping that entry's measured configurations) instead of replacing it."""
+    if entry.get("level") == "stress":
+        for old in load_entries(path):
+            if entry_key(old) == entry_key(entry) and old.get("level") != "stress":
+                return save_entry({**old, "stress": entry.get("stress")}, path)
+    return save_entry(entry, path)
+
+
 def device_entries(current: CacheKey, path: Path | None = None) -> list[dict]:
     """This device's entries (any weights, stale ones included), newest first."""
     entries = [entry for entry in load_entries(path) if entry_key(entry).same_device(current)]

@@ -1,0 +1,512 @@
+"""Run the benchmark: every case of the matrix through the real pipeline, timed, then compared.
+
+The inputs are made here (a real face photo moving over frames and a
+speech-like signal, in a temporary folder removed afterwards) unless the user
+gives a clip. The models are loaded once per precision. The first case is
+the reference (`normal` at this device's settings); with real weights every
+other case's output is compared with its output in the mouth region.
+
+The result is one benchmark entry, the dict the cache stores and the report
+reads:
+
+    key            CacheKey fields (device, memory_gb, driver, torch, latentsync, weights)
+    date           ISO 8601, UTC
+    level          quick | full | stress
+    device         DeviceRecord fields, plus "tier"
+    weights        {"id", "description", "is_random"}
+    label          "CPU, tiny model: not representative" on a CPU, else ""
+    fidelity_note  why fidelity is null (random weights), else None
+    reference      the name of the reference case
+    input          {"source": synthetic | user, "duration_s", "frames", "seed", ...}
+    configs        one dict per case: name, mode, changes, settings, output_s, wall_s,
+                   seconds_per_output_second, realtime_factor, stages (grouped), stage_seconds (raw),
+                   unet_steps {"full", "cached"}, peak_memory_gb, optimizations, fidelity, label, error
+    stress         throughput drift and memory growth of the stress run, else None
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from latentsync_cli.bench import cache, metrics
+from latentsync_cli.bench.fidelity import ReferenceOutput
+from latentsync_cli.bench.matrix import BenchCase, plan_cases
+from latentsync_cli.errors import DeviceMemoryError, UsageError, WeightsError
+from latentsync_cli.hardware import DeviceRecord, capabilities_of
+from latentsync_cli.media.audio import audio_duration_s
+from latentsync_cli.media.synthetic import make_face_clip, make_speech
+from latentsync_cli.models.weights import ModelBundle, load_models, locate_weights
+from latentsync_cli.optimizers.deepcache import DeepCachePlan
+from latentsync_cli.optimizers.precision import dtype_for
+from latentsync_cli.presets import PresetTable
+from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
+from latentsync_cli.timing import StageTimer
+
+CPU_LABEL = "CPU, tiny model: not representative"
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: the output is not a lip-sync, so its similarity to `normal` says nothing about quality "
+    "(timings are exact: compute does not depend on weight values); install the real weights with "
+    "`latentsync models download` to measure fidelity"
+)
+DEFAULT_DURATION_S = {"gpu": 10.0, "cpu": 1.0}
+STRESS_DURATION_S = {"gpu": 120.0, "cpu": 4.0}
+# On a CPU even the tiny model is slow: the steps are scaled down (keeping the modes'
+# order) and the faces are made at 128 px (16 x 16 latents) instead of the tiny model's 256.
+CPU_STEP_SCALE = 0.15
+CPU_MIN_STEPS = 2
+CPU_FACE_RESOLUTION = 128
+MEMORY_SAMPLE_INTERVAL_S = 0.25
+WARM_UP_DURATION_S = 0.3
+
+# The stage split the report shows, from the pipeline's stage names.
+STAGE_GROUPS = {
+    "landmarks": ("landmarks", "align"),
+    "vae": ("VAE encode", "VAE decode"),
+    "denoise": ("denoise",),
+    "restore": ("restore",),
+    "encode": ("encode", "mux"),
+    "other": ("decode", "audio features"),
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    level: str = "quick"
+    duration_s: float | None = None  # None: DEFAULT_DURATION_S (STRESS_DURATION_S for stress)
+    weights: str = "auto"  # auto | checkpoint | random | random-tiny
+    checkpoint_dir: Path | None = None
+    video: Path | None = None
+    audio: Path | None = None
+    seed: int = 1247
+    modes: tuple[str, ...] = ()  # () = every mode of the table; the reference mode is always measured
+
+
+def run_benchmark(
+    request: BenchmarkRequest,
+    table: PresetTable,
+    device: DeviceRecord,
+    progress: Callable[[str], None] = lambda text: None,
+) -> dict:
+    """Measure every case of `request.level` on `device` and return the benchmark entry."""
+    check_request(request, table)
+    on_cpu = device.backend == "cpu"
+    weights = choose_weights(request.weights, device, request.checkpoint_dir)
+    bases = mode_settings(table, device, request.seed, request.modes)
+    cases = plan_cases(request.level, bases, capabilities_of(device))
+    cases = order_by_precision(cases, bases)
+    reference = cases[0]
+    duration_s = request.duration_s or _default_duration(request.level, on_cpu)
+
+    workspace = Path(tempfile.mkdtemp(prefix="latentsync-benchmark-"))
+    models = ModelCache(weights, request.checkpoint_dir, device, request.seed, on_cpu)
+    try:
+        video, audio, source = prepare_inputs(workspace, request, duration_s)
+        progress(f"input: {source['description']}")
+        if on_cpu:
+            progress("warming up")
+            warm_up(cases[0], bases[cases[0].mode], models, workspace, device)
+        results = measure_cases(cases, bases, models, video, audio, workspace, device, request.level, progress)
+        bundle_info = models.info()
+    finally:
+        models.release()
+        shutil.rmtree(workspace, ignore_errors=True)
+
+    key = cache.make_key(device, bundle_info["id"])
+    return {
+        "key": key.to_dict(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "level": request.level,
+        "device": {**device.to_dict(), "tier": bases[reference.mode].tier},
+        "weights": bundle_info,
+        "label": CPU_LABEL if on_cpu else "",
+        "fidelity_note": RANDOM_WEIGHTS_NOTE if bundle_info["is_random"] else None,
+        "reference": reference.name,
+        "input": {key_: value for key_, value in source.items() if key_ != "description"},
+        "configs": results,
+        "stress": results[0].get("stress") if request.level == "stress" else None,
+    }
+
+
+def measure_cases(
+    cases: list[BenchCase],
+    bases: dict[str, RunSettings],
+    models: ModelCache,
+    video: Path,
+    audio: Path,
+    workspace: Path,
+    device: DeviceRecord,
+    level: str,
+    progress: Callable[[str], None],
+) -> list[dict]:
+    """Run every case; on a GPU each one runs twice and the second run is measured.
+
+    The first case is the reference: with real weights, every output is
+    compared with its output.
+    """
+    warm_each = device.backend != "cpu"  # first GPU runs pay for kernel selection and compilation
+    results = []
+    reference: ReferenceOutput | None = None
+    for number, case in enumerate(cases, start=1):
+        settings = case.settings(bases[case.mode])
+        progress(f"[{number}/{len(cases)}] {case.name}")
+        bundle = models.get(settings.precision)
+        output = workspace / f"case-{number:03d}.mp4"
+        first_run_s = None
+        if warm_each:
+            first = run_case(case, settings, bundle, video, audio, output, device)
+            first_run_s = first.get("wall_s")
+            output.unlink(missing_ok=True)
+        watcher = MemoryWatcher(torch.device(device.torch_device)) if level == "stress" else None
+        result = run_case(case, settings, bundle, video, audio, output, device, watcher)
+        result["first_run_s"] = first_run_s
+        if not bundle.is_random and result["error"] is None:
+            try:
+                if number == 1:
+                    reference = ReferenceOutput(output)
+                if reference is not None:
+                    result["fidelity"] = reference.compare(output)
+            except ValueError as error:  # no face in the reference output, or a frame count mismatch
+                result["fidelity_error"] = str(error)
+        if device.backend == "cpu":
+            result["label"] = CPU_LABEL
+        output.unlink(missing_ok=True)
+        results.append(result)
+        if result["error"]:
+            progress(f"    failed: {result['error']}")
+        else:
+            progress(f"    {result['seconds_per_output_second']:.2f} s per output second")
+    return results
+
+
+def warm_up(case: BenchCase, settings: RunSettings, models: ModelCache, workspace: Path, device: DeviceRecord) -> None:
+    """One short unmeasured run, so that one-time start-up costs do not land on the first case."""
+    folder = workspace / "warm-up"
+    folder.mkdir()
+    video = make_face_clip(folder / "face.mp4", WARM_UP_DURATION_S, preset="ultrafast")
+    audio = make_speech(folder / "speech.wav", WARM_UP_DURATION_S)
+    run_case(case, settings, models.get(settings.precision), video, audio, folder / "out.mp4", device)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- choices ---------------------------------------------------------------------------------
+
+
+def check_request(request: BenchmarkRequest, table: PresetTable) -> None:
+    """UsageError for flags that do not go together, before any work."""
+    if (request.video is None) != (request.audio is None):
+        raise UsageError("--video and --audio go together: give both, or neither for the built-in test clip")
+    unknown = [mode for mode in request.modes if mode not in table.modes]
+    if unknown:
+        raise UsageError(f"--modes {unknown[0]}: unknown mode; allowed: {', '.join(table.modes)}")
+
+
+def choose_weights(requested: str, device: DeviceRecord, checkpoint_dir: Path | None) -> str:
+    """auto: the real checkpoint when it is here, else random (full size); always random-tiny on a CPU."""
+    on_cpu = device.backend == "cpu"
+    if requested == "auto":
+        if on_cpu:
+            return "random-tiny"
+        try:
+            locate_weights(checkpoint_dir, allow_download=False)
+        except WeightsError:
+            return "random"
+        return "checkpoint"
+    if on_cpu and requested in ("random", "checkpoint"):
+        raise UsageError(
+            f"--weights {requested}: the full-size model takes hours per configuration on a CPU; "
+            "use --weights random-tiny (the default here)"
+        )
+    if requested not in ("checkpoint", "random", "random-tiny"):
+        raise UsageError(f"--weights {requested}: allowed: auto, checkpoint, random, random-tiny")
+    return requested
+
+
+def mode_settings(
+    table: PresetTable, device: DeviceRecord, seed: int, modes: tuple[str, ...] = ()
+) -> dict[str, RunSettings]:
+    """Each mode's settings on this device at quality `balanced` (steps scaled down on a CPU)."""
+    reference = table.auto.reference_mode
+    wanted = [reference] + [mode for mode in modes if mode != reference] if modes else list(table.modes)
+    bases = {}
+    for mode in wanted:
+        request = SettingsRequest(mode=mode, quality="balanced", seed=seed)
+        settings = resolve_settings(table, request, [device]).settings
+        if device.backend == "cpu":
+            settings = replace(settings, steps=max(CPU_MIN_STEPS, round(settings.steps * CPU_STEP_SCALE)))
+        bases[mode] = settings
+    # The reference mode first: every other case is compared with its output.
+    return {reference: bases.pop(reference), **bases} if reference in bases else bases
+
+
+def order_by_precision(cases: list[BenchCase], bases: dict[str, RunSettings]) -> list[BenchCase]:
+    """The reference first, then the cases at the device's precision, then the others (fewer model loads)."""
+    reference, others = cases[0], cases[1:]
+    default_precision = bases[reference.mode].precision
+    same = [case for case in others if case.settings(bases[case.mode]).precision == default_precision]
+    different = [case for case in others if case.settings(bases[case.mode]).precision != default_precision]
+    different.sort(key=lambda case: case.settings(bases[case.mode]).precision)
+    return [reference] + same + different
+
+
+def _default_duration(level: str, on_cpu: bool) -> float:
+    durations = STRESS_DURATION_S if level == "stress" else DEFAULT_DURATION_S
+    return durations["cpu" if on_cpu else "gpu"]
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def prepare_inputs(workspace: Path, request: BenchmarkRequest, duration_s: float) -> tuple[Path, Path, dict]:
+    """The video and audio to run on, and a description of them for the entry."""
+    if request.video is not None and request.audio is not None:
+        length = audio_duration_s(request.audio)
+        source = {
+            "source": "user",
+            "video": str(request.video),
+            "audio": str(request.audio),
+            "duration_s": length,
+            "frames": None if length is None else round(length * 25),
+            "seed": request.seed,
+            "description": f"{request.video} with {request.audio}",
+        }
+        return Path(request.video), Path(request.audio), source
+    video = make_face_clip(workspace / "face.mp4", duration_s, preset="ultrafast")
+    audio = make_speech(workspace / "speech.wav", duration_s)
+    source = {
+        "source": "synthetic",
+        "duration_s": duration_s,
+        "frames": round(duration_s * 25),
+        "seed": request.seed,
+        "description": f"synthetic face clip and speech, {duration_s:g} s",
+    }
+    return video, audio, source
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class ModelCache:
+    """The models for one precision at a time (a full-size UNet in each precision would not all fit)."""
+
+    def __init__(self, weights: str, checkpoint_dir: Path | None, device: DeviceRecord, seed: int, on_cpu: bool):
+        self.weights = weights
+        self.checkpoint_dir = checkpoint_dir
+        self.device = device
+        self.seed = seed
+        self.on_cpu = on_cpu
+        self.precision: str | None = None
+        self.bundle: ModelBundle | None = None
+
+    def get(self, precision: str) -> ModelBundle:
+        if self.bundle is None or precision != self.precision:
+            self.release()
+            bundle = load_models(self.weights, self.checkpoint_dir, self.device.torch_device, dtype_for(precision), self.seed)
+            if self.on_cpu:
+                bundle = replace(bundle, resolution=CPU_FACE_RESOLUTION)
+            self.bundle, self.precision = bundle, precision
+        return self.bundle
+
+    def info(self) -> dict:
+        bundle = self.bundle
+        if bundle is None:
+            return {"id": self.weights, "description": "", "is_random": self.weights != "checkpoint"}
+        description = bundle.description
+        if self.on_cpu:
+            description += f"; faces at {bundle.resolution} px to keep the CPU run short"
+        return {"id": bundle.weights_id, "description": description, "is_random": bundle.is_random}
+
+    def release(self) -> None:
+        self.bundle = None
+        if self.device.backend == "cuda":
+            torch.cuda.empty_cache()
+
+
+# --- one case --------------------------------------------------------------------------------
+
+
+def run_case(
+    case: BenchCase,
+    settings: RunSettings,
+    bundle: ModelBundle,
+    video: Path,
+    audio: Path,
+    output: Path,
+    device: DeviceRecord,
+    watcher: MemoryWatcher | None = None,
+) -> dict:
+    """One pipeline run of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
+    from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob  # heavy imports, needed only here
+
+    result = {
+        "name": case.name,
+        "mode": case.mode,
+        "changes": dict(case.changes),
+        "settings": settings.to_dict(),
+        "fidelity": None,
+        "label": "",
+        "error": None,
+    }
+    timer = StageTimer(torch.device(device.torch_device))
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=output.parent))
+    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if watcher is not None:
+            watcher.start()
+        pipeline = LipsyncPipeline(bundle, settings, timer)
+        sync = pipeline.run(SyncJob(video=video, audio=audio, output=output, scratch_dir=scratch))
+    except DeviceMemoryError as error:
+        result["error"] = f"out of memory: {error.message}"
+        return result
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        # TF32 is a process-wide switch: leave it as the next case expects it.
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+        # The out-of-memory ladder's last rung leaves the models on the CPU; the next case needs them back.
+        bundle.unet.to(device.torch_device)
+        bundle.vae.to(device.torch_device)
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.update(measurements(sync, settings))
+    if watcher is not None:
+        result["stress"] = stress_summary(case.name, result, timer, watcher)
+    return result
+
+
+def measurements(sync, settings: RunSettings) -> dict:
+    """Speed, stage split, UNet steps, peak memory and optimizations of one SyncResult."""
+    peak_gpu = sync.peak_gpu_bytes
+    return {
+        "output_s": round(sync.output_seconds, 4),
+        "frames": sync.frames,
+        "windows": sync.windows,
+        "wall_s": round(sync.wall_s, 4),
+        "seconds_per_output_second": round(metrics.seconds_per_output_second(sync.wall_s, sync.output_seconds), 4),
+        "realtime_factor": round(metrics.realtime_factor(sync.wall_s, sync.output_seconds), 4),
+        "stages": group_stages(sync.stage_seconds),
+        "stage_seconds": {name: round(seconds, 4) for name, seconds in sync.stage_seconds.items()},
+        "bottleneck": sync.verdict,
+        "unet_steps": unet_steps(sync, settings),
+        "peak_memory_gb": None if peak_gpu is None else round(peak_gpu / 1e9, 3),
+        "peak_rss_gb": round(sync.peak_rss_bytes / 1e9, 3),  # whole process so far, not only this case
+        "optimizations": list(sync.optimizations),
+        "memory_downgrades": list(sync.memory_downgrades),
+    }
+
+
+def unet_steps(sync, settings: RunSettings) -> dict:
+    """UNet passes run, full and DeepCache-cached, over all UNet calls of the run.
+
+    Counted from the settings: each call (a batch of `windows_per_call`
+    windows) runs every scheduler step, a full pass on DeepCache's full steps.
+    After an out-of-memory downgrade the batching changed mid-run, so the
+    count is marked approximate.
+    """
+    plan = DeepCachePlan.from_settings(settings)
+    calls = math.ceil(sync.windows / settings.windows_per_call)
+    full_per_call = len(plan.full_pass_steps(settings.steps))
+    return {
+        "full": calls * full_per_call,
+        "cached": calls * (settings.steps - full_per_call),
+        "approximate": bool(sync.memory_downgrades),
+    }
+
+
+def group_stages(stage_seconds: dict[str, float]) -> dict[str, float]:
+    """The pipeline's stages summed into the report's groups (unknown stages count as "other")."""
+    grouped = dict.fromkeys(STAGE_GROUPS, 0.0)
+    for stage, seconds in stage_seconds.items():
+        group = next((name for name, members in STAGE_GROUPS.items() if stage in members), "other")
+        grouped[group] += seconds
+    return {name: round(seconds, 4) for name, seconds in grouped.items()}
+
+
+# --- stress ----------------------------------------------------------------------------------
+
+
+class MemoryWatcher:
+    """Samples allocated device memory (or resident memory on a CPU) on a background thread."""
+
+    def __init__(self, device: torch.device, interval_s: float = MEMORY_SAMPLE_INTERVAL_S):
+        self.device = device
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, bytes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._origin = 0.0
+
+    def start(self) -> None:
+        self._origin = time.perf_counter()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="memory-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self._origin, self.read_bytes()))
+            self._stop.wait(self.interval_s)
+
+    def read_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return resident_bytes()
+
+
+def resident_bytes() -> int:
+    """Current resident memory of this process (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def stress_summary(name: str, result: dict, timer: StageTimer, watcher: MemoryWatcher) -> dict:
+    """Throughput drift (denoise seconds per window, last quarter vs first) and memory growth over the run."""
+    denoise_spans = [span.duration_s for span in timer.spans() if span.stage == "denoise"]
+    return {
+        "name": name,
+        "output_s": result["output_s"],
+        "wall_s": result["wall_s"],
+        "windows": len(denoise_spans),
+        "denoise_s_per_window": [round(seconds, 4) for seconds in denoise_spans],
+        "throughput_drift": relative_drift(denoise_spans),
+        "memory_samples": [(round(t, 2), size) for t, size in watcher.samples],
+        "memory_growth_gb": memory_growth_gb(watcher.samples),
+    }
+
+
+def relative_drift(values: list[float]) -> float | None:
+    """(mean of the last quarter / mean of the first quarter) - 1; positive means it got slower."""
+    if len(values) < 4:
+        return None
+    quarter = len(values) // 4
+    first = sum(values[:quarter]) / quarter
+    last = sum(values[-quarter:]) / quarter
+    return round(last / first - 1.0, 4) if first > 0 else None
+
+
+def memory_growth_gb(samples: list[tuple[float, int]]) -> float | None:
+    """Mean memory over the last quarter of the run minus the mean over its first quarter, in GB."""
+    if len(samples) < 4:
+        return None
+    quarter = len(samples) // 4
+    first = sum(size for _, size in samples[:quarter]) / quarter
+    last = sum(size for _, size in samples[-quarter:]) / quarter
+    return round((last - first) / 1e9, 4)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -36,13 +40,28 @@ SIZE = (400, 300)
 FAST_FLAGS = ["--weights", "random-tiny", "--device", "cpu", "--steps", "2"]
 
 
+@contextlib.contextmanager
+def stderr_file_descriptor_to(sink) -> Iterator[None]:
+    """Point file descriptor 2 at `sink`: main() writes stderr through a duplicate of fd 2, not sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run `latentsync ARGS` in this process; returns (exit code, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        with pytest.raises(SystemExit) as exited:
-            main([str(arg) for arg in args])
-    return exited.value.code, stdout.getvalue(), stderr.getvalue()
+    stdout = io.StringIO()
+    with tempfile.TemporaryFile() as stderr:
+        with contextlib.redirect_stdout(stdout), stderr_file_descriptor_to(stderr):
+            with pytest.raises(SystemExit) as exited:
+                main([str(arg) for arg in args])
+        stderr.seek(0)
+        return exited.value.code, stdout.getvalue(), stderr.read().decode("utf-8", "replace")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +88,7 @@ def synced(media) -> dict:
 
 @pytest.fixture(scope="module")
 def frames(synced, media) -> dict[str, list[np.ndarray]]:
-    """The frames the pipeline read, the same frames through the encoder alone (the codec's own change), and the output."""
+    """The frames the pipeline read, the same frames through the encoder alone (the codec's change), the output."""
     count = synced["result"]["frames"]
     frames_in = list(read_frames(media["clip"], count))
     reencoded_path = media["folder"] / "reencoded.mp4"

@@ -66,7 +66,9 @@ def make_inputs(windows: int = 1, frames: int = FRAMES, seed: int = 0) -> tuple[
     shape = (windows, 4, frames, LATENT, LATENT)
     noise = torch.randn((1, 4, 1, LATENT, LATENT), generator=generator).repeat(windows, 1, frames, 1, 1)
     inputs = DenoiseInputs(
-        mask=(torch.rand((windows, 1, 1, LATENT, LATENT), generator=generator) > 0.5).float().repeat(1, 1, frames, 1, 1),
+        mask=(torch.rand((windows, 1, 1, LATENT, LATENT), generator=generator) > 0.5)
+        .float()
+        .repeat(1, 1, frames, 1, 1),
         masked_latents=torch.randn(shape, generator=generator),
         reference_latents=torch.randn(shape, generator=generator),
         audio_embeds=torch.randn((windows * frames, 50, 384), generator=generator),
@@ -74,7 +76,10 @@ def make_inputs(windows: int = 1, frames: int = FRAMES, seed: int = 0) -> tuple[
     return noise, inputs
 
 
-def run(unet, steps=3, guidance=1.5, deepcache=DeepCachePlan(), windows=1, scheduler="ddim", seed=0):
+NO_CACHE = DeepCachePlan(enabled=False)
+
+
+def run(unet, steps=3, guidance=1.5, deepcache=NO_CACHE, windows=1, scheduler="ddim", seed=0):
     latents, inputs = make_inputs(windows, seed=seed)
     with torch.no_grad():
         return denoise(unet, make_scheduler(scheduler, steps), latents, inputs, guidance, deepcache)
@@ -85,7 +90,12 @@ def run(unet, steps=3, guidance=1.5, deepcache=DeepCachePlan(), windows=1, sched
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("ddim", DDIMScheduler), ("dpmpp_2m", DPMSolverMultistepScheduler), ("euler", EulerDiscreteScheduler), ("unipc", UniPCMultistepScheduler)],
+    [
+        ("ddim", DDIMScheduler),
+        ("dpmpp_2m", DPMSolverMultistepScheduler),
+        ("euler", EulerDiscreteScheduler),
+        ("unipc", UniPCMultistepScheduler),
+    ],
 )
 def test_scheduler_swap_builds_the_class_from_the_same_betas(name, cls):
     scheduler = make_scheduler(name, 20)
@@ -183,7 +193,9 @@ def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
                 inputs.audio_embeds[rows],
             )
             scheduler = make_scheduler("ddim", 3)
-            separate.append(denoise(tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)))
+            separate.append(
+                denoise(tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True))
+            )
     # Equal up to float rounding: a different batch size changes how convolutions and matmuls
     # block their sums (~1e-6), which 8x8 latents amplify (their deep levels are 1x1 or 2x2).
     torch.testing.assert_close(together, torch.cat(separate), atol=1e-3, rtol=0)
@@ -217,9 +229,13 @@ def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
 
 def test_vae_slicing_and_tiling_switch_diffusers_flags(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
-    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), torch.device("cpu"), face_size=256)
+    apply_optimizations(
+        tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), torch.device("cpu"), face_size=256
+    )
     assert vae.use_slicing and vae.use_tiling
-    apply_optimizations(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), torch.device("cpu"), face_size=256)
+    apply_optimizations(
+        tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), torch.device("cpu"), face_size=256
+    )
     assert not vae.use_slicing and not vae.use_tiling
 
 

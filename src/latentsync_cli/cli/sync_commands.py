@@ -50,7 +50,8 @@ WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
 AudioArgument = Annotated[
-    Path | None, typer.Argument(help="Speech (WAV, MP3, ...); omitted: the video's own audio track.", show_default=False)
+    Path | None,
+    typer.Argument(help="Speech (WAV, MP3, ...); omitted: the video's own audio track.", show_default=False),
 ]
 OutputOption = Annotated[
     Path | None,
@@ -59,7 +60,9 @@ OutputOption = Annotated[
 ]  # fmt: skip
 CheckpointDirOption = Annotated[
     Path | None,
-    typer.Option("--checkpoint-dir", help="Folder with the weights (see `latentsync models`).", rich_help_panel=JOB_PANEL),
+    typer.Option(
+        "--checkpoint-dir", help="Folder with the weights (see `latentsync models`).", rich_help_panel=JOB_PANEL
+    ),
 ]
 WeightsOption = Annotated[
     str,
@@ -80,9 +83,12 @@ FeatherOption = Annotated[
                  help="Soften the edge where the new mouth meets the face (Gaussian sigma in pixels)."),
 ]  # fmt: skip
 CrfOption = Annotated[
-    int, typer.Option("--crf", min=0, max=51, help="x264 quality: lower is better and bigger.", rich_help_panel=JOB_PANEL)
+    int,
+    typer.Option("--crf", min=0, max=51, help="x264 quality: lower is better and bigger.", rich_help_panel=JOB_PANEL),
 ]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=JOB_PANEL)]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=JOB_PANEL)
+]
 WorkDirOption = Annotated[
     Path | None,
     typer.Option("--work-dir", help="Keep finished windows here to resume a killed job (coming soon).",
@@ -171,8 +177,13 @@ def register(app: typer.Typer) -> None:
         audio: AudioArgument = None,
         output: Annotated[
             Path | None,
-            typer.Option("--output", "-o", help="Keep the MP4 here. [default: not kept]", dir_okay=False,
-                         rich_help_panel=JOB_PANEL),
+            typer.Option(
+                "--output",
+                "-o",
+                help="Keep the MP4 here. [default: not kept]",
+                dir_okay=False,
+                rich_help_panel=JOB_PANEL,
+            ),
         ] = None,  # fmt: skip
         mode: ModeOption = None,
         quality: QualityOption = None,
@@ -231,7 +242,9 @@ def run_job(out: Output, request: SettingsRequest, options: JobOptions, keep_out
         wanted = options.output if options.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], options.overwrite)
 
-    resolved = resolve_for_cli(request, duration_s=_speech_seconds(video, audio), pick_from_benchmark=_benchmark_picker(request))
+    resolved = resolve_for_cli(
+        request, duration_s=_speech_seconds(video, audio), pick_from_benchmark=_benchmark_picker(request)
+    )
     for note in resolved.notes:
         out.warn(note)
     settings = resolved.settings
@@ -242,7 +255,9 @@ def run_job(out: Output, request: SettingsRequest, options: JobOptions, keep_out
     from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
     from latentsync_cli.timing import StageTimer
 
-    models = load_models(options.weights, options.checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0)
+    models = load_models(
+        options.weights, options.checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0
+    )
     weights = {
         "choice": options.weights,
         "id": models.weights_id,
@@ -402,10 +417,7 @@ def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> No
     out.console.print(_stage_table(ranked, result.wall_s, "Stages by time"))
     _print_summary(out, finished)
     path = result.critical_path
-    out.info(
-        f"critical path: {' + '.join(path['lanes'])} lanes, {path['seconds']:.2f} s "
-        f"({', '.join(path['stages'])})"
-    )
+    out.info(f"critical path: {' + '.join(path['lanes'])} lanes, {path['seconds']:.2f} s ({', '.join(path['stages'])})")
     out.info(f"peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB" + (
         f", peak GPU memory {result.peak_gpu_bytes / 2**30:.2f} GiB" if result.peak_gpu_bytes is not None else ""
     ))  # fmt: skip

@@ -33,6 +33,8 @@ class GuidanceSkip:
 
     def apply(self, settings: RunSettings, log: OptimizationLog) -> None:
         if settings.uses_cfg:
-            log.off(self.name, f"guidance {settings.guidance:g}: conditional + unconditional pass (UNet batch 2 per window)")
+            log.off(
+                self.name, f"guidance {settings.guidance:g}: conditional + unconditional pass (UNet batch 2 per window)"
+            )
         else:
             log.applied(self.name, f"guidance {settings.guidance:g}: conditional pass only (UNet batch 1 per window)")

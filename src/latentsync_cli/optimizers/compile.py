@@ -40,7 +40,9 @@ class CompiledUNet:
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.compiled = None
                 reason = " ".join(str(error).split())[:160]
-                self.log.skipped(self.name, f"compiling the UNet failed ({type(error).__name__}: {reason}); running eager")
+                self.log.skipped(
+                    self.name, f"compiling the UNet failed ({type(error).__name__}: {reason}); running eager"
+                )
             else:
                 if not self.succeeded:
                     self.succeeded = True

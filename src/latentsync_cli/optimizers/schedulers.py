@@ -61,10 +61,8 @@ class StepScaling:
         if settings.steps == UPSTREAM_STEPS:
             log.off(self.name, f"{settings.steps} steps, as upstream")
         else:
-            log.applied(
-                self.name,
-                f"{settings.steps} steps instead of upstream's {UPSTREAM_STEPS} (mode {settings.mode}, quality {settings.quality})",
-            )
+            chosen_by = f"mode {settings.mode}, quality {settings.quality}"
+            log.applied(self.name, f"{settings.steps} steps instead of upstream's {UPSTREAM_STEPS} ({chosen_by})")
 
 
 class SchedulerSwap:

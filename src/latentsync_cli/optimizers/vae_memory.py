@@ -30,6 +30,8 @@ class VaeMemory:
         if tiling and face_size <= tile:
             log.skipped("vae tiling", f"the {face_size} px faces fit in one {tile} px tile: tiling changes nothing")
         elif tiling:
-            log.applied("vae tiling", f"VAE works on overlapping {tile} px tiles of the {face_size} px faces (less memory)")
+            log.applied(
+                "vae tiling", f"VAE works on overlapping {tile} px tiles of the {face_size} px faces (less memory)"
+            )
         else:
             log.off("vae tiling", "VAE works on whole faces")

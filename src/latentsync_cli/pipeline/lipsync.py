@@ -192,8 +192,9 @@ class LipsyncPipeline:
         windows = window_ranges(num_frames, self.settings.window)
         paste_mask = torch.from_numpy(mouth_mask(self.resolution, job.mask_feather_px))[None, None].to(self.device)
 
-        for task, total in ((TASK_JOB, num_frames), (TASK_DECODE, num_frames), (TASK_GENERATE, len(windows))):
-            self.progress.start(task, total)
+        self.progress.start(TASK_JOB, num_frames)
+        self.progress.start(TASK_DECODE, num_frames)
+        self.progress.start(TASK_GENERATE, len(windows))
         self.progress.start(TASK_ENCODE, num_frames)
 
         silent_video = job.scratch_dir / "video.mp4"
@@ -413,9 +414,7 @@ class LipsyncPipeline:
         latents = self.noise.repeat(windows, 1, frames, 1, 1).to(self.device) * scheduler.init_noise_sigma
         if self.plan.pad_frames_to is not None:
             latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
-        latents = denoise(
-            self.plan.unet_call, scheduler, latents, inputs, self.settings.guidance, self.plan.deepcache
-        )
+        latents = denoise(self.plan.unet_call, scheduler, latents, inputs, self.settings.guidance, self.plan.deepcache)
         return latents[:, :, :frames]
 
     def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:
@@ -481,4 +480,3 @@ def batches_of_equal_length(windows: list[WindowInput], size: int) -> list[list[
         else:
             batches.append([window])
     return batches
-

@@ -116,6 +116,7 @@ def test_report_has_summary_json_and_plot(quick_run):
 
 def test_auto_picks_from_the_cache_this_run_wrote(quick_run, env, cpu_record, monkeypatch):
     monkeypatch.setenv(cache.CACHE_DIR_ENV, env["LATENTSYNC_CACHE_DIR"])
+    monkeypatch.setenv("XDG_CONFIG_HOME", env["XDG_CONFIG_HOME"])
     table = load_presets(environ={})
     pick = pick_from_benchmark(cpu_record, table.length_class(30.0), table)
     assert pick is not None and "not representative" in pick["description"]

@@ -322,15 +322,11 @@ def _speech_seconds(video: Path, audio: Path | None) -> float | None:
 
 
 def _benchmark_picker(request: SettingsRequest):
-    """`--quality auto` asks the benchmark cache for this device; None when there is nothing to ask."""
-    from latentsync_cli.bench.auto import pick_from_benchmark
+    """What `--quality auto` asks the benchmark cache (only consulted for quality auto)."""
+    from latentsync_cli.bench.auto import picker_for
     from latentsync_cli.presets import load_presets
 
-    def pick(device_record, length_class):
-        table = load_presets(request.presets_file)
-        return pick_from_benchmark(device_record, length_class, table, mode=request.mode)
-
-    return pick
+    return picker_for(load_presets(request.presets_file), request.mode)
 
 
 class RichProgress:

@@ -27,7 +27,9 @@ def test_env_override_sets_the_cache_file(cache_dir):
 
 
 def test_make_key_uses_installed_versions_and_rounds_memory():
-    gpu = DeviceRecord("cuda", "NVIDIA H100 80GB HBM3", index=0, total_memory_bytes=85_520_809_984, driver_version="550.54")
+    gpu = DeviceRecord(
+        "cuda", "NVIDIA H100 80GB HBM3", index=0, total_memory_bytes=85_520_809_984, driver_version="550.54"
+    )
     key = cache.make_key(gpu, "random")
     assert (key.device, key.driver, key.weights) == ("NVIDIA H100 80GB HBM3", "550.54", "random")
     assert key.torch == torch.__version__

@@ -31,8 +31,14 @@ def _entry(with_fidelity: bool, label: str = "") -> dict:
         return value if with_fidelity else None
 
     return {
-        "key": {"device": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6, "driver": "550", "torch": "2.13.0",
-                "latentsync": "0.1.0", "weights": "latentsync-1.6" if with_fidelity else "random"},
+        "key": {
+            "device": "NVIDIA H100 80GB HBM3",
+            "memory_gb": 79.6,
+            "driver": "550",
+            "torch": "2.13.0",
+            "latentsync": "0.1.0",
+            "weights": "latentsync-1.6" if with_fidelity else "random",
+        },
         "date": "2026-11-22T04:00:00+00:00",
         "level": "quick",
         "weights": {"id": "x", "description": "test weights", "is_random": not with_fidelity},

@@ -44,7 +44,7 @@ def test_mode_settings_put_the_reference_first_and_scale_cpu_steps(table):
     assert cpu_bases["turbo"].seed == 7 and cpu_bases["turbo"].precision == "fp32"
 
     gpu_bases = runner.mode_settings(table, GPU, seed=1247)
-    assert list(gpu_bases)[0] == "normal" and set(gpu_bases) == set(table.modes)
+    assert next(iter(gpu_bases)) == "normal" and set(gpu_bases) == set(table.modes)
     assert gpu_bases["normal"].steps == table.modes["normal"].steps  # not scaled on a GPU
     assert gpu_bases["normal"].precision == "bf16" and gpu_bases["normal"].device == "cuda:0"
 
@@ -67,8 +67,19 @@ def test_check_request(table):
 
 
 def test_group_stages_sums_into_the_report_groups():
-    grouped = runner.group_stages({"VAE encode": 1.0, "VAE decode": 2.0, "landmarks": 0.5, "align": 0.25, "mux": 0.1,
-                                   "encode": 0.4, "denoise": 3.0, "decode": 0.2, "something new": 1.0})
+    grouped = runner.group_stages(
+        {
+            "VAE encode": 1.0,
+            "VAE decode": 2.0,
+            "landmarks": 0.5,
+            "align": 0.25,
+            "mux": 0.1,
+            "encode": 0.4,
+            "denoise": 3.0,
+            "decode": 0.2,
+            "something new": 1.0,
+        }
+    )
     assert grouped == {"landmarks": 0.75, "vae": 3.0, "denoise": 3.0, "restore": 0.0, "encode": 0.5, "other": 1.2}
 
 

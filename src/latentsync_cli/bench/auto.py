@@ -64,8 +64,10 @@ def pick_from_benchmark(
         candidates = [config for config in candidates if meets_floors(config, floors)]
     if not candidates:
         reason = "meets the fidelity floor" if has_fidelity else "is allowed"
-        return {"description": f"{_origin(entry)}: no measured configuration {reason} for {length_class} videos; "
-                               f"using the length rule{_caveats(entry, current)}"}
+        return {
+            "description": f"{_origin(entry)}: no measured configuration {reason} for {length_class} videos; "
+            f"using the length rule{_caveats(entry, current)}"
+        }
     fastest = min(candidates, key=lambda config: config["seconds_per_output_second"])
     return {**pick_settings(fastest), "description": _describe(entry, fastest, length_class, floors, current)}
 
@@ -121,9 +123,9 @@ def _describe(entry: dict, config: dict, length_class: str, floors: dict, curren
         fidelity = config.get("fidelity") or {}
         if fidelity.get("identical"):
             text += f", identical to {entry.get('reference') or 'the reference'}"
-        for metric in floors:
+        for metric, floor in floors.items():
             if fidelity.get(metric) is not None:
-                text += f", {metric.replace('_', ' ')} {fidelity[metric]:.2f} (floor {floors[metric]:.2f})"
+                text += f", {metric.replace('_', ' ')} {fidelity[metric]:.2f} (floor {floor:.2f})"
     else:
         text += f", fastest allowed for {length_class} videos; fidelity unknown (random weights)"
     return text + _caveats(entry, current)
@@ -135,7 +137,9 @@ def _caveats(entry: dict, current: cache.CacheKey) -> str:
         text += f"; {entry['label']}"
     if cache.is_stale(entry, current):
         key = entry["key"]
-        text += f"; measured with torch {key['torch']} and latentsync {key['latentsync']}: run `latentsync benchmark` again"
+        text += (
+            f"; measured with torch {key['torch']} and latentsync {key['latentsync']}: run `latentsync benchmark` again"
+        )
     return text
 
 

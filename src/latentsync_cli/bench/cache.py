@@ -105,7 +105,9 @@ def save_entry(entry: dict, path: Path | None = None) -> Path:
     kept = []
     for old in load_entries(path):
         old_key = entry_key(old)
-        replaced = old_key.same_device(new_key) and (old_key.weights == new_key.weights or not old_key.same_software(new_key))
+        replaced = old_key.same_device(new_key) and (
+            old_key.weights == new_key.weights or not old_key.same_software(new_key)
+        )
         if not replaced:
             kept.append(old)
     kept.append(entry)

@@ -61,9 +61,7 @@ def ssim(reference: np.ndarray, candidate: np.ndarray, data_range: float = 255.0
     if window < 3:
         raise ValueError(f"images of {reference.shape[:2]} are too small for SSIM (need at least 3x3)")
     return float(
-        structural_similarity(
-            reference, candidate, data_range=data_range, channel_axis=channel_axis, win_size=window
-        )
+        structural_similarity(reference, candidate, data_range=data_range, channel_axis=channel_axis, win_size=window)
     )
 
 
@@ -103,7 +101,9 @@ def temporal_consistency(reference_frames, candidate_frames) -> float:
     if reference_spread == 0.0 or candidate_spread == 0.0:
         # No motion in one clip: consistent only if neither moves.
         return 1.0 if reference_spread == candidate_spread else 0.0
-    covariance = np.mean((reference_changes - reference_changes.mean()) * (candidate_changes - candidate_changes.mean()))
+    covariance = np.mean(
+        (reference_changes - reference_changes.mean()) * (candidate_changes - candidate_changes.mean())
+    )
     return float(covariance / (reference_spread * candidate_spread))
 
 

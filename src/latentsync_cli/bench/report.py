@@ -43,7 +43,9 @@ def write_report(entry: dict, folder: Path, gpu_price: float | None = None, vide
         paths["json"].write_text(json.dumps(entry, indent=2, default=str) + "\n", encoding="utf-8")
         plot_speed(entry, paths["plot"])
     except OSError as error:
-        raise OutputError(f"{folder}: cannot write the benchmark report ({error.strerror}); choose another --report DIR") from None
+        raise OutputError(
+            f"{folder}: cannot write the benchmark report ({error.strerror}); choose another --report DIR"
+        ) from None
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -54,8 +56,10 @@ def summary_text(entry: dict, gpu_price: float | None = None, video_s: float | N
     key = entry["key"]
     lines = [
         f"latentsync benchmark ({entry.get('level', '?')}) on {key['device']}, {str(entry.get('date', ''))[:10]}",
-        f"torch {key['torch']}, latentsync {key['latentsync']}, weights {key['weights']}: "
-        f"{entry.get('weights', {}).get('description', '')}",
+        (
+            f"torch {key['torch']}, latentsync {key['latentsync']}, weights {key['weights']}: "
+            f"{entry.get('weights', {}).get('description', '')}"
+        ),
         _input_line(entry.get("input", {})),
     ]
     if entry.get("label"):

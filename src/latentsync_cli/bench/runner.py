@@ -311,7 +311,9 @@ class ModelCache:
     def get(self, precision: str) -> ModelBundle:
         if self.bundle is None or precision != self.precision:
             self.release()
-            bundle = load_models(self.weights, self.checkpoint_dir, self.device.torch_device, dtype_for(precision), self.seed)
+            bundle = load_models(
+                self.weights, self.checkpoint_dir, self.device.torch_device, dtype_for(precision), self.seed
+            )
             if self.on_cpu:
                 bundle = replace(bundle, resolution=CPU_FACE_RESOLUTION)
             self.bundle, self.precision = bundle, precision
@@ -346,7 +348,7 @@ def run_case(
     watcher: MemoryWatcher | None = None,
 ) -> dict:
     """One pipeline run of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
-    from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob  # heavy imports, needed only here
+    from latentsync_cli.pipeline import LipsyncPipeline, SyncJob  # heavy imports, needed only here
 
     result = {
         "name": case.name,
@@ -360,6 +362,10 @@ def run_case(
     timer = StageTimer(torch.device(device.torch_device))
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=output.parent))
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if settings.compile:
+        # Each case compiles as a fresh `sync` would; otherwise the cases' graphs pile up
+        # in dynamo's cache until its size limit silently sends later cases back to eager.
+        torch._dynamo.reset()
     try:
         if watcher is not None:
             watcher.start()

@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
     @app.command(help="Measure this GPU (or CPU) on the preset matrix, cache the results and write a report.")
     def benchmark(
         ctx: typer.Context,
-        quick: Annotated[bool, typer.Option("--quick", help="Every speed mode with DeepCache on and off (default).")] = False,
+        quick: Annotated[
+            bool, typer.Option("--quick", help="Every speed mode with DeepCache on and off (default).")
+        ] = False,
         full: Annotated[
             bool,
             typer.Option("--full", help="Also schedulers, windows, windows per call, compile, CUDA graphs, precision."),
@@ -45,7 +47,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--duration", help="Seconds of test clip [default: 10 on a GPU, 1 on a CPU; stress 120/4]."),
         ] = None,
         weights: Annotated[
-            str, typer.Option("--weights", help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny.")
+            str,
+            typer.Option(
+                "--weights", help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny."
+            ),
         ] = "auto",
         checkpoint_dir: Annotated[
             Path | None, typer.Option("--checkpoint-dir", help="Folder with the weights (instead of the Hub cache).")
@@ -54,13 +59,18 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option("--gpu-price", help="Dollars per hour of this machine, for the cost table.")
         ] = None,
         report_dir: Annotated[
-            Path | None, typer.Option("--report", help="Report folder [default: <user data dir>/benchmarks/<date>-<device>].")
+            Path | None,
+            typer.Option("--report", help="Report folder [default: <user data dir>/benchmarks/<date>-<device>]."),
         ] = None,
-        video: Annotated[Path | None, typer.Option("--video", help="Your own face video instead of the test clip.")] = None,
+        video: Annotated[
+            Path | None, typer.Option("--video", help="Your own face video instead of the test clip.")
+        ] = None,
         audio: Annotated[Path | None, typer.Option("--audio", help="Your own speech, with --video.")] = None,
         modes: Annotated[
             str | None,
-            typer.Option("--modes", help="Comma-separated speed modes to measure [default: all]; `normal` always runs."),
+            typer.Option(
+                "--modes", help="Comma-separated speed modes to measure [default: all]; `normal` always runs."
+            ),
         ] = None,
         device: DeviceOption = "auto",
         presets: PresetsOption = None,

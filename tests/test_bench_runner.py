@@ -115,6 +115,10 @@ def test_memory_watcher_and_stress_summary():
     for _ in range(4):
         with timer.stage("denoise", "gpu"):
             time.sleep(0.001)
-    summary = runner.stress_summary("normal", {"output_s": 4.0, "wall_s": 2.0}, timer, watcher)
-    assert summary["windows"] == 4 and summary["throughput_drift"] is not None
+    result = {"output_s": 4.0, "wall_s": 2.0, "frames": 64, "settings": {"window": 16, "windows_per_call": 1}}
+    summary = runner.stress_summary("normal", result, timer, watcher)
+    assert summary["unet_calls"] == 4 and summary["throughput_drift"] is not None
+    # A ragged last window is left out of the drift (4 calls -> 3 compared: too few for quarters).
+    ragged = runner.stress_summary("normal", {**result, "frames": 60}, timer, watcher)
+    assert ragged["throughput_drift"] is None
     assert summary["memory_growth_gb"] is not None

@@ -484,15 +484,23 @@ def resident_bytes() -> int:
 
 
 def stress_summary(name: str, result: dict, timer: StageTimer, watcher: MemoryWatcher) -> dict:
-    """Throughput drift (denoise seconds per window, last quarter vs first) and memory growth over the run."""
+    """Throughput drift (denoise time per UNet call, last quarter vs first) and memory growth over the run.
+
+    A shorter last window would look like a speed-up, so only full-size calls are compared.
+    """
     denoise_spans = [span.duration_s for span in timer.spans() if span.stage == "denoise"]
+    settings = result["settings"]
+    frames_per_call = settings["window"] * settings["windows_per_call"]
+    full_calls = denoise_spans
+    if result["frames"] % frames_per_call != 0:
+        full_calls = denoise_spans[:-1]
     return {
         "name": name,
         "output_s": result["output_s"],
         "wall_s": result["wall_s"],
-        "windows": len(denoise_spans),
-        "denoise_s_per_window": [round(seconds, 4) for seconds in denoise_spans],
-        "throughput_drift": relative_drift(denoise_spans),
+        "unet_calls": len(denoise_spans),
+        "denoise_s_per_call": [round(seconds, 4) for seconds in denoise_spans],
+        "throughput_drift": relative_drift(full_calls),
         "memory_samples": [(round(t, 2), size) for t, size in watcher.samples],
         "memory_growth_gb": memory_growth_gb(watcher.samples),
     }

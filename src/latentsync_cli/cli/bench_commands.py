@@ -23,6 +23,7 @@ from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import choose_device
 
 WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
+DEFAULT_VIDEO_S = 60.0  # the video length of the cost table's "per 100 videos" without --duration
 
 
 def register(app: typer.Typer) -> None:
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
             entry = run_benchmark(request, table, record, progress=out.info)
         cache_path = cache.store_benchmark(entry)
         folder = report_dir if report_dir is not None else report.default_report_dir(entry)
-        video_s = duration or entry["input"].get("duration_s") or 60.0
+        video_s = duration or DEFAULT_VIDEO_S
         paths = report.write_report(entry, folder, gpu_price, video_s)
 
         if json_output:
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 printed["costs"] = report.cost_table(entry, gpu_price, video_s)
             Output.print_json(json_safe(printed))
             return
-        out.console.print(report.summary_text(entry, gpu_price, video_s), markup=False, highlight=False)
+        out.console.print(report.summary_text(entry, gpu_price, video_s), markup=False, highlight=False, soft_wrap=True)
         out.info(f"cached in {cache_path}")
         out.info(f"report: {paths['summary']}, {paths['plot']}")
 
@@ -156,10 +157,10 @@ def _show(out: Output, record, key: cache.CacheKey, json_output: bool, gpu_price
         out.info(f"no benchmark for {record.name}; run `latentsync benchmark`")
         return
     for entry in entries:
-        text = report.summary_text(entry, gpu_price, duration)
+        text = report.summary_text(entry, gpu_price, duration or DEFAULT_VIDEO_S)
         if cache.is_stale(entry, key):
             text += "\n(stale: measured with other torch/latentsync versions; run `latentsync benchmark` again)"
-        out.console.print(text + "\n", markup=False, highlight=False)
+        out.console.print(text + "\n", markup=False, highlight=False, soft_wrap=True)
     out.info(f"from {cache.cache_file()}")
 
 

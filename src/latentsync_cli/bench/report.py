@@ -155,8 +155,10 @@ def cost_table(entry: dict, gpu_price: float, video_s: float) -> list[dict]:
 def _stress_lines(stress: dict) -> list[str]:
     return [
         f"stress: {stress['name']}, {stress['output_s']:.1f} s of output in {stress['wall_s']:.1f} s",
-        f"  throughput drift (denoise time per UNet call, last vs first quarter; + is slower): "
-        f"{_percent(stress.get('throughput_drift'))}",
+        (
+            "  throughput drift (denoise time per UNet call, last vs first quarter; + is slower): "
+            f"{_percent(stress.get('throughput_drift'))}"
+        ),
         f"  memory growth (last vs first quarter of the run): {_number(stress.get('memory_growth_gb'), 3)} GB",
     ]
 

@@ -26,6 +26,7 @@ reads:
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -331,6 +332,7 @@ class ModelCache:
     def release(self) -> None:
         self.bundle = None
         if self.device.backend == "cuda":
+            gc.collect()  # the last case's pipeline (captured CUDA graphs, compiled code) still holds memory
             torch.cuda.empty_cache()
 
 

@@ -148,3 +148,14 @@ def test_resolve_takes_the_pick_and_names_the_benchmark_cache(table):
     assert resolved.settings.mode == "fast"
     assert resolved.sources["mode"] == "benchmark cache"
     assert any("benchmark pick" in note for note in resolved.notes)
+
+
+def test_a_cpu_run_with_fewer_steps_picks_the_modes_own_steps(table):
+    cpu = DeviceRecord(backend="cpu", name="Test CPU (2 cores)", total_memory_bytes=24_000_000_000)
+    entry = _write_entry(table, cpu, weights="random-tiny", random=True)
+    for config in entry["configs"]:
+        config["mode_steps"] = config["settings"]["steps"]
+        config["settings"]["steps"] = 2  # what the CPU run measured with
+    cache.save_entry(entry)
+    pick = pick_from_benchmark(cpu, "long", table)
+    assert pick["steps"] == table.modes[pick["mode"]].steps

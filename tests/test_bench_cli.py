@@ -120,6 +120,8 @@ def test_auto_picks_from_the_cache_this_run_wrote(quick_run, env, cpu_record, mo
     table = load_presets(environ={})
     pick = pick_from_benchmark(cpu_record, table.length_class(30.0), table)
     assert pick is not None and "not representative" in pick["description"]
+    # The CPU run used fewer steps; the pick carries the mode's own.
+    assert pick["steps"] == table.modes[pick["mode"]].steps
     resolved = resolve_settings(table, SettingsRequest(quality="auto", device="cpu"), [cpu_record], 30.0, pick)
     assert resolved.sources["mode"] == "benchmark cache"
 

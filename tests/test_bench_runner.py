@@ -37,11 +37,13 @@ def test_weights_choice(tmp_path, monkeypatch):
         runner.choose_weights("random", CPU, None)
 
 
-def test_mode_settings_put_the_reference_first_and_scale_cpu_steps(table):
+def test_mode_settings_put_the_reference_first_and_cpu_steps_keep_the_order(table):
     cpu_bases = runner.mode_settings(table, CPU, seed=7, modes=("turbo",))
     assert list(cpu_bases) == ["normal", "turbo"]
-    assert cpu_bases["normal"].steps == max(runner.CPU_MIN_STEPS, round(20 * runner.CPU_STEP_SCALE))
     assert cpu_bases["turbo"].seed == 7 and cpu_bases["turbo"].precision == "fp32"
+    scaled = [runner.cpu_steps(table.modes[mode].steps) for mode in ("normal", "fast", "turbo", "ultra")]
+    assert scaled == sorted(scaled, reverse=True) and min(scaled) >= runner.CPU_MIN_STEPS
+    assert scaled[0] < table.modes["normal"].steps
 
     gpu_bases = runner.mode_settings(table, GPU, seed=1247)
     assert next(iter(gpu_bases)) == "normal" and set(gpu_bases) == set(table.modes)

@@ -87,10 +87,16 @@ def entry_has_fidelity(entry: dict) -> bool:
 
 
 def pick_settings(config: dict) -> dict:
-    """The settings a pick sets: the mode's fields plus whatever the benchmark varied."""
+    """The settings a pick sets: the mode's fields plus whatever the benchmark varied.
+
+    A CPU benchmark runs fewer steps than the mode has; the pick takes the mode's own ("mode_steps").
+    """
     settings = config.get("settings", {})
     names = list(MODE_FIELDS) + [name for name in config.get("changes", {}) if name not in MODE_FIELDS]
-    return {name: settings[name] for name in names if name in settings}
+    picked = {name: settings[name] for name in names if name in settings}
+    if config.get("mode_steps") and "steps" not in config.get("changes", {}):
+        picked["steps"] = config["mode_steps"]
+    return picked
 
 
 def allowed_by_rule(settings: dict, rule_settings: dict) -> bool:

@@ -18,9 +18,11 @@ reads:
     fidelity_note  why fidelity is null (random weights), else None
     reference      the name of the reference case
     input          {"source": synthetic | user, "duration_s", "frames", "seed", ...}
-    configs        one dict per case: name, mode, changes, settings, output_s, wall_s,
-                   seconds_per_output_second, realtime_factor, stages (grouped), stage_seconds (raw),
-                   unet_steps {"full", "cached"}, peak_memory_gb, optimizations, fidelity, label, error
+    configs        one dict per case: name, mode, changes, settings (as run), mode_steps (the mode's own
+                   steps; a CPU run uses fewer), output_s, frames, windows, wall_s, first_run_s (GPU
+                   warm-up run), seconds_per_output_second, realtime_factor, stages (grouped),
+                   stage_seconds (raw), bottleneck, unet_steps {"full", "cached", "approximate"},
+                   peak_memory_gb (GPU), peak_rss_gb, optimizations, fidelity, label, error
     stress         throughput drift and memory growth of the stress run, else None
 """
 
@@ -104,6 +106,9 @@ def run_benchmark(
     on_cpu = device.backend == "cpu"
     weights = choose_weights(request.weights, device, request.checkpoint_dir)
     bases = mode_settings(table, device, request.seed, request.modes)
+    mode_steps = {mode: settings.steps for mode, settings in bases.items()}
+    if on_cpu:
+        bases = {mode: replace(settings, steps=cpu_steps(settings.steps)) for mode, settings in bases.items()}
     cases = plan_cases(request.level, bases, capabilities_of(device))
     cases = order_by_precision(cases, bases)
     reference = cases[0]
@@ -118,6 +123,9 @@ def run_benchmark(
             progress("warming up")
             warm_up(cases[0], bases[cases[0].mode], models, workspace, device)
         results = measure_cases(cases, bases, models, video, audio, workspace, device, request.level, progress)
+        for result in results:
+            # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
+            result["mode_steps"] = mode_steps[result["mode"]]
         bundle_info = models.info()
     finally:
         models.release()
@@ -236,18 +244,20 @@ def choose_weights(requested: str, device: DeviceRecord, checkpoint_dir: Path | 
 def mode_settings(
     table: PresetTable, device: DeviceRecord, seed: int, modes: tuple[str, ...] = ()
 ) -> dict[str, RunSettings]:
-    """Each mode's settings on this device at quality `balanced` (steps scaled down on a CPU)."""
+    """Each mode's settings on this device at quality `balanced`, the reference mode first."""
     reference = table.auto.reference_mode
     wanted = [reference] + [mode for mode in modes if mode != reference] if modes else list(table.modes)
     bases = {}
     for mode in wanted:
         request = SettingsRequest(mode=mode, quality="balanced", seed=seed)
-        settings = resolve_settings(table, request, [device]).settings
-        if device.backend == "cpu":
-            settings = replace(settings, steps=max(CPU_MIN_STEPS, round(settings.steps * CPU_STEP_SCALE)))
-        bases[mode] = settings
+        bases[mode] = resolve_settings(table, request, [device]).settings
     # The reference mode first: every other case is compared with its output.
     return {reference: bases.pop(reference), **bases} if reference in bases else bases
+
+
+def cpu_steps(steps: int) -> int:
+    """Fewer steps for a CPU run, in the same order between modes."""
+    return max(CPU_MIN_STEPS, round(steps * CPU_STEP_SCALE))
 
 
 def order_by_precision(cases: list[BenchCase], bases: dict[str, RunSettings]) -> list[BenchCase]:

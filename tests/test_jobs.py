@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,12 +17,14 @@ import pytest
 
 from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.jobs import (
+    OWNER_FILE,
     SCRATCH_PREFIX,
     WorkDirStore,
     check_output_path,
     job_fingerprint,
     job_scratch_dir,
     read_batch,
+    remove_stale_scratch,
 )
 
 OPTIONS = {"mode", "quality", "steps"}
@@ -101,10 +104,10 @@ def test_read_batch_refuses_escaping_outputs_unknown_columns_and_bad_json(tmp_pa
 
 
 def test_store_round_trip_and_resume_count(tmp_path):
-    store = WorkDirStore(tmp_path / "work", fingerprint="abc")
     faces = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
-    store.save(0, faces=faces, has_face=np.array([True, False]))
-    assert store.has(0) and not store.has(1)
+    with WorkDirStore(tmp_path / "work", fingerprint="abc") as store:
+        store.save(0, faces=faces, has_face=np.array([True, False]))
+        assert store.has(0) and not store.has(1)
     again = WorkDirStore(tmp_path / "work", fingerprint="abc")
     loaded = again.load(0)
     np.testing.assert_array_equal(loaded["faces"], faces)
@@ -113,9 +116,36 @@ def test_store_round_trip_and_resume_count(tmp_path):
 
 
 def test_store_clears_windows_of_another_job(tmp_path):
-    WorkDirStore(tmp_path / "work", fingerprint="first").save(0, faces=np.zeros((1, 2, 2, 3), np.uint8))
-    other = WorkDirStore(tmp_path / "work", fingerprint="second")
-    assert not other.has(0) and other.finished_count() == 0
+    with WorkDirStore(tmp_path / "work", fingerprint="first") as first:
+        first.save(0, faces=np.zeros((1, 2, 2, 3), np.uint8))
+    with WorkDirStore(tmp_path / "work", fingerprint="second") as other:
+        assert not other.has(0) and other.finished_count() == 0
+
+
+def test_store_refuses_a_work_dir_in_use(tmp_path):
+    with WorkDirStore(tmp_path / "work", fingerprint="a"):
+        with pytest.raises(OutputError, match="another running job"):
+            WorkDirStore(tmp_path / "work", fingerprint="a")
+    WorkDirStore(tmp_path / "work", fingerprint="a").close()  # free again once the first one is closed
+
+
+def test_stale_scratch_of_dead_jobs_is_removed_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"{SCRATCH_PREFIX}stale"
+    stale.mkdir()
+    (stale / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid}))
+    other_host = tmp_path / f"{SCRATCH_PREFIX}elsewhere"
+    other_host.mkdir()
+    (other_host / OWNER_FILE).write_text(json.dumps({"host": "another-machine", "pid": dead_pid}))
+    partial = tmp_path / f".out.partial-{dead_pid}-abcd.mp4"
+    partial.write_bytes(b"x")
+    live_partial = tmp_path / f".out.partial-{os.getpid()}-abcd.mp4"
+    live_partial.write_bytes(b"x")
+    with job_scratch_dir(tmp_path / "out.mp4") as live:
+        removed = remove_stale_scratch(tmp_path)
+        assert sorted(removed) == sorted([stale, partial])
+        assert live.exists() and other_host.exists() and live_partial.exists()
 
 
 def test_fingerprint_changes_with_settings_and_inputs(tmp_path):

@@ -18,11 +18,13 @@ share scratch space with a neighbour, and never redo finished work:
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ import numpy as np
 from latentsync_cli.errors import ExitCode, Interrupted, OutputError, UsageError
 
 SCRATCH_PREFIX = ".latentsync-job-"
+OWNER_FILE = "owner.json"  # inside a scratch folder: which process on which host made it
 
 
 # --- scratch space ---------------------------------------------------------------------------
@@ -41,12 +44,54 @@ SCRATCH_PREFIX = ".latentsync-job-"
 
 @contextmanager
 def job_scratch_dir(output_path: Path) -> Iterator[Path]:
-    """A private temporary folder beside `output_path`, removed when the job ends however it ends."""
+    """A private temporary folder beside `output_path`, removed when the job ends however it ends.
+
+    The folder records its owner (host and PID), so that a later job can remove
+    it if this one is killed with SIGKILL (see `remove_stale_scratch`).
+    """
     folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=output_path.parent))
     try:
+        (folder / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_scratch(folder: Path) -> list[Path]:
+    """Remove scratch folders (and partial outputs) in `folder` left by jobs of this host that no longer run.
+
+    Only what provably belongs to a dead process goes: a scratch folder whose
+    owner file names this host and a PID that is not alive, and a
+    `.<name>.partial-<pid>-...` file whose PID is not alive. Folders of other
+    hosts (a shared network folder) and of live jobs are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    for scratch in folder.glob(SCRATCH_PREFIX + "*"):
+        owner = _read_json(scratch / OWNER_FILE)
+        if scratch.is_dir() and owner.get("host") == host and not _pid_alive(owner.get("pid")):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    for partial in folder.glob(".*.partial-*"):
+        pid = partial.name.rpartition(".partial-")[2].split("-")[0]
+        if partial.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown owner: assume it is running
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
 
 
 # --- signals ---------------------------------------------------------------------------------
@@ -112,7 +157,9 @@ def check_output_path(output: Path, inputs: list[Path], overwrite: bool) -> Path
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"{folder}: the output folder is not writable ({error.strerror}); choose another with -o") from None
+        raise OutputError(
+            f"{folder}: the output folder is not writable ({error.strerror}); choose another with -o"
+        ) from None
     return output
 
 
@@ -239,11 +286,24 @@ class WorkDirStore:
     `window-00000.npz` per finished window. Each file is written under a
     temporary name and renamed, so a kill mid-write leaves no half window. A
     work dir holding another job's windows (different fingerprint) is cleared.
+    One job at a time uses a work dir: it holds an exclusive lock on
+    `<work_dir>/lock` until `close()` (or until the process dies).
     """
 
     def __init__(self, work_dir: Path, fingerprint: str):
         self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.work_dir / "lock", "a")  # noqa: SIM115 - held until close()
+        except OSError as error:
+            raise OutputError(f"{self.work_dir}: cannot use it as --work-dir ({error.strerror})") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise OutputError(
+                f"{self.work_dir}: another running job uses this --work-dir; give each job its own"
+            ) from None
         self.resumed_windows = 0
         manifest = self.work_dir / "job.json"
         previous = _read_json(manifest)
@@ -274,6 +334,16 @@ class WorkDirStore:
 
     def finished_count(self) -> int:
         return len(list(self.work_dir.glob("window-*.npz")))
+
+    def close(self) -> None:
+        """Release the work dir for the next job (the finished windows stay)."""
+        self._lock.close()
+
+    def __enter__(self) -> WorkDirStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _read_json(path: Path) -> dict:

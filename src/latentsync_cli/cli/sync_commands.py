@@ -4,21 +4,34 @@ Order of work, so that mistakes cost nothing: check the paths (refuse an output
 that exists or equals an input), resolve the settings once (the speech length
 feeds the length rule), load the weights, and only then touch the media.
 Humans read stderr (progress, tables); `--json` prints one object on stdout.
+
+Unattended use (see jobs.py): SIGINT/SIGTERM stop a job with its temporary
+files removed (exit 130/143); every job works in its own scratch folder beside
+its output; `--work-dir` keeps finished windows so that a killed job resumes;
+`--batch` runs a CSV/JSON-lines manifest with the models loaded once.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
+import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from latentsync_cli.cli.output import Output, get_output
@@ -39,8 +52,22 @@ from latentsync_cli.cli.settings_options import (
     make_request,
     resolve_for_cli,
 )
-from latentsync_cli.errors import InputError, OutputError, UsageError
-from latentsync_cli.jobs import check_output_path, default_output_path, job_scratch_dir, stop_on_signals
+from latentsync_cli.errors import (
+    BatchFailedError,
+    ExitCode,
+    InputError,
+    Interrupted,
+    LatentsyncError,
+    OutputError,
+    UsageError,
+)
+from latentsync_cli.jobs import (
+    check_output_path,
+    default_output_path,
+    job_scratch_dir,
+    remove_stale_scratch,
+    stop_on_signals,
+)
 from latentsync_cli.settings import ResolvedSettings, SettingsRequest
 
 JOB_PANEL = "Input and output"
@@ -49,6 +76,9 @@ FACE_CHOICES = ("largest", "center")
 WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
+OptionalVideoArgument = Annotated[
+    Path | None, typer.Argument(help="Face video (or a still image); omitted with --batch.", show_default=False)
+]
 AudioArgument = Annotated[
     Path | None,
     typer.Argument(help="Speech (WAV, MP3, ...); omitted: the video's own audio track.", show_default=False),
@@ -91,9 +121,16 @@ OverwriteOption = Annotated[
 ]
 WorkDirOption = Annotated[
     Path | None,
-    typer.Option("--work-dir", help="Keep finished windows here to resume a killed job (coming soon).",
+    typer.Option("--work-dir", help="Keep finished windows here; the same command run again resumes a killed job.",
                  rich_help_panel=JOB_PANEL, file_okay=False),
 ]  # fmt: skip
+BatchOption = Annotated[
+    Path | None,
+    typer.Option("--batch", help="Run every row of a .csv or .jsonl manifest (columns video, audio, output and "
+                 "sync options), loading the models once.", rich_help_panel=JOB_PANEL, dir_okay=False),
+]  # fmt: skip
+REQUEST_FIELDS = ("mode", "quality", "steps", "deepcache", "scheduler", "window", "guidance", "seed", "precision",
+                  "compile", "optimization_level", "device", "presets")  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON result object alone on stdout.")]
 TraceOption = Annotated[
     Path | None, typer.Option("--trace", help="Write a Chrome trace (chrome://tracing, Perfetto) here.", dir_okay=False)
@@ -130,7 +167,7 @@ def register(app: typer.Typer) -> None:
     @app.command(help="Lip-sync VIDEO (or an image) to AUDIO and write an MP4.")
     def sync(
         ctx: typer.Context,
-        video: VideoArgument,
+        video: OptionalVideoArgument = None,
         audio: AudioArgument = None,
         output: OutputOption = None,
         mode: ModeOption = None,
@@ -154,9 +191,27 @@ def register(app: typer.Typer) -> None:
         crf: CrfOption = 18,
         overwrite: OverwriteOption = False,
         work_dir: WorkDirOption = None,
+        batch: BatchOption = None,
         json_output: JsonOption = False,
     ) -> None:
         out = get_output(ctx)
+        if batch is not None:
+            given = [name for name, value in (("VIDEO", video), ("AUDIO", audio), ("--output", output),
+                                              ("--work-dir", work_dir)) if value is not None]  # fmt: skip
+            if given:
+                raise UsageError(f"--batch runs the jobs of {batch}: do not also pass {given[0]}")
+            defaults = {
+                "mode": mode, "quality": quality, "steps": steps, "deepcache": deepcache, "scheduler": scheduler,
+                "window": window, "guidance": guidance, "seed": seed, "precision": precision, "compile": compile,
+                "optimization_level": optimization_level, "device": device, "presets": presets,
+                "checkpoint_dir": checkpoint_dir, "weights": weights, "loop": loop, "face": face,
+                "mask_feather": mask_feather, "crf": crf,
+            }  # fmt: skip
+            with stop_on_signals():
+                run_batch(out, batch, defaults, overwrite, json_output)
+            return
+        if video is None:
+            raise UsageError("missing VIDEO: pass a face video (or image) and the speech, or --batch FILE")
         request = make_request(
             mode=mode, quality=quality, steps=steps, deepcache=deepcache, scheduler=scheduler, window=window,
             guidance=guidance, seed=seed, precision=precision, compile=compile,
@@ -164,7 +219,8 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         options = JobOptions(video, audio, output, checkpoint_dir, weights.lower(), loop.lower(), face.lower(),
                              mask_feather, crf, overwrite, work_dir)  # fmt: skip
-        finished = run_job(out, request, options, keep_output=True)
+        with stop_on_signals():
+            finished = run_job(out, request, options, keep_output=True)
         if json_output:
             Output.print_json(job_json(finished))
         else:
@@ -218,7 +274,8 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         options = JobOptions(video, audio, output, checkpoint_dir, weights.lower(), loop.lower(), face.lower(),
                              mask_feather, crf, overwrite, None)  # fmt: skip
-        finished = run_job(out, request, options, keep_output=output is not None)
+        with stop_on_signals():
+            finished = run_job(out, request, options, keep_output=output is not None)
         report = profile_json(finished)
         if trace is not None:
             write_trace(trace, finished.result.trace)
@@ -232,8 +289,49 @@ def register(app: typer.Typer) -> None:
 # --- running a job -------------------------------------------------------------------------------
 
 
-def run_job(out: Output, request: SettingsRequest, options: JobOptions, keep_output: bool) -> FinishedJob:
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose inputs, output path and settings have been checked, before any model work."""
+
+    video: Path
+    audio: Path | None
+    output: Path | None  # None: profile without -o (the MP4 is dropped)
+    resolved: ResolvedSettings
+
+
+class ModelCache:
+    """The models of the last job, reused by the next one when weights, device and precision are the same."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.models = None
+
+    def get(self, options: JobOptions, settings):
+        from latentsync_cli.models.weights import load_models
+        from latentsync_cli.optimizers.precision import dtype_for
+
+        checkpoint_dir = options.checkpoint_dir.expanduser().absolute() if options.checkpoint_dir else None
+        key = (options.weights, checkpoint_dir, settings.device, settings.precision)
+        if key != self.key:
+            self.models = None  # free the previous job's models before loading others
+            self.models = load_models(
+                options.weights, checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0
+            )
+            self.key = key
+        return self.models
+
+
+def run_job(
+    out: Output, request: SettingsRequest, options: JobOptions, keep_output: bool, cache: ModelCache | None = None
+) -> FinishedJob:
     """Check, resolve, load, run. Nothing is written at the output path unless the job succeeds."""
+    prepared = prepare_job(out, request, options, keep_output)
+    models = (cache or ModelCache()).get(options, prepared.resolved.settings)
+    return execute_job(out, prepared, models, options)
+
+
+def prepare_job(out: Output, request: SettingsRequest, options: JobOptions, keep_output: bool) -> PreparedJob:
+    """Every check that needs no model: flags, input files, their streams, the output path, the settings."""
     _check_choices(options)
     video = _existing_input(options.video, "video")
     audio = _existing_input(options.audio, "audio") if options.audio is not None else None
@@ -241,23 +339,20 @@ def run_job(out: Output, request: SettingsRequest, options: JobOptions, keep_out
     if keep_output:
         wanted = options.output if options.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], options.overwrite)
-
-    resolved = resolve_for_cli(
-        request, duration_s=_speech_seconds(video, audio), pick_from_benchmark=_benchmark_picker(request)
-    )
+    speech_seconds = _check_media(out, video, audio)
+    resolved = resolve_for_cli(request, duration_s=speech_seconds, pick_from_benchmark=_benchmark_picker(request))
     for note in resolved.notes:
         out.warn(note)
-    settings = resolved.settings
+    return PreparedJob(video, audio, output, resolved)
 
-    # Imported here: torch and diffusers take seconds to import, and --help should not wait for them.
-    from latentsync_cli.models.weights import load_models
-    from latentsync_cli.optimizers.precision import dtype_for
-    from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
+
+def execute_job(out: Output, prepared: PreparedJob, models, options: JobOptions) -> FinishedJob:
+    """Run the pipeline in a private scratch folder; with --work-dir, finished windows are kept and reused."""
+    from latentsync_cli.jobs import WorkDirStore, job_fingerprint
+    from latentsync_cli.pipeline import LipsyncPipeline, NoStore, SyncJob
     from latentsync_cli.timing import StageTimer
 
-    models = load_models(
-        options.weights, options.checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0
-    )
+    settings = prepared.resolved.settings
     weights = {
         "choice": options.weights,
         "id": models.weights_id,
@@ -266,30 +361,41 @@ def run_job(out: Output, request: SettingsRequest, options: JobOptions, keep_out
     }
     if models.is_random:
         out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-    if options.work_dir is not None:
-        out.warn("--work-dir is accepted but resuming is not implemented yet: every window is generated")
 
-    with stop_on_signals(), ExitStack() as stack:
-        if output is None:  # profile without -o: the MP4 is written to a temporary folder and dropped
+    with ExitStack() as stack:
+        if prepared.output is None:  # profile without -o: the MP4 is written to a temporary folder and dropped
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".latentsync-profile-")))
-            target = scratch / f"{video.stem}_profile.mp4"
+            target = scratch / f"{prepared.video.stem}_profile.mp4"
         else:
-            scratch = stack.enter_context(job_scratch_dir(output))
-            target = output
+            remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
+            scratch = stack.enter_context(job_scratch_dir(prepared.output))
+            target = prepared.output
+        store = NoStore()
+        if options.work_dir is not None:
+            fingerprint = job_fingerprint(
+                [prepared.video, prepared.audio],
+                prepared.resolved.to_dict()["settings"],
+                # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
+                {"weights": weights, "face": options.face, "mask_feather": options.mask_feather, "loop": options.loop},
+            )
+            store = stack.enter_context(WorkDirStore(options.work_dir.expanduser(), fingerprint))
         job = SyncJob(
-            video=video,
-            audio=audio,
+            video=prepared.video,
+            audio=prepared.audio,
             output=target,
             scratch_dir=scratch,
             loop=options.loop,
             face=options.face,
             mask_feather_px=options.mask_feather,
             crf=options.crf,
+            store=store,
         )
         progress = stack.enter_context(RichProgress(out))
         pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
         result = pipeline.run(job)
-    return FinishedJob(result, resolved, weights, options, output_kept=output is not None)
+    if result.resumed_windows:
+        out.info(f"resumed {result.resumed_windows} of {result.windows} windows from {options.work_dir}")
+    return FinishedJob(result, prepared.resolved, weights, options, output_kept=prepared.output is not None)
 
 
 def _check_choices(options: JobOptions) -> None:
@@ -311,14 +417,23 @@ def _existing_input(path: Path, what: str) -> Path:
     return path.absolute()
 
 
-def _speech_seconds(video: Path, audio: Path | None) -> float | None:
-    """The output's length (the speech sets it), for the length rule; the video's audio track without AUDIO."""
-    from latentsync_cli.media.audio import audio_duration_s
+def _check_media(out: Output, video: Path, audio: Path | None) -> float:
+    """Probe the video and decode the speech (cheap next to the models); returns the speech length in seconds.
+
+    A file that is not media, has no video/audio stream or no samples fails here
+    with a line naming it; silent speech is valid and only warned about.
+    """
+    from latentsync_cli.media.audio import SAMPLE_RATE, is_silent, load_audio
     from latentsync_cli.media.video import probe_video
 
-    if audio is None and not probe_video(video).has_audio:
+    info = probe_video(video)
+    if audio is None and not info.has_audio:
         raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
-    return audio_duration_s(audio if audio is not None else video)
+    speech_file = audio if audio is not None else video
+    speech = load_audio(speech_file)
+    if is_silent(speech):
+        out.warn(f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move")
+    return speech.size / SAMPLE_RATE
 
 
 def _benchmark_picker(request: SettingsRequest):
@@ -327,6 +442,131 @@ def _benchmark_picker(request: SettingsRequest):
     from latentsync_cli.presets import load_presets
 
     return picker_for(load_presets(request.presets_file), request.mode)
+
+
+# --- batch ---------------------------------------------------------------------------------------
+
+# Manifest columns besides video/audio/output: `sync` options by their flag names (dashes as underscores).
+BATCH_INTEGER_OPTIONS = ("steps", "window", "seed", "crf")
+BATCH_NUMBER_OPTIONS = ("guidance", "mask_feather")
+BATCH_SWITCH_OPTIONS = ("deepcache", "compile")
+BATCH_TEXT_OPTIONS = ("mode", "quality", "scheduler", "precision", "optimization_level", "device", "weights",
+                      "loop", "face", "checkpoint_dir")  # fmt: skip
+BATCH_OPTIONS = set(BATCH_INTEGER_OPTIONS + BATCH_NUMBER_OPTIONS + BATCH_SWITCH_OPTIONS + BATCH_TEXT_OPTIONS)
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass
+class BatchRecord:
+    """What happened to one manifest row (one JSON line with --json)."""
+
+    job: int
+    status: str  # ok | skipped | failed
+    video: str
+    output: str | None
+    error: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    resumed_windows: int = 0
+
+
+def run_batch(out: Output, manifest: Path, defaults: dict, overwrite: bool, json_output: bool) -> None:
+    """Run every row of `manifest` in order, loading the models once; BatchFailedError if any row failed.
+
+    `defaults` are the flags given on the command line (request fields and
+    JobOptions fields); a row's columns override them for that row.
+    """
+    from latentsync_cli.jobs import read_batch
+
+    jobs = read_batch(manifest, BATCH_OPTIONS)
+    cache = ModelCache()
+    records = []
+    for job in jobs:
+        started = time.monotonic()
+        record = BatchRecord(job.number, "ok", str(job.video), None)
+        try:
+            request, options = _batch_job(job, defaults, overwrite, manifest)
+            output = options.output if options.output is not None else default_output_path(options.video)
+            record.output = str(output)
+            if output.exists() and not overwrite:
+                record.status = "skipped"
+            else:
+                out.info(f"job {job.number}/{len(jobs)}: {escape(str(job.video))} -> {escape(str(output))}")
+                finished = run_job(out, request, options, keep_output=True, cache=cache)
+                record.resumed_windows = finished.result.resumed_windows
+        except Interrupted:
+            raise  # SIGINT/SIGTERM stop the whole batch
+        except LatentsyncError as error:
+            record.status, record.error, record.exit_code = "failed", error.message, int(error.exit_code)
+        except Exception as error:  # noqa: BLE001 - a bug in one job must not stop the others
+            record.status, record.exit_code = "failed", int(ExitCode.INTERNAL)
+            record.error = f"internal error: {type(error).__name__}: {error}"
+        record.seconds = round(time.monotonic() - started, 3)
+        if record.status == "failed":
+            out.warn(f"job {job.number} failed: {record.error}")
+        records.append(record)
+        if json_output:
+            sys.stdout.write(json.dumps(asdict(record)) + "\n")
+            sys.stdout.flush()
+    out.console.print(_batch_table(records))
+    failed = [record for record in records if record.status == "failed"]
+    if failed:
+        rows = ", ".join(str(record.job) for record in failed)
+        raise BatchFailedError(f"{manifest}: {len(failed)} of {len(records)} jobs failed (rows {rows}); see above")
+
+
+def _batch_job(job, defaults: dict, overwrite: bool, manifest: Path) -> tuple[SettingsRequest, JobOptions]:
+    """The request and options of one row: the command line's flags, overridden by the row's columns."""
+    values = dict(defaults)
+    for name, text in job.options.items():
+        values[name] = _batch_value(job.number, name, text, manifest.parent.absolute())
+    request = make_request(**{name: values.get(name) for name in REQUEST_FIELDS if values.get(name) is not None})
+    options = JobOptions(
+        video=job.video,
+        audio=job.audio,
+        output=job.output,
+        checkpoint_dir=values.get("checkpoint_dir"),
+        weights=str(values["weights"]).lower(),
+        loop=str(values["loop"]).lower(),
+        face=str(values["face"]).lower(),
+        mask_feather=values["mask_feather"],
+        crf=values["crf"],
+        overwrite=overwrite,
+        work_dir=None,
+    )
+    return request, options
+
+
+def _batch_value(row: int, name: str, text: str, base: Path):
+    text = text.strip()
+    if name in BATCH_INTEGER_OPTIONS:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"row {row}: {name} {text!r} is not a whole number") from None
+    if name in BATCH_NUMBER_OPTIONS:
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"row {row}: {name} {text!r} is not a number") from None
+    if name in BATCH_SWITCH_OPTIONS:
+        if text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
+        raise UsageError(f"row {row}: {name} {text!r} must be true or false")
+    if name == "checkpoint_dir":
+        folder = Path(text).expanduser()
+        return folder if folder.is_absolute() else base / folder
+    return text
+
+
+def _batch_table(records: list[BatchRecord]) -> Table:
+    table = Table(title="Batch", box=box.SIMPLE, title_justify="left")
+    for column in ("job", "status", "seconds", "output", "error"):
+        table.add_column(column, justify="right" if column in ("job", "seconds") else "left")
+    for record in records:
+        table.add_row(str(record.job), record.status, f"{record.seconds:.1f}", escape(record.output or "-"),
+                      escape(record.error or ""))  # fmt: skip
+    return table
 
 
 class RichProgress:

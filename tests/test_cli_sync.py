@@ -42,13 +42,17 @@ FAST_FLAGS = ["--weights", "random-tiny", "--device", "cpu", "--steps", "2"]
 
 @contextlib.contextmanager
 def stderr_file_descriptor_to(sink) -> Iterator[None]:
-    """Point file descriptor 2 at `sink`: main() writes stderr through a duplicate of fd 2, not sys.stderr."""
+    """Send both Python's sys.stderr and file descriptor 2 (native code, filtered by main()) to `sink`."""
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(sink.fileno(), 2)
+    python_stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb", buffering=0), encoding="utf-8")
     try:
-        yield
+        with contextlib.redirect_stderr(python_stderr):
+            yield
     finally:
+        python_stderr.flush()
+        python_stderr.close()
         os.dup2(saved, 2)
         os.close(saved)
 

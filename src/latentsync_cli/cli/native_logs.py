@@ -66,9 +66,13 @@ def filtered_native_stderr() -> Iterator[None]:
         yield
         return
     original_stderr = sys.stderr
-    sys.stderr = io.TextIOWrapper(
-        os.fdopen(os.dup(real_fd), "wb", buffering=0), encoding="utf-8", errors="replace", line_buffering=True
-    )
+    # Move Python's stderr off fd 2 only when it writes there; a host that
+    # captured it (a test runner, an embedding program) keeps its own.
+    moves_python_stderr = _writes_to_fd2(original_stderr)
+    if moves_python_stderr:
+        sys.stderr = io.TextIOWrapper(
+            os.fdopen(os.dup(real_fd), "wb", buffering=0), encoding="utf-8", errors="replace", line_buffering=True
+        )
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
@@ -80,6 +84,14 @@ def filtered_native_stderr() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(real_fd, 2)  # closes our end of the pipe: the forwarder sees EOF
         forwarder.join(timeout=2)
-        sys.stderr.close()
-        sys.stderr = original_stderr
+        if moves_python_stderr:
+            sys.stderr.close()
+            sys.stderr = original_stderr
         os.close(real_fd)
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False

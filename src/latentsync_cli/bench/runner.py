@@ -62,7 +62,7 @@ RANDOM_WEIGHTS_NOTE = (
     "(timings are exact: compute does not depend on weight values); install the real weights with "
     "`latentsync models download` to measure fidelity"
 )
-DEFAULT_DURATION_S = {"gpu": 10.0, "cpu": 1.0}
+DEFAULT_DURATION_S = {"gpu": 10.0, "cpu": 0.5}  # CPU: one 16-frame window per mode
 STRESS_DURATION_S = {"gpu": 120.0, "cpu": 4.0}
 # On a CPU even the tiny model is slow: the steps are scaled down (keeping the modes'
 # order) and the faces are made at 128 px (16 x 16 latents) instead of the tiny model's 256.

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         json_output: Annotated[bool, typer.Option("--json", help="Print JSON alone on stdout.")] = False,
         duration: Annotated[
             float | None,
-            typer.Option("--duration", help="Seconds of test clip [default: 10 on a GPU, 1 on a CPU; stress 120/4]."),
+            typer.Option("--duration", help="Seconds of test clip [default: 10 on a GPU, 0.5 on a CPU; stress 120/4]."),
         ] = None,
         weights: Annotated[
             str,

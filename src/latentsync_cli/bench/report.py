@@ -207,7 +207,7 @@ def plot_speed(entry: dict, path: Path) -> None:
     if with_fidelity:
         axes.set_ylabel(f"mouth SSIM against `{entry.get('reference') or 'normal'}`")
     else:
-        axes.set_ylabel("UNet steps (full + 0.1 x cached)")
+        axes.set_ylabel("UNet passes over the clip (full + 0.1 x cached)")
     title = f"{entry['key']['device']}, {entry.get('level', '')} benchmark, {str(entry.get('date', ''))[:10]}"
     if entry.get("label"):
         title += f"\n{entry['label']}"

@@ -8,7 +8,7 @@ import torch
 
 from latentsync_cli.bench import runner
 from latentsync_cli.bench.matrix import plan_cases
-from latentsync_cli.errors import UsageError
+from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import RunSettings
@@ -66,6 +66,8 @@ def test_check_request(table):
         runner.check_request(runner.BenchmarkRequest(modes=("warp",)), table)
     with pytest.raises(UsageError, match="go together"):
         runner.check_request(runner.BenchmarkRequest(audio="a.wav"), table)
+    with pytest.raises(InputError, match="--video"):
+        runner.check_request(runner.BenchmarkRequest(video="missing.mp4", audio="missing.wav"), table)
 
 
 def test_group_stages_sums_into_the_report_groups():

@@ -45,7 +45,7 @@ import torch
 from latentsync_cli.bench import cache, metrics
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
-from latentsync_cli.errors import DeviceMemoryError, UsageError, WeightsError
+from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
 from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
@@ -126,6 +126,7 @@ def run_benchmark(
         for result in results:
             # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
             result["mode_steps"] = mode_steps[result["mode"]]
+        source["frames"] = next((result["frames"] for result in results if "frames" in result), source["frames"])
         bundle_info = models.info()
     finally:
         models.release()
@@ -215,6 +216,9 @@ def check_request(request: BenchmarkRequest, table: PresetTable) -> None:
     """UsageError for flags that do not go together, before any work."""
     if (request.video is None) != (request.audio is None):
         raise UsageError("--video and --audio go together: give both, or neither for the built-in test clip")
+    for flag, path in (("--video", request.video), ("--audio", request.audio)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: file not found; check the path")
     unknown = [mode for mode in request.modes if mode not in table.modes]
     if unknown:
         raise UsageError(f"--modes {unknown[0]}: unknown mode; allowed: {', '.join(table.modes)}")

@@ -347,3 +347,8 @@ def test_stage_timer_spans_from_threads_make_a_chrome_trace_and_verdict():
 
     verdict = bottleneck_verdict({"denoise": 7.8, "decode": 1.0}, wall_s=10.0)
     assert verdict == "bottleneck: denoise (78 % of wall time) — try --mode turbo or DeepCache"
+    # With the run's settings the hint names what it has not used yet.
+    normal = RunSettings(mode="normal", deepcache=False, guidance=1.5)
+    assert "--deepcache" in bottleneck_verdict({"denoise": 7.8}, 10.0, normal)
+    turbo = RunSettings(mode="turbo", deepcache=True, guidance=1.0)
+    assert "--quality draft" in bottleneck_verdict({"denoise": 7.8}, 10.0, turbo)

@@ -173,13 +173,24 @@ def critical_path(lane_busy: dict[str, float], lane_stages: dict[str, list[str]]
     }
 
 
-def bottleneck_verdict(stage_totals: dict[str, float], wall_s: float) -> str:
-    """One line naming the stage that takes the most time and what to try."""
+def denoise_hint(settings) -> str:
+    """What to try next against a slow denoise, given what this run already used."""
+    if not settings.deepcache:
+        return "try --deepcache or a faster --mode"
+    if settings.uses_cfg:
+        return "try --guidance 1 (skips the unconditional pass, half the UNet work) or a faster --mode"
+    if settings.mode in ("normal", "fast"):
+        return "try --mode turbo or ultra"
+    return "already a fast mode: try --quality draft (fewer steps) or a faster GPU"
+
+
+def bottleneck_verdict(stage_totals: dict[str, float], wall_s: float, settings=None) -> str:
+    """One line naming the stage that takes the most time and what to try (given `settings`, if known)."""
     if not stage_totals or wall_s <= 0:
         return "bottleneck: unknown (no stages were timed)"
     stage = max(stage_totals, key=stage_totals.get)
     share = 100.0 * stage_totals[stage] / wall_s
-    hint = BOTTLENECK_HINTS.get(stage)
+    hint = denoise_hint(settings) if stage == "denoise" and settings is not None else BOTTLENECK_HINTS.get(stage)
     verdict = f"bottleneck: {stage} ({share:.0f} % of wall time)"
     return f"{verdict} — {hint}" if hint else verdict
 

@@ -247,7 +247,7 @@ class LipsyncPipeline:
             wall_s=wall,
             lane_busy_s=busy,
             critical_path=critical_path(busy, self.timer.lane_stages(), serial_lane=MAIN),
-            verdict=bottleneck_verdict(totals, wall),
+            verdict=bottleneck_verdict(totals, wall, self.settings),
             optimizations=self.log.to_list(),
             memory_downgrades=list(self.ladder.downgrades),
             peak_gpu_bytes=peak_gpu_bytes(self.device),

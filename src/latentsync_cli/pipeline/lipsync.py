@@ -96,6 +96,9 @@ class SyncJob:
     face: str = "largest"  # which face when there are several: largest | center
     mask_feather_px: float = 0.0  # soften the paste-back edge (the UNet still sees upstream's mask)
     crf: int = 18
+    # x264 "medium" (upstream's) encodes 1080p at a few frames per second on a small CPU and
+    # becomes the bottleneck of the CPU lanes; "veryfast" is 2.3x faster at the same CRF.
+    encoder_preset: str = "veryfast"
     store: WindowStore = field(default_factory=NoStore)
 
 
@@ -201,7 +204,7 @@ class LipsyncPipeline:
         frames_without_face = run_overlapped(
             produce=lambda: self.decode_and_align(job, windows, num_frames),
             process=lambda inputs: self.generate(inputs, audio_features, paste_mask, job.store),
-            consume=lambda outputs: self.restore_and_encode(outputs, silent_video, job.crf),
+            consume=lambda outputs: self.restore_and_encode(outputs, silent_video, job.crf, job.encoder_preset),
         )
         with self.timer.stage("mux", MAIN):
             mux(silent_video, audio, job.output, n_frames=num_frames)
@@ -438,7 +441,7 @@ class LipsyncPipeline:
 
     # --- consumer thread: restore and encode -----------------------------------------------------
 
-    def restore_and_encode(self, outputs: Iterator[WindowOutput], path: Path, crf: int) -> int:
+    def restore_and_encode(self, outputs: Iterator[WindowOutput], path: Path, crf: int, preset: str) -> int:
         """Paste each face back into its frame and encode every frame; returns the frames without a face."""
         encoder = None
         frames_without_face = 0
@@ -455,7 +458,7 @@ class LipsyncPipeline:
                     with self.timer.stage("encode", CONSUMER):
                         if encoder is None:
                             height, width = frame.shape[:2]
-                            encoder = VideoEncoder(path, width, height, fps=FPS, crf=crf)
+                            encoder = VideoEncoder(path, width, height, fps=FPS, crf=crf, preset=preset)
                         encoder.write(frame)
                     self.progress.advance(TASK_ENCODE)
                     self.progress.advance(TASK_JOB)

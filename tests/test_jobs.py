@@ -123,14 +123,15 @@ def test_store_clears_windows_of_another_job(tmp_path):
 
 
 def test_store_refuses_a_work_dir_in_use(tmp_path):
-    with WorkDirStore(tmp_path / "work", fingerprint="a"):
-        with pytest.raises(OutputError, match="another running job"):
-            WorkDirStore(tmp_path / "work", fingerprint="a")
+    with WorkDirStore(tmp_path / "work", fingerprint="a"), pytest.raises(OutputError, match="another running job"):
+        WorkDirStore(tmp_path / "work", fingerprint="a")
     WorkDirStore(tmp_path / "work", fingerprint="a").close()  # free again once the first one is closed
 
 
 def test_stale_scratch_of_dead_jobs_is_removed_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f"{SCRATCH_PREFIX}stale"
     stale.mkdir()
@@ -185,3 +186,25 @@ def test_signals_stop_with_documented_exit_code_and_run_cleanup(tmp_path, sig, c
     assert process.wait(timeout=10) == code
     assert time.monotonic() - started < 5
     assert marker.read_text() == "yes"
+
+
+def test_source_tree_loads_checkpoints_as_weights_only_and_never_uses_a_shell():
+    """Every torch.load passes weights_only=True; no subprocess call passes shell=True."""
+    import ast
+
+    source_root = Path(__file__).resolve().parents[1] / "src" / "latentsync_cli"
+    torch_loads = 0
+    for path in source_root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+            shell = keywords.get("shell")
+            assert not (isinstance(shell, ast.Constant) and shell.value), f"{path}:{node.lineno}: shell=True"
+            function = node.func
+            is_torch = isinstance(function, ast.Attribute) and getattr(function.value, "id", None) == "torch"
+            if is_torch and function.attr == "load":
+                torch_loads += 1
+                flag = keywords.get("weights_only")
+                assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
+    assert torch_loads >= 1  # the scan found the loaders

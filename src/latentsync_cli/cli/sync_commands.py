@@ -424,9 +424,14 @@ def _check_media(out: Output, video: Path, audio: Path | None) -> float:
     with a line naming it; silent speech is valid and only warned about.
     """
     from latentsync_cli.media.audio import SAMPLE_RATE, is_silent, load_audio
-    from latentsync_cli.media.video import probe_video
+    from latentsync_cli.media.video import probe_video, read_frames
 
     info = probe_video(video)
+    frames = read_frames(video, 1, loop="freeze")  # a damaged stream fails here, not after the models load
+    try:
+        next(frames)
+    finally:
+        frames.close()
     if audio is None and not info.has_audio:
         raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
     speech_file = audio if audio is not None else video
@@ -467,6 +472,7 @@ class BatchRecord:
     error: str | None = None
     exit_code: int = 0
     seconds: float = 0.0
+    frames: int = 0
     resumed_windows: int = 0
 
 
@@ -493,6 +499,7 @@ def run_batch(out: Output, manifest: Path, defaults: dict, overwrite: bool, json
             else:
                 out.info(f"job {job.number}/{len(jobs)}: {escape(str(job.video))} -> {escape(str(output))}")
                 finished = run_job(out, request, options, keep_output=True, cache=cache)
+                record.frames = finished.result.frames
                 record.resumed_windows = finished.result.resumed_windows
         except Interrupted:
             raise  # SIGINT/SIGTERM stop the whole batch

@@ -202,6 +202,8 @@ def ffmpeg_output_error(stderr: str, returncode: int | None, path: Path) -> Outp
     """Turn a failed ffmpeg write into a one-line OutputError that says what to do."""
     if "No space left on device" in stderr:
         return OutputError(f"disk full while writing {path}: free some space or write elsewhere")
+    if "File too large" in stderr or returncode == -signal.SIGXFSZ:  # EFBIG, or killed by the size limit
+        return OutputError(f"disk full or file size limit reached while writing {path}: free space or write elsewhere")
     if "Permission denied" in stderr:
         return OutputError(f"cannot write {path}: permission denied; choose a folder you can write to")
     if returncode is not None and returncode < 0:

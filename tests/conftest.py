@@ -47,3 +47,13 @@ def media_dir() -> Path:
     if not (MEDIA_DIR / "demo1_video.mp4").exists():
         pytest.skip(f"demo media not found at {MEDIA_DIR}")
     return MEDIA_DIR
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Keep every test away from the user's real config, cache and benchmark files."""
+    home = tmp_path_factory.mktemp("user-dirs")
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+    monkeypatch.setenv("LATENTSYNC_CACHE_DIR", str(home / "latentsync-cache"))
+    monkeypatch.delenv("LATENTSYNC_PRESETS", raising=False)

@@ -12,8 +12,6 @@ from typing import Annotated
 
 import typer
 
-from latentsync_cli.bench import cache, report
-from latentsync_cli.bench.runner import BenchmarkRequest, check_request, run_benchmark
 from latentsync_cli.cli.output import Output, get_output
 from latentsync_cli.cli.settings_options import DeviceOption, PresetsOption
 from latentsync_cli.errors import UsageError
@@ -76,6 +74,10 @@ def register(app: typer.Typer) -> None:
         device: DeviceOption = "auto",
         presets: PresetsOption = None,
     ) -> None:
+        # Imported here: the benchmark pulls in torch, diffusers and MediaPipe, which would slow every `latentsync` call.
+        from latentsync_cli.bench import cache, report
+        from latentsync_cli.bench.runner import BenchmarkRequest, check_request, run_benchmark
+
         out = get_output(ctx)
         level = _level(quick, full, stress)
         _check_numbers(duration, gpu_price, weights)
@@ -137,7 +139,9 @@ def _check_numbers(duration: float | None, gpu_price: float | None, weights: str
         raise UsageError(f"--weights {weights}: allowed: {', '.join(WEIGHT_CHOICES)}")
 
 
-def _clear(out: Output, record, key: cache.CacheKey, json_output: bool) -> None:
+def _clear(out: Output, record, key, json_output: bool) -> None:
+    from latentsync_cli.bench import cache
+
     removed = cache.clear_device(key)
     if json_output:
         Output.print_json({"device": record.name, "removed": removed, "cache_file": str(cache.cache_file())})
@@ -148,7 +152,9 @@ def _clear(out: Output, record, key: cache.CacheKey, json_output: bool) -> None:
         out.info(f"no cached benchmark of {record.name} in {cache.cache_file()}")
 
 
-def _show(out: Output, record, key: cache.CacheKey, json_output: bool, gpu_price, duration) -> None:
+def _show(out: Output, record, key, json_output: bool, gpu_price, duration) -> None:
+    from latentsync_cli.bench import cache, report
+
     entries = cache.device_entries(key)
     if json_output:
         Output.print_json(json_safe({"device": record.name, "cache_file": str(cache.cache_file()), "entries": entries}))

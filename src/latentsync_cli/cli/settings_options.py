@@ -159,14 +159,19 @@ def resolve_for_cli(
 ) -> ResolvedSettings:
     """Load the preset table (--presets > $LATENTSYNC_PRESETS > user file), probe the devices, resolve.
 
-    With quality `auto` and no `benchmark_pick`, `pick_from_benchmark` (when
-    given) is asked for one for the chosen device and the video's length class.
+    With quality `auto` and no `benchmark_pick`, `pick_from_benchmark` is asked
+    for one for the chosen device and the video's length class; by default that
+    is the benchmark cache of this machine (`latentsync benchmark`).
     """
     environ = os.environ if environ is None else environ
     table = load_presets(request.presets_file, environ)
     hardware = probe_devices(environ=environ) if hardware is None else hardware
     preset = table.quality.get(request.quality or DEFAULT_QUALITY)
-    if benchmark_pick is None and pick_from_benchmark is not None and preset is not None and preset.auto:
+    if benchmark_pick is None and preset is not None and preset.auto:
+        if pick_from_benchmark is None:
+            from latentsync_cli.bench.auto import picker_for  # imports torch: only when auto asks for it
+
+            pick_from_benchmark = picker_for(table, request.mode)
         device = choose_device(hardware.devices, request.device)
         benchmark_pick = pick_from_benchmark(device, table.length_class(duration_s))
     return resolve_settings(table, request, hardware.devices, duration_s, benchmark_pick)

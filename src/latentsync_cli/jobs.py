@@ -102,9 +102,18 @@ _SIGNAL_EXIT_CODES = {
 }
 
 
+class _Stop(BaseException):
+    """Carries `Interrupted` out of the job. A BaseException, so that `except Exception` blocks on the way
+    (e.g. "this checkpoint is corrupt" around a torch.load) cannot turn a signal into another error."""
+
+    def __init__(self, error: Interrupted):
+        super().__init__(error.message)
+        self.error = error
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Raise `Interrupted` in the main thread on SIGINT/SIGTERM, so cleanup code runs.
+    """Raise `Interrupted` from the block on SIGINT/SIGTERM, after every `finally` in it has run.
 
     The exception carries exit code 130 (SIGINT) or 143 (SIGTERM). Only the main
     thread can install handlers; elsewhere this is a no-op.
@@ -115,7 +124,7 @@ def stop_on_signals() -> Iterator[None]:
         # A second signal while cleaning up must not interrupt the cleanup itself.
         for sig in _SIGNAL_EXIT_CODES:
             signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(name, code)
+        raise _Stop(Interrupted(name, code))
 
     try:
         previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNAL_EXIT_CODES}
@@ -124,6 +133,8 @@ def stop_on_signals() -> Iterator[None]:
         return
     try:
         yield
+    except _Stop as stop:
+        raise stop.error from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

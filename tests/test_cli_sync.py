@@ -122,6 +122,8 @@ def test_sync_json_reports_timings_optimizations_settings_and_weights(synced):
     assert result["wall_s"] > 0 and result["stage_sum_s"] > 0 and result["seconds_per_output_second"] > 0
     by_name = {entry["name"]: entry for entry in result["optimizations"]}
     assert by_name["deepcache"]["status"] == "applied"
+    # --steps 2 with turbo's DeepCache interval 3: step 0 runs the whole UNet, step 1 reuses it, in every call.
+    assert result["unet_steps"]["full"] == result["unet_steps"]["cached"] > 0
     assert by_name["scheduler"]["status"] == "applied" and "Euler" in by_name["scheduler"]["detail"]
     assert by_name["skip unconditional pass"]["status"] == "applied"  # turbo: guidance 1
     assert by_name["cuda graphs"]["status"] in ("off", "skipped")

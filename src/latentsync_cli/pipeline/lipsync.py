@@ -118,6 +118,8 @@ class SyncResult:
     verdict: str
     optimizations: list[dict]
     memory_downgrades: list[str]
+    unet_full_steps: int  # denoising steps that ran the whole UNet, summed over UNet calls
+    unet_cached_steps: int  # steps that reused DeepCache's deep features
     peak_gpu_bytes: int | None
     peak_rss_bytes: int
     trace: list[dict] = field(default_factory=list)  # Chrome trace events, one per stage span
@@ -143,6 +145,7 @@ class SyncResult:
             "verdict": self.verdict,
             "optimizations": self.optimizations,
             "memory_downgrades": self.memory_downgrades,
+            "unet_steps": {"full": self.unet_full_steps, "cached": self.unet_cached_steps},
             "peak_gpu_bytes": self.peak_gpu_bytes,
             "peak_rss_bytes": self.peak_rss_bytes,
         }
@@ -174,6 +177,7 @@ class LipsyncPipeline:
         self.latent_mask = torch.from_numpy(latent_mask(unet_mask, self.latent_size))[None, None, None]
         self.noise = shared_noise(settings.seed, self.latent_size)
         self.resumed_windows = 0
+        self.unet_steps = {"full": 0, "cached": 0}
 
     @property
     def log(self):
@@ -185,6 +189,7 @@ class LipsyncPipeline:
         self.timer.restart()
         reset_peak_gpu_memory(self.device)
         self.resumed_windows = 0
+        self.unet_steps = {"full": 0, "cached": 0}
         self.check_for_a_face(job)
 
         with self.timer.stage("audio features", MAIN):
@@ -253,6 +258,8 @@ class LipsyncPipeline:
             verdict=bottleneck_verdict(totals, wall, self.settings),
             optimizations=self.log.to_list(),
             memory_downgrades=list(self.ladder.downgrades),
+            unet_full_steps=self.unet_steps["full"],
+            unet_cached_steps=self.unet_steps["cached"],
             peak_gpu_bytes=peak_gpu_bytes(self.device),
             peak_rss_bytes=peak_rss_bytes(),
             trace=self.timer.chrome_trace(),
@@ -418,6 +425,10 @@ class LipsyncPipeline:
         if self.plan.pad_frames_to is not None:
             latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
         latents = denoise(self.plan.unet_call, scheduler, latents, inputs, self.settings.guidance, self.plan.deepcache)
+        steps = len(scheduler.timesteps)
+        full = len(self.plan.deepcache.full_pass_steps(steps))
+        self.unet_steps["full"] += full
+        self.unet_steps["cached"] += steps - full
         return latents[:, :, :frames]
 
     def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:

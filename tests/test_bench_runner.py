@@ -1,7 +1,6 @@
 """The runner's pieces that need no pipeline run (the end-to-end run is in test_bench_cli.py)."""
 
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from latentsync_cli.bench.matrix import plan_cases
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import RunSettings
 from latentsync_cli.timing import StageTimer
 
 CPU = DeviceRecord(backend="cpu", name="Test CPU (2 cores)", total_memory_bytes=24_000_000_000)
@@ -85,16 +83,6 @@ def test_group_stages_sums_into_the_report_groups():
         }
     )
     assert grouped == {"landmarks": 0.75, "vae": 3.0, "denoise": 3.0, "restore": 0.0, "encode": 0.5, "other": 1.2}
-
-
-def test_unet_steps_follow_deepcache_and_batching():
-    sync = SimpleNamespace(windows=5, memory_downgrades=[])
-    settings = RunSettings(steps=20, deepcache=True, deepcache_interval=3)
-    assert runner.unet_steps(sync, settings) == {"full": 35, "cached": 65, "approximate": False}
-    batched = RunSettings(steps=8, deepcache=False, windows_per_call=2)
-    assert runner.unet_steps(sync, batched) == {"full": 24, "cached": 0, "approximate": False}
-    downgraded = SimpleNamespace(windows=5, memory_downgrades=["VAE slicing on"])
-    assert runner.unet_steps(downgraded, batched)["approximate"] is True
 
 
 def test_drift_and_memory_growth():

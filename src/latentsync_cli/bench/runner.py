@@ -29,7 +29,6 @@ reads:
 from __future__ import annotations
 
 import gc
-import math
 import os
 import shutil
 import tempfile
@@ -50,7 +49,6 @@ from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.models.weights import ModelBundle, load_models, locate_weights
-from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.precision import dtype_for
 from latentsync_cli.presets import PresetTable
 from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
@@ -427,21 +425,8 @@ def measurements(sync, settings: RunSettings) -> dict:
 
 
 def unet_steps(sync, settings: RunSettings) -> dict:
-    """UNet passes run, full and DeepCache-cached, over all UNet calls of the run.
-
-    Counted from the settings: each call (a batch of `windows_per_call`
-    windows) runs every scheduler step, a full pass on DeepCache's full steps.
-    After an out-of-memory downgrade the batching changed mid-run, so the
-    count is marked approximate.
-    """
-    plan = DeepCachePlan.from_settings(settings)
-    calls = math.ceil(sync.windows / settings.windows_per_call)
-    full_per_call = len(plan.full_pass_steps(settings.steps))
-    return {
-        "full": calls * full_per_call,
-        "cached": calls * (settings.steps - full_per_call),
-        "approximate": bool(sync.memory_downgrades),
-    }
+    """UNet passes the run made, full and DeepCache-cached, summed over its UNet calls (counted by the pipeline)."""
+    return {"full": sync.unet_full_steps, "cached": sync.unet_cached_steps, "approximate": False}
 
 
 def group_stages(stage_seconds: dict[str, float]) -> dict[str, float]:

@@ -28,6 +28,7 @@ from latentsync_cli.face.align import FaceAligner, crop_size
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder
+from latentsync_cli.pipeline import SyncJob
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.media.video import decode_frames, probe_video, read_frames
 from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
@@ -96,7 +97,8 @@ def frames(synced, media) -> dict[str, list[np.ndarray]]:
     count = synced["result"]["frames"]
     frames_in = list(read_frames(media["clip"], count))
     reencoded_path = media["folder"] / "reencoded.mp4"
-    with VideoEncoder(reencoded_path, *SIZE, fps=25, crf=18) as encoder:
+    # Through the same encoder settings as the pipeline's output, so only the pipeline's own changes differ.
+    with VideoEncoder(reencoded_path, *SIZE, fps=25, crf=18, preset=SyncJob.encoder_preset) as encoder:
         for frame in frames_in:
             encoder.write(frame)
     return {

@@ -120,6 +120,8 @@ def error_cases(corpus: dict[str, Path]) -> dict[str, tuple[list, int, list[str]
         case("output is an input", [clip, voice, "--overwrite"], output, ["same as an input"], clip),
         case("unwritable folder", [clip, voice], output, ["not writable"], Path("/proc/out.mp4")),
         case("unknown mode", [clip, voice, "--mode", "warp"], usage, ["--mode", "warp"]),
+        # A flag error is reported before anything about the files.
+        case("unknown mode and output exists", [clip, voice, "--mode", "warp"], usage, ["--mode"], f / "exists.mp4"),
         case("unknown quality preset", [clip, voice, "--quality", "cinema"], usage, ["cinema"]),
         case("guidance below one", [clip, voice, "--guidance", "0.5"], usage, ["--guidance"]),
         case("window too long", [clip, voice, "--window", "30"], usage, ["--window"]),
@@ -151,7 +153,7 @@ def test_bad_input_gives_one_specific_error_line_and_leaves_nothing(corpus, erro
     line = ran.error_lines[0]
     for fragment in fragments:
         assert fragment in line
-    if name != "output exists" and name != "output is an input":
+    if name not in ("output exists", "output is an input", "unknown mode and output exists"):
         assert not target.exists()
     assert leftovers(corpus["folder"]) == []
     assert (corpus["folder"] / "exists.mp4").read_bytes() == b"an earlier result"

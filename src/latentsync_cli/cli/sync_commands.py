@@ -333,6 +333,9 @@ def run_job(
 def prepare_job(out: Output, request: SettingsRequest, options: JobOptions, keep_output: bool) -> PreparedJob:
     """Every check that needs no model: flags, input files, their streams, the output path, the settings."""
     _check_choices(options)
+    # Flag errors first (a mistyped --mode is exit 2 whatever the files): resolve once without the
+    # speech length and without the benchmark cache; the real resolution follows the media checks.
+    resolve_for_cli(request, duration_s=None, pick_from_benchmark=lambda device, length_class: None)
     video = _existing_input(options.video, "video")
     audio = _existing_input(options.audio, "audio") if options.audio is not None else None
     output = None

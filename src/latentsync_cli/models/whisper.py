@@ -175,7 +175,7 @@ def _read_checkpoint(path: Path) -> dict:
             f"{path}: Whisper checkpoint not found; download it with `latentsync models download`"
         )
     try:
-        checkpoint = _torch_load(path)
+        checkpoint = _load_checkpoint_file(path)
     except Exception as error:  # torch.load raises many types for a truncated or foreign file
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"{path}: cannot read the Whisper checkpoint ({reason}); {DOWNLOAD_HINT}") from error
@@ -186,7 +186,7 @@ def _read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def _torch_load(path: Path) -> object:
+def _load_checkpoint_file(path: Path) -> object:
     """torch.load with mmap; files in the pre-1.6 (non-zip) format cannot be mapped and are read whole."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

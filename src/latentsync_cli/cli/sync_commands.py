@@ -61,6 +61,7 @@ from latentsync_cli.errors import (
     OutputError,
     UsageError,
 )
+from latentsync_cli.hardware import probe_devices
 from latentsync_cli.jobs import (
     check_output_path,
     default_output_path,
@@ -335,7 +336,8 @@ def prepare_job(out: Output, request: SettingsRequest, options: JobOptions, keep
     _check_choices(options)
     # Flag errors first (a mistyped --mode is exit 2 whatever the files): resolve once without the
     # speech length and without the benchmark cache; the real resolution follows the media checks.
-    resolve_for_cli(request, duration_s=None, pick_from_benchmark=lambda device, length_class: None)
+    hardware = probe_devices()
+    resolve_for_cli(request, duration_s=None, pick_from_benchmark=lambda device, length_class: None, hardware=hardware)
     video = _existing_input(options.video, "video")
     audio = _existing_input(options.audio, "audio") if options.audio is not None else None
     output = None
@@ -343,7 +345,9 @@ def prepare_job(out: Output, request: SettingsRequest, options: JobOptions, keep
         wanted = options.output if options.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], options.overwrite)
     speech_seconds = _check_media(out, video, audio)
-    resolved = resolve_for_cli(request, duration_s=speech_seconds, pick_from_benchmark=_benchmark_picker(request))
+    resolved = resolve_for_cli(
+        request, duration_s=speech_seconds, pick_from_benchmark=_benchmark_picker(request), hardware=hardware
+    )
     for note in resolved.notes:
         out.warn(note)
     return PreparedJob(video, audio, output, resolved)

@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from latentsync_cli.cli import main
-from test_weights import UNET_KEY, write_tiny_checkpoint_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_dir_template(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint_dir(tmp_path_factory.mktemp("cli_weights") / "checkpoints")
-
-
-@pytest.fixture
-def tiny_dir(tiny_dir_template, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_dir_template, tmp_path / "checkpoints"))
-
-
-@pytest.fixture
-def empty_hub(monkeypatch, tmp_path) -> Path:
-    home = tmp_path / "hf_home"
-    home.mkdir()
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
+from test_weights import UNET_KEY, offline_empty_hub, tiny_dir, tiny_dir_template  # noqa: F401 (fixtures)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -81,7 +59,7 @@ def test_verify_defaults_to_the_real_architecture(capsys, tiny_dir_template):
     assert "LatentSync 1.6" in _error_lines(err)[0]
 
 
-def test_verify_without_any_weights_names_the_download_command(capsys, empty_hub):
+def test_verify_without_any_weights_names_the_download_command(capsys, offline_empty_hub):
     code, _, err = run_cli(capsys, "models", "verify")
     assert code == 5
     assert "latentsync models download" in _error_lines(err)[0]
@@ -92,19 +70,19 @@ def test_verify_rejects_a_missing_folder(capsys, tmp_path):
     assert code == 5 and "is not a folder" in err
 
 
-def test_path_json_lists_where_the_files_would_be(capsys, empty_hub):
+def test_path_json_lists_where_the_files_would_be(capsys, offline_empty_hub):
     code, out, _ = run_cli(capsys, "models", "path", "--json")
     assert code == 0
     listing = json.loads(out)
     assert listing["offline"] is True
-    assert listing["hub_cache"] == str(empty_hub / "hub")
+    assert listing["hub_cache"] == str(offline_empty_hub / "hub")
     assert [f["filename"] for f in listing["files"]] == [
         "latentsync_unet.pt",
         "whisper/tiny.pt",
         "config.json",
         "diffusion_pytorch_model.safetensors",
     ]
-    assert all(not f["present"] and f["path"].startswith(str(empty_hub)) for f in listing["files"])
+    assert all(not f["present"] and f["path"].startswith(str(offline_empty_hub)) for f in listing["files"])
 
 
 def test_path_with_a_checkpoint_dir(capsys, tiny_dir):
@@ -113,7 +91,7 @@ def test_path_with_a_checkpoint_dir(capsys, tiny_dir):
     assert str(tiny_dir / "latentsync_unet.pt") in err.replace("\n", "")
 
 
-def test_download_offline_fails_with_one_line(capsys, empty_hub):
+def test_download_offline_fails_with_one_line(capsys, offline_empty_hub):
     code, _, err = run_cli(capsys, "models", "download")
     assert code == 5
     assert _error_lines(err) == ["error: HF_HUB_OFFLINE is set: unset it to run `latentsync models download`"]

@@ -6,21 +6,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file
 from skimage import data
 
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.restore import faces_to_crops, paste_crop, restore_face, restore_faces
+from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
 
 
-@pytest.fixture(scope="module")
-def golden(golden_dir):
-    return load_file(str(golden_dir / "align_restore.safetensors"))
-
-
-def differing(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, float]:
-    diff = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
-    return int(diff.max()), float((diff > 0).mean())
 
 
 def to_model_range(face_uint8_hwc: np.ndarray) -> np.ndarray:

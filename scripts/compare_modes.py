@@ -19,16 +19,17 @@ import json
 import tempfile
 from pathlib import Path
 
-from latentsync_cli.cli.settings_options import make_request, resolve_for_cli
+from latentsync_cli.cli.settings_options import make_request
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.models.weights import load_models
 from latentsync_cli.optimizers.precision import dtype_for
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
+from latentsync_cli.resolution import resolve_here
 from latentsync_cli.timing import StageTimer
 
 
 def run_mode(models, mode: str, device: str, video: Path, audio: Path, folder: Path) -> dict:
-    settings = resolve_for_cli(make_request(mode=mode, device=device), duration_s=None).settings
+    settings = resolve_here(make_request(mode=mode, device=device), duration_s=None).settings
     pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device))
     output = folder / f"{mode}.mp4"
     output.unlink(missing_ok=True)
@@ -61,7 +62,7 @@ def main() -> None:
         folder = Path(name)
         video = make_face_clip(folder / "clip.mp4", args.seconds, size=(320, 240))
         audio = make_speech(folder / "voice.wav", args.seconds, use_espeak=False)
-        first = resolve_for_cli(make_request(mode=args.modes[0], device=args.device)).settings
+        first = resolve_here(make_request(mode=args.modes[0], device=args.device)).settings
         models = load_models(args.weights, None, first.device, dtype_for(first.precision), seed=0)
         run_mode(models, args.modes[0], args.device, video, audio, folder)  # warm-up, not reported
         rows = [run_mode(models, mode, args.device, video, audio, folder) for mode in args.modes]

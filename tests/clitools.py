@@ -15,7 +15,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
-from latentsync_cli.jobs import SCRATCH_PREFIX
+from latentsync_cli.jobs.scratch import SCRATCH_PREFIX
 
 FAST = ["--weights", "random-tiny", "--device", "cpu", "--mode", "turbo", "--steps", "1"]
 

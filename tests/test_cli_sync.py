@@ -22,18 +22,19 @@ import pytest
 import torch
 
 from latentsync_cli.cli import main
-from latentsync_cli.cli.settings_options import make_request, resolve_for_cli
+from latentsync_cli.cli.settings_options import make_request
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.face.align import FaceAligner, crop_size
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder
-from latentsync_cli.pipeline import SyncJob
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.media.video import decode_frames, probe_video, read_frames
 from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers.stack import apply_optimizations
+from latentsync_cli.pipeline import SyncJob
+from latentsync_cli.resolution import resolve_here
 
 CLIP_SECONDS = 2.0
 FACELESS = (0.8, 1.2)  # seconds of the clip with no face: frames 20-29
@@ -229,8 +230,8 @@ def test_missing_weights_stop_with_the_weights_error_and_write_nothing(media, tm
 
 
 def test_turbo_and_normal_differ_in_steps_scheduler_and_deepcache():
-    normal = resolve_for_cli(make_request(mode="normal", device="cpu")).settings
-    turbo = resolve_for_cli(make_request(mode="turbo", device="cpu")).settings
+    normal = resolve_here(make_request(mode="normal", device="cpu")).settings
+    turbo = resolve_here(make_request(mode="turbo", device="cpu")).settings
     assert normal.steps > turbo.steps and normal.scheduler != turbo.scheduler
     assert (normal.deepcache, turbo.deepcache) == (False, True)
     unet, vae = UNet3DConditionModel(UNetConfig.tiny()), random_vae(tiny_vae_config(), seed=0)

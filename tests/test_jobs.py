@@ -16,18 +16,12 @@ import numpy as np
 import pytest
 
 from latentsync_cli.errors import OutputError, UsageError
-from latentsync_cli.jobs import (
-    OWNER_FILE,
-    SCRATCH_PREFIX,
-    WorkDirStore,
-    check_output_path,
-    job_fingerprint,
-    job_scratch_dir,
-    read_batch,
-    remove_stale_scratch,
-)
+from latentsync_cli.jobs.batch import read_manifest
+from latentsync_cli.jobs.outputs import check_output_path
+from latentsync_cli.jobs.scratch import OWNER_FILE, SCRATCH_PREFIX, job_scratch_dir, remove_stale_scratch
+from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
-OPTIONS = {"mode", "quality", "steps"}
+OPTIONS = frozenset({"mode", "quality", "steps"})
 
 
 def test_check_output_refuses_existing_without_overwrite(tmp_path):
@@ -65,7 +59,7 @@ def test_scratch_dirs_are_private_and_removed(tmp_path):
 def test_read_batch_csv_resolves_paths_and_keeps_options(tmp_path):
     manifest = tmp_path / "jobs.csv"
     manifest.write_text("video,audio,output,mode\nclips/a.mp4,a.wav,out/a.mp4,turbo\n/abs/b.mp4,,,\n")
-    jobs = read_batch(manifest, OPTIONS)
+    jobs = read_manifest(manifest, OPTIONS)
     assert [job.number for job in jobs] == [1, 2]
     assert jobs[0].video == tmp_path / "clips" / "a.mp4"
     assert jobs[0].audio == tmp_path / "a.wav"
@@ -79,7 +73,7 @@ def test_read_batch_jsonl(tmp_path):
     manifest = tmp_path / "jobs.jsonl"
     lines = [{"video": "a.mp4", "steps": 4}, {"video": "b.mp4", "output": "b_out.mp4"}]
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
-    jobs = read_batch(manifest, OPTIONS)
+    jobs = read_manifest(manifest, OPTIONS)
     assert jobs[0].options == {"steps": "4"}
     assert jobs[1].output == tmp_path / "b_out.mp4"
 
@@ -88,19 +82,19 @@ def test_read_batch_refuses_escaping_outputs_unknown_columns_and_bad_json(tmp_pa
     escaping = tmp_path / "escape.csv"
     escaping.write_text("video,output\na.mp4,../../elsewhere.mp4\n")
     with pytest.raises(UsageError, match="leaves the batch folder"):
-        read_batch(escaping, OPTIONS)
+        read_manifest(escaping, OPTIONS)
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("video,colour\na.mp4,red\n")
     with pytest.raises(UsageError, match="unknown column 'colour'"):
-        read_batch(unknown, OPTIONS)
+        read_manifest(unknown, OPTIONS)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"video": "a.mp4"}\n{not json\n')
     with pytest.raises(UsageError, match="line 2"):
-        read_batch(broken, OPTIONS)
+        read_manifest(broken, OPTIONS)
     text_file = tmp_path / "jobs.txt"
     text_file.write_text("video\n")
     with pytest.raises(UsageError, match="unknown batch file type"):
-        read_batch(text_file, OPTIONS)
+        read_manifest(text_file, OPTIONS)
 
 
 def test_store_round_trip_and_resume_count(tmp_path):
@@ -167,7 +161,7 @@ def test_signals_stop_with_documented_exit_code_and_run_cleanup(tmp_path, sig, c
         import sys, time
         from pathlib import Path
         from latentsync_cli.errors import Interrupted
-        from latentsync_cli.jobs import stop_on_signals
+        from latentsync_cli.jobs.signals import stop_on_signals
         try:
             with stop_on_signals():
                 try:

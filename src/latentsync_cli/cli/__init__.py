@@ -32,7 +32,6 @@ app = typer.Typer(
     name="latentsync",
     help="Lip-sync a face video or portrait to speech with LatentSync 1.6, fast and measured.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -59,11 +58,15 @@ def main_options(
 def _register_commands() -> None:
     # Imported here so that each command module stays independent of the others.
     from latentsync_cli.cli import bench_commands, model_commands, preset_commands, sync_commands
+    from latentsync_cli.cli.job_options import accepting_message_flags
 
     app.add_typer(preset_commands.app, name="presets")
     app.add_typer(model_commands.app, name="models")
     sync_commands.register(app)
     bench_commands.register(app)
+    for typer_app in [app] + [group.typer_instance for group in app.registered_groups]:
+        for command in typer_app.registered_commands:
+            command.callback = accepting_message_flags(command.callback)
 
 
 _register_commands()

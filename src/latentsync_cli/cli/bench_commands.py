@@ -7,127 +7,135 @@ and the summary go to stderr; --json prints the benchmark entry alone on stdout.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from latentsync_cli.cli.job_options import with_flags
 from latentsync_cli.cli.output import Output, get_output
 from latentsync_cli.cli.settings_options import DeviceOption, PresetsOption
+from latentsync_cli.constants import WEIGHT_CHOICES
 from latentsync_cli.errors import UsageError
 from latentsync_cli.hardware import probe_devices
-from latentsync_cli.jobs import stop_on_signals
+from latentsync_cli.jobs.signals import stop_on_signals
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import choose_device
 
-WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
 DEFAULT_VIDEO_S = 60.0  # the video length of the cost table's "per 100 videos" without --duration
 
 
+@dataclass(frozen=True)
+class BenchmarkFlags:
+    quick: Annotated[bool, typer.Option("--quick", help="Every speed mode with DeepCache on and off (default).")] = (
+        False
+    )
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Also schedulers, windows, windows per call, compile, CUDA graphs, precision."),
+    ] = False
+    stress: Annotated[
+        bool, typer.Option("--stress", help="One long run watching memory growth and throughput drift.")
+    ] = False
+    clear: Annotated[bool, typer.Option("--clear", help="Remove this device's cached benchmark and exit.")] = False
+    show: Annotated[bool, typer.Option("--show", help="Print this device's cached benchmark and exit.")] = False
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON alone on stdout.")] = False
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Seconds of test clip [default: 10 on a GPU, 0.5 on a CPU; stress 120/4]."),
+    ] = None
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights", help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny."
+        ),
+    ] = "auto"
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Folder with the weights (instead of the Hub cache).")
+    ] = None
+    gpu_price: Annotated[
+        float | None, typer.Option("--gpu-price", help="Dollars per hour of this machine, for the cost table.")
+    ] = None
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report", help="Report folder [default: <user data dir>/benchmarks/<date>-<device>]."),
+    ] = None
+    video: Annotated[Path | None, typer.Option("--video", help="Your own face video instead of the test clip.")] = None
+    audio: Annotated[Path | None, typer.Option("--audio", help="Your own speech, with --video.")] = None
+    modes: Annotated[
+        str | None,
+        typer.Option("--modes", help="Comma-separated speed modes to measure [default: all]; `normal` always runs."),
+    ] = None
+    device: DeviceOption = "auto"
+    presets: PresetsOption = None
+
+    @property
+    def level(self) -> str:
+        chosen = [name for name, on in (("quick", self.quick), ("full", self.full), ("stress", self.stress)) if on]
+        if len(chosen) > 1:
+            raise UsageError(f"--{chosen[0]} and --{chosen[1]}: choose one benchmark level")
+        return chosen[0] if chosen else "quick"
+
+
+@with_flags(BenchmarkFlags)
+def benchmark(ctx: typer.Context, *, flags: BenchmarkFlags) -> None:
+    # Imported here: the benchmark pulls in torch, diffusers and MediaPipe, which would slow every `latentsync` call.
+    from latentsync_cli.bench import cache
+
+    out = get_output(ctx)
+    level = flags.level
+    _check_numbers(flags.duration, flags.gpu_price, flags.weights)
+    table = load_presets(flags.presets)
+    record = choose_device(probe_devices().devices, flags.device)
+    key = cache.make_key(record, weights="")
+    if flags.clear and flags.show:
+        raise UsageError("--clear and --show: use one at a time")
+    if flags.clear:
+        _clear(out, record, key, flags.json_output)
+    elif flags.show:
+        _show(out, record, key, flags.json_output, flags.gpu_price, flags.duration)
+    else:
+        _measure(out, flags, level, table, record)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(help="Measure this GPU (or CPU) on the preset matrix, cache the results and write a report.")
-    def benchmark(
-        ctx: typer.Context,
-        quick: Annotated[
-            bool, typer.Option("--quick", help="Every speed mode with DeepCache on and off (default).")
-        ] = False,
-        full: Annotated[
-            bool,
-            typer.Option("--full", help="Also schedulers, windows, windows per call, compile, CUDA graphs, precision."),
-        ] = False,
-        stress: Annotated[
-            bool, typer.Option("--stress", help="One long run watching memory growth and throughput drift.")
-        ] = False,
-        clear: Annotated[bool, typer.Option("--clear", help="Remove this device's cached benchmark and exit.")] = False,
-        show: Annotated[bool, typer.Option("--show", help="Print this device's cached benchmark and exit.")] = False,
-        json_output: Annotated[bool, typer.Option("--json", help="Print JSON alone on stdout.")] = False,
-        duration: Annotated[
-            float | None,
-            typer.Option("--duration", help="Seconds of test clip [default: 10 on a GPU, 0.5 on a CPU; stress 120/4]."),
-        ] = None,
-        weights: Annotated[
-            str,
-            typer.Option(
-                "--weights", help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny."
-            ),
-        ] = "auto",
-        checkpoint_dir: Annotated[
-            Path | None, typer.Option("--checkpoint-dir", help="Folder with the weights (instead of the Hub cache).")
-        ] = None,
-        gpu_price: Annotated[
-            float | None, typer.Option("--gpu-price", help="Dollars per hour of this machine, for the cost table.")
-        ] = None,
-        report_dir: Annotated[
-            Path | None,
-            typer.Option("--report", help="Report folder [default: <user data dir>/benchmarks/<date>-<device>]."),
-        ] = None,
-        video: Annotated[
-            Path | None, typer.Option("--video", help="Your own face video instead of the test clip.")
-        ] = None,
-        audio: Annotated[Path | None, typer.Option("--audio", help="Your own speech, with --video.")] = None,
-        modes: Annotated[
-            str | None,
-            typer.Option(
-                "--modes", help="Comma-separated speed modes to measure [default: all]; `normal` always runs."
-            ),
-        ] = None,
-        device: DeviceOption = "auto",
-        presets: PresetsOption = None,
-    ) -> None:
-        # Imported here: the benchmark pulls in torch, diffusers and MediaPipe, which would slow every `latentsync` call.
-        from latentsync_cli.bench import cache, report
-        from latentsync_cli.bench.runner import BenchmarkRequest, check_request, run_benchmark
-
-        out = get_output(ctx)
-        level = _level(quick, full, stress)
-        _check_numbers(duration, gpu_price, weights)
-        table = load_presets(presets)
-        record = choose_device(probe_devices().devices, device)
-        key = cache.make_key(record, weights="")
-
-        if clear or show:
-            if clear and show:
-                raise UsageError("--clear and --show: use one at a time")
-            if clear:
-                _clear(out, record, key, json_output)
-            else:
-                _show(out, record, key, json_output, gpu_price, duration)
-            return
-
-        request = BenchmarkRequest(
-            level=level,
-            duration_s=duration,
-            weights=weights,
-            checkpoint_dir=checkpoint_dir,
-            video=video,
-            audio=audio,
-            modes=tuple(name.strip().lower() for name in modes.split(",") if name.strip()) if modes else (),
-        )
-        check_request(request, table)
-        out.info(f"benchmark ({level}) on {record.name}")
-        with stop_on_signals():
-            entry = run_benchmark(request, table, record, progress=out.info)
-        cache_path = cache.store_benchmark(entry)
-        folder = report_dir if report_dir is not None else report.default_report_dir(entry)
-        video_s = duration or DEFAULT_VIDEO_S
-        paths = report.write_report(entry, folder, gpu_price, video_s)
-
-        if json_output:
-            printed = {**entry, "cache_file": str(cache_path), "report": paths}
-            if gpu_price is not None:
-                printed["costs"] = report.cost_table(entry, gpu_price, video_s)
-            Output.print_json(json_safe(printed))
-            return
-        out.console.print(report.summary_text(entry, gpu_price, video_s), markup=False, highlight=False, soft_wrap=True)
-        out.info(f"cached in {cache_path}")
-        out.info(f"report: {paths['summary']}, {paths['plot']}")
+    app.command(help="Measure this GPU (or CPU) on the preset matrix, cache the results and write a report.")(benchmark)
 
 
-def _level(quick: bool, full: bool, stress: bool) -> str:
-    chosen = [name for name, on in (("quick", quick), ("full", full), ("stress", stress)) if on]
-    if len(chosen) > 1:
-        raise UsageError(f"--{chosen[0]} and --{chosen[1]}: choose one benchmark level")
-    return chosen[0] if chosen else "quick"
+def _measure(out: Output, flags: BenchmarkFlags, level: str, table, record) -> None:
+    """Run the benchmark, cache it, write the report, print the summary (or the JSON)."""
+    from latentsync_cli.bench import cache, report
+    from latentsync_cli.bench.runner import BenchmarkRequest, check_request, run_benchmark
+
+    modes = flags.modes or ""
+    request = BenchmarkRequest(
+        level=level,
+        duration_s=flags.duration,
+        weights=flags.weights,
+        checkpoint_dir=flags.checkpoint_dir,
+        video=flags.video,
+        audio=flags.audio,
+        modes=tuple(name.strip().lower() for name in modes.split(",") if name.strip()),
+    )
+    check_request(request, table)
+    out.info(f"benchmark ({level}) on {record.name}")
+    with stop_on_signals():
+        entry = run_benchmark(request, table, record, progress=out.info)
+    cache_path = cache.store_benchmark(entry)
+    folder = flags.report_dir if flags.report_dir is not None else report.default_report_dir(entry)
+    video_s = flags.duration or DEFAULT_VIDEO_S
+    paths = report.write_report(entry, folder, flags.gpu_price, video_s)
+    if flags.json_output:
+        printed = {**entry, "cache_file": str(cache_path), "report": paths}
+        if flags.gpu_price is not None:
+            printed["costs"] = report.cost_table(entry, flags.gpu_price, video_s)
+        Output.print_json(json_safe(printed))
+        return
+    summary = report.summary_text(entry, flags.gpu_price, video_s)
+    out.console.print(summary, markup=False, highlight=False, soft_wrap=True)
+    out.info(f"cached in {cache_path}")
+    out.info(f"report: {paths['summary']}, {paths['plot']}")
 
 
 def _check_numbers(duration: float | None, gpu_price: float | None, weights: str) -> None:

@@ -23,6 +23,13 @@ class Output:
     def __post_init__(self) -> None:
         self.console = _stderr_console(self.quiet)
 
+    def also(self, quiet: bool, debug: bool) -> None:
+        """--quiet / --debug given after the subcommand: either place counts."""
+        if quiet and not self.quiet:
+            self.quiet = True
+            self.console = _stderr_console(quiet=True)
+        self.debug = self.debug or debug
+
     def info(self, text: str) -> None:
         # soft_wrap keeps long paths on one line, so they can be copied.
         self.console.print(text, soft_wrap=True)

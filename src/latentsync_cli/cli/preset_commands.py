@@ -31,7 +31,6 @@ from latentsync_cli.cli.settings_options import (
     StepsOption,
     WindowOption,
     make_request,
-    resolve_for_cli,
 )
 from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.hardware import auto_precision, classify, probe_devices
@@ -45,6 +44,7 @@ from latentsync_cli.presets import (
     locate_preset_files,
     user_presets_path,
 )
+from latentsync_cli.resolution import resolve_here
 from latentsync_cli.settings import choose_device
 
 app = typer.Typer(help="Show the preset table and the settings a mode resolves to here.", no_args_is_help=True)
@@ -135,7 +135,7 @@ def resolve(
         device=device,
         presets=presets,
     )
-    resolved = resolve_for_cli(request, duration_s=duration)
+    resolved = resolve_here(request, duration_s=duration)
     if json_output:
         Output.print_json(resolved.to_dict())
         return

@@ -1,52 +1,19 @@
-"""The flags `sync` shares with `presets resolve`, and how they become RunSettings.
-
-How a command uses them (this is what `presets resolve` does):
-
-    from latentsync_cli.cli.settings_options import (
-        CompileOption, DeepcacheOption, DeviceOption, GuidanceOption, ModeOption,
-        OptimizationLevelOption, PrecisionOption, PresetsOption, QualityOption,
-        SchedulerOption, SeedOption, StepsOption, WindowOption,
-        make_request, resolve_for_cli,
-    )
-
-    @app.command()
-    def sync(..., mode: ModeOption = None, quality: QualityOption = None,
-             steps: StepsOption = None, deepcache: DeepcacheOption = None,
-             scheduler: SchedulerOption = None, window: WindowOption = None,
-             guidance: GuidanceOption = None, seed: SeedOption = None,
-             precision: PrecisionOption = None, compile: CompileOption = None,
-             optimization_level: OptimizationLevelOption = None,
-             device: DeviceOption = "auto", presets: PresetsOption = None):
-        request = make_request(mode=mode, quality=quality, steps=steps, ...)  # same names
-        resolved = resolve_for_cli(request, duration_s=video_info.duration_s,
-                                   pick_from_benchmark=...)  # the benchmark cache's picker, once it exists
-        settings = resolved.settings   # the frozen RunSettings the pipeline reads
-        for note in resolved.notes: output.warn(note)
+"""The flags `sync`, `profile` and `presets resolve` share, and `make_request` that turns them into a request.
 
 Every option defaults to None, meaning "not given", so resolve_settings can
-tell a user flag from a preset value (and say so in the sources).
+tell a user flag from a preset value (and say so in the sources). The request
+is resolved by the core (latentsync_cli.resolution), not here.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from latentsync_cli.hardware import DeviceRecord, HardwareReport, probe_devices
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import (
-    DEFAULT_MODE,
-    DEFAULT_QUALITY,
-    SCHEDULERS,
-    ResolvedSettings,
-    SettingsRequest,
-    choose_device,
-    resolve_settings,
-)
+from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS, TRAIN_TIMESTEPS
+from latentsync_cli.settings import DEFAULT_MODE, DEFAULT_QUALITY, SettingsRequest
 
 PANEL = "Speed and quality"
 
@@ -67,7 +34,12 @@ QualityOption = Annotated[
     ),
 ]
 StepsOption = Annotated[
-    int | None, typer.Option("--steps", help="Denoising steps (overrides mode and quality).", rich_help_panel=PANEL)
+    int | None,
+    typer.Option(
+        "--steps",
+        help=f"Denoising steps, 1 to {TRAIN_TIMESTEPS} (the schedulers' training timesteps); overrides mode and quality.",
+        rich_help_panel=PANEL,
+    ),
 ]
 DeepcacheOption = Annotated[
     bool | None,
@@ -77,7 +49,7 @@ SchedulerOption = Annotated[
     str | None, typer.Option("--scheduler", help=f"Sampler: {', '.join(SCHEDULERS)}.", rich_help_panel=PANEL)
 ]
 WindowOption = Annotated[
-    int | None, typer.Option("--window", help="Frames per denoising window, 1 to 24.", rich_help_panel=PANEL)
+    int | None, typer.Option("--window", help=f"Frames per denoising window, 1 to {MAX_WINDOW}.", rich_help_panel=PANEL)
 ]
 GuidanceOption = Annotated[
     float | None,
@@ -112,9 +84,6 @@ PresetsOption = Annotated[
     ),
 ]
 
-# pick_from_benchmark(device, length_class) -> RunSettings field values (+ "description"), or None
-BenchmarkPicker = Callable[[DeviceRecord, str], Mapping[str, Any] | None]
-
 
 def make_request(
     mode: str | None = None,
@@ -147,34 +116,6 @@ def make_request(
         device=_lower(device) or "auto",
         presets_file=presets,
     )
-
-
-def resolve_for_cli(
-    request: SettingsRequest,
-    duration_s: float | None = None,
-    benchmark_pick: Mapping[str, Any] | None = None,
-    pick_from_benchmark: BenchmarkPicker | None = None,
-    environ: Mapping[str, str] | None = None,
-    hardware: HardwareReport | None = None,
-) -> ResolvedSettings:
-    """Load the preset table (--presets > $LATENTSYNC_PRESETS > user file), probe the devices, resolve.
-
-    With quality `auto` and no `benchmark_pick`, `pick_from_benchmark` is asked
-    for one for the chosen device and the video's length class; by default that
-    is the benchmark cache of this machine (`latentsync benchmark`).
-    """
-    environ = os.environ if environ is None else environ
-    table = load_presets(request.presets_file, environ)
-    hardware = probe_devices(environ=environ) if hardware is None else hardware
-    preset = table.quality.get(request.quality or DEFAULT_QUALITY)
-    if benchmark_pick is None and preset is not None and preset.auto:
-        if pick_from_benchmark is None:
-            from latentsync_cli.bench.auto import picker_for  # imports torch: only when auto asks for it
-
-            pick_from_benchmark = picker_for(table, request.mode)
-        device = choose_device(hardware.devices, request.device)
-        benchmark_pick = pick_from_benchmark(device, table.length_class(duration_s))
-    return resolve_settings(table, request, hardware.devices, duration_s, benchmark_pick)
 
 
 def _lower(text: str | None) -> str | None:

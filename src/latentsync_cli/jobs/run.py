@@ -1,0 +1,262 @@
+"""One lip-sync job, from a request to a finished MP4.
+
+    job = Job(video=Path("talk.mp4"), audio=Path("voice.wav"), settings=SettingsRequest(mode="turbo"))
+    prepared = prepare(job)               # every check that needs no model; speech decoded; settings resolved
+    models = ModelCache().get(prepared)   # the weights (kept for the next job with the same weights/device/precision)
+    finished = execute(prepared, models, progress)   # -> FinishedJob
+
+`run(job, cache, progress)` does the three. The order makes mistakes cost
+nothing: flags first, then the input files, the output path and the media,
+and only then the weights. Nothing is written at the output path unless the
+job succeeds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from latentsync_cli.constants import WEIGHT_CHOICES
+from latentsync_cli.errors import InputError, UsageError
+from latentsync_cli.hardware import HardwareReport, probe_devices
+from latentsync_cli.jobs.outputs import check_output_path, default_output_path
+from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
+from latentsync_cli.presets import PresetTable, load_presets
+from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
+from latentsync_cli.settings import ResolvedSettings, SettingsRequest
+
+if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
+    from latentsync_cli.models.weights import ModelBundle
+    from latentsync_cli.pipeline import SyncResult
+    from latentsync_cli.pipeline.lipsync import Progress
+
+LOOP_MODES = ("pingpong", "loop", "freeze")
+FACE_CHOICES = ("largest", "center")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one `latentsync sync` is asked to do. Paths may be relative; nothing is checked yet."""
+
+    video: Path
+    audio: Path | None = None  # None: the video's own audio track
+    output: Path | None = None  # None: <video stem>_synced.mp4 beside the video
+    settings: SettingsRequest = field(default_factory=SettingsRequest)
+    weights: str = "auto"  # one of WEIGHT_CHOICES
+    checkpoint_dir: Path | None = None
+    loop: str = "pingpong"  # how a video shorter than the speech continues
+    face: str = "largest"  # which face when there are several
+    mask_feather: float = 0.0
+    crf: int = 18
+    overwrite: bool = False
+    work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
+    keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose flags, files, output path and settings have been checked, before any model work."""
+
+    job: Job
+    video: Path  # absolute
+    audio: Path | None  # absolute
+    output: Path | None  # absolute; None when the MP4 is not kept
+    speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job
+    resolved: ResolvedSettings
+    warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
+
+    @property
+    def speech_seconds(self) -> float:
+        from latentsync_cli.media.audio import SAMPLE_RATE
+
+        return self.speech.size / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    choice: str  # what --weights asked for
+    id: str  # what was loaded (a checkpoint digest or "random-...")
+    description: str
+    is_random: bool
+
+    def to_dict(self) -> dict:
+        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random}
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    prepared: PreparedJob
+    result: SyncResult
+    weights: WeightsInfo
+
+    @property
+    def output_kept(self) -> bool:
+        return self.prepared.output is not None
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+def run(job: Job, cache: ModelCache | None = None, progress: Progress | None = None) -> FinishedJob:
+    """Check, resolve, load, run."""
+    prepared = prepare(job)
+    models = (cache or ModelCache()).get(prepared)
+    return execute(prepared, models, progress)
+
+
+def prepare(
+    job: Job,
+    table: PresetTable | None = None,
+    hardware: HardwareReport | None = None,
+    pick_from_benchmark: BenchmarkPicker | None = None,
+) -> PreparedJob:
+    """Every check that needs no model: flags, input files, their streams, the output path, the settings.
+
+    `table` and `hardware` default to this machine's preset table and probed
+    devices; `pick_from_benchmark` to its benchmark cache (asked only for quality auto).
+    """
+    check_choices(job)
+    table = table if table is not None else load_presets(job.settings.presets_file)
+    hardware = hardware if hardware is not None else probe_devices()
+    # A mistyped flag is exit 2 whatever the files: resolve once without the speech length first.
+    resolve_request(job.settings, table, hardware, None, no_benchmark)
+    video = existing_input(job.video, "video")
+    audio = existing_input(job.audio, "audio") if job.audio is not None else None
+    output = None
+    if job.keep_output:
+        wanted = job.output if job.output is not None else default_output_path(video)
+        output = check_output_path(wanted, [video, audio], job.overwrite)
+    speech, warnings = read_media(video, audio)
+    from latentsync_cli.media.audio import SAMPLE_RATE
+
+    resolved = resolve_request(job.settings, table, hardware, speech.size / SAMPLE_RATE, pick_from_benchmark)
+    return PreparedJob(job, video, audio, output, speech, resolved, tuple(resolved.notes) + warnings)
+
+
+def execute(prepared: PreparedJob, models: ModelBundle, progress: Progress | None = None) -> FinishedJob:
+    """Run the pipeline in a private scratch folder; with a work dir, finished windows are kept and reused."""
+    from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
+    from latentsync_cli.timing import StageTimer
+
+    settings = prepared.resolved.settings
+    weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random)
+    with ExitStack() as stack:
+        scratch, target = _scratch_and_target(stack, prepared)
+        job = SyncJob(
+            video=prepared.video,
+            audio=prepared.audio,
+            output=target,
+            scratch_dir=scratch,
+            loop=prepared.job.loop,
+            face=prepared.job.face,
+            mask_feather_px=prepared.job.mask_feather,
+            crf=prepared.job.crf,
+            speech=prepared.speech,
+            store=_window_store(stack, prepared, weights),
+        )
+        pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
+        result = pipeline.run(job)
+    return FinishedJob(prepared, result, weights)
+
+
+def _scratch_and_target(stack: ExitStack, prepared: PreparedJob) -> tuple[Path, Path]:
+    """The job's scratch folder (removed however the job ends) and where the pipeline writes the MP4."""
+    if prepared.output is None:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".latentsync-profile-")))
+        return scratch, scratch / f"{prepared.video.stem}_profile.mp4"
+    remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
+    return stack.enter_context(job_scratch_dir(prepared.output)), prepared.output
+
+
+def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo):
+    """Where finished windows are kept: the job's work dir, or nowhere."""
+    from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
+    from latentsync_cli.pipeline import NoStore
+
+    job = prepared.job
+    if job.work_dir is None:
+        return NoStore()
+    fingerprint = job_fingerprint(
+        [prepared.video, prepared.audio],
+        prepared.resolved.to_dict()["settings"],
+        # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
+        {"weights": weights.to_dict(), "face": job.face, "mask_feather": job.mask_feather, "loop": job.loop},
+    )
+    return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint))
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def check_choices(job: Job) -> None:
+    for flag, value, choices in (
+        ("--weights", job.weights, WEIGHT_CHOICES),
+        ("--loop", job.loop, LOOP_MODES),
+        ("--face", job.face, FACE_CHOICES),
+    ):
+        if value not in choices:
+            raise UsageError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
+
+
+def existing_input(path: Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: {what} file not found; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass a {what} file")
+    return path.absolute()
+
+
+def read_media(video: Path, audio: Path | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Probe the video, decode its first frame and the whole speech; returns the speech and warnings.
+
+    A file that is not media, has no video/audio stream or no samples fails here
+    with a line naming it; silent speech is valid and only warned about.
+    """
+    from latentsync_cli.media.audio import is_silent, load_audio
+    from latentsync_cli.media.video import probe_video, read_frames
+
+    info = probe_video(video)
+    frames = read_frames(video, 1, loop="freeze")  # a damaged stream fails here, not after the models load
+    try:
+        next(frames)
+    finally:
+        frames.close()
+    if audio is None and not info.has_audio:
+        raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
+    speech_file = audio if audio is not None else video
+    speech = load_audio(speech_file)
+    if is_silent(speech):
+        return speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
+    return speech, ()
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class ModelCache:
+    """The models of the last job, reused by the next one when weights, device and precision are the same."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.models: ModelBundle | None = None
+
+    def get(self, prepared: PreparedJob) -> ModelBundle:
+        from latentsync_cli.models.weights import load_models
+        from latentsync_cli.optimizers.precision import dtype_for
+
+        job, settings = prepared.job, prepared.resolved.settings
+        checkpoint_dir = Path(job.checkpoint_dir).expanduser().absolute() if job.checkpoint_dir else None
+        key = (job.weights, checkpoint_dir, settings.device, settings.precision)
+        if key != self.key:
+            self.models = None  # free the previous job's models before loading others
+            self.models = load_models(
+                job.weights, checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0
+            )
+            self.key = key
+        return self.models

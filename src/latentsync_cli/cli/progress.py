@@ -168,7 +168,7 @@ class RichBars:
 
     def start(self, task: str, total: int) -> None:
         if task in self.tasks:  # the job bar a message made before the job started
-            self.bars.reset(self.tasks[task], total=total)
+            self.bars.reset(self.tasks[task], total=total, status="")  # the stage bars say what runs now
         else:
             unit = "win/s" if task == TASK_GENERATE else "fps"
             self.tasks[task] = self.bars.add_task(task, total=total, unit=unit, status="")

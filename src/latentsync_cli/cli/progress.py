@@ -64,7 +64,7 @@ from rich.progress import (
 from rich.text import Text
 
 from latentsync_cli.errors import UsageError
-from latentsync_cli.pipeline.lipsync import TASK_GENERATE, TASK_JOB
+from latentsync_cli.progress import TASK_GENERATE, TASK_JOB
 
 PROGRESS_CHOICES = ("auto", "bar", "lines", "json", "none")
 

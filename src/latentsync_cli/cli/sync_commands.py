@@ -63,7 +63,8 @@ BatchOption = Annotated[
 ]  # fmt: skip
 ProgressOption = Annotated[
     str,
-    typer.Option("--progress", help="auto (bars on a terminal, lines otherwise), bar, lines, json or none.",
+    typer.Option("--progress", help="auto (bars on a terminal, lines otherwise), bar, lines, json or none. "
+                 "Lines: `progress 37% frames=91/242 fps=3.1 elapsed=29s eta=48s stage=generate`.",
                  rich_help_panel="Messages"),
 ]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON result object alone on stdout.")]
@@ -138,14 +139,15 @@ def register(app: typer.Typer) -> None:
 
 def run_job(out: Output, job: Job, progress_kind: str, cache: ModelCache | None = None) -> FinishedJob:
     """Prepare (every check), load the weights, run; warnings and progress on stderr."""
-    display = choose_progress(progress_kind, out)
-    prepared = prepare(job)
-    for warning in prepared.warnings:
-        out.warn(warning)
-    models = (cache or ModelCache()).get(prepared)
-    if models.is_random:
-        out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-    with display:
+    with choose_progress(progress_kind, out.console, quiet=out.quiet) as display:
+        display.message("checking the flags and files")
+        prepared = prepare(job)
+        for warning in prepared.warnings:
+            out.warn(warning)
+        display.message(f"loading the {job.weights} weights")
+        models = (cache or ModelCache()).get(prepared)
+        if models.is_random:
+            out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
         finished = execute(prepared, models, display)
     if finished.result.resumed_windows:
         out.info(f"resumed {finished.result.resumed_windows} of {finished.result.windows} windows from {job.work_dir}")

@@ -27,13 +27,13 @@ from latentsync_cli.hardware import HardwareReport, probe_devices
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
 from latentsync_cli.presets import PresetTable, load_presets
+from latentsync_cli.progress import Progress
 from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
 from latentsync_cli.settings import ResolvedSettings, SettingsRequest
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
     from latentsync_cli.models.weights import ModelBundle
     from latentsync_cli.pipeline import SyncResult
-    from latentsync_cli.pipeline.lipsync import Progress
 
 LOOP_MODES = ("pingpong", "loop", "freeze")
 FACE_CHOICES = ("largest", "center")

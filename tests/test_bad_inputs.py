@@ -13,9 +13,12 @@ importing), once per module; the tests then read their results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import shutil
 import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +83,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=16000", "-t", "1", folder / "speech only.m4a")
     write_wav(folder / "zero.wav", np.zeros(0, dtype=np.float32))
     write_wav(folder / "silence.wav", np.zeros(int(16000 * SECONDS), dtype=np.float32))
+    write_wav(folder / "blip.wav", np.full(160, 0.1, dtype=np.float32))  # 10 ms: shorter than one frame
     write_clip(folder / "no face.mp4", [np.full((240, 320, 3), level, np.uint8) for level in range(40, 90, 5)])
     write_clip(folder / "tiny face.mp4", tiny_face_frames(10))
     checkpoints = folder / "checkpoints"
@@ -127,6 +131,10 @@ def error_cases(corpus: dict[str, Path]) -> dict[str, tuple[list, int, list[str]
         case("window too long", [clip, voice, "--window", "30"], usage, ["--window"]),
         case("batch with a video", [clip, "--batch", f / "jobs.csv"], usage, ["--batch", "VIDEO"]),
         case("unknown loop", [clip, voice, "--loop", "sideways"], usage, ["--loop", "sideways"]),
+        case("speech shorter than a frame", [clip, f / "blip.wav"], bad_input, ["blip.wav", "10 ms", "40 ms"]),
+        # User text is printed as typed: no emoji codes, no markup.
+        case("emoji code in a flag", [clip, voice, "--device", "cuda:-1"], usage, ["--device cuda:-1"]),
+        case("emoji code in a file name", [f / ":smile:.mp4", voice], bad_input, [":smile:.mp4", "not found"]),
         case("corrupt checkpoint", [clip, voice, "--weights", "checkpoint", "--checkpoint-dir", f / "checkpoints"],
              ExitCode.WEIGHTS, ["latentsync_unet.pt"]),
     ])  # fmt: skip
@@ -168,6 +176,88 @@ def test_full_disk_is_an_output_error_and_leaves_nothing(corpus, tmp_path):
     assert len(ran.error_lines) == 1 and "disk full" in ran.error_lines[0], ran.stderr
     assert not target.exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A real filesystem with 0 bytes free: a small tmpfs, filled up (needs the right to mount, as root has)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with open(mount_point / "filler", "wb", buffering=0) as filler:
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        assert shutil.disk_usage(mount_point).free == 0
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_with_no_byte_free_is_an_output_error(corpus, full_disk):
+    target = full_disk / "out.mp4"
+    ran = run_cli("sync", corpus["clip"], corpus["voice"], "-o", target, *FAST)
+    assert ran.code == ExitCode.OUTPUT, ran.stderr
+    assert len(ran.error_lines) == 1 and "disk full" in ran.error_lines[0], ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert not target.exists() and leftovers(full_disk) == []
+
+
+def test_a_work_dir_on_a_full_disk_leaves_no_temporary_files(corpus, tmp_path):
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    (work_dir / "window-00000.tmp-999999").write_bytes(b"left by a job that died")  # no such process
+    arguments = ["sync", corpus["clip"], corpus["voice"], "-o", tmp_path / "out.mp4", "--work-dir", work_dir, *FAST]
+    ran = run_cli(*arguments, preexec_fn=limit_file_size)
+    assert ran.code == ExitCode.OUTPUT, ran.stderr
+    assert len(ran.error_lines) == 1 and "disk full" in ran.error_lines[0], ran.stderr
+    assert list(work_dir.glob("*.tmp-*")) == []  # neither its own nor the dead job's
+    assert leftovers(tmp_path) == []
+
+
+def test_sync_json_that_fails_prints_a_json_error_on_stdout(corpus, tmp_path):
+    ran = run_cli("sync", corpus["folder"] / "nothing.mp4", corpus["voice"], "--json", *FAST)
+    assert ran.code == ExitCode.BAD_INPUT
+    error = json.loads(ran.stdout)
+    assert error["exit_code"] == ExitCode.BAD_INPUT and "nothing.mp4" in error["error"]
+
+
+def write_manifest(folder: Path, text: str) -> Path:
+    manifest = folder / "jobs.csv"
+    manifest.write_text(text)
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        ("clip.mp4,voice.wav,same.mp4,\nclip.mp4,voice.wav,same.mp4,\n", ["rows 1 and 2", "same.mp4"]),
+        ("clip.mp4,voice.wav,a.mp4,\nclip.mp4,voice.wav,b.mp4,9999\n", ["row 2", "steps"]),
+        ("clip.mp4,voice.wav,c.mp4,\n,voice.wav,d.mp4,\n", ["row 2", "video"]),
+    ],
+    ids=["two rows write one output", "a bad value", "an empty video"],
+)
+def test_a_manifest_with_a_bad_row_is_refused_before_any_job_runs(corpus, rows, fragments):
+    folder = corpus["folder"]
+    manifest = write_manifest(folder, "video,audio,output,steps\n" + rows)
+    ran = run_cli("sync", "--batch", manifest, *FAST)
+    assert ran.code == ExitCode.USAGE, ran.stderr
+    assert len(ran.error_lines) == 1 and all(fragment in ran.error_lines[0] for fragment in fragments), ran.stderr
+    assert not any((folder / name).exists() for name in ("same.mp4", "a.mp4", "b.mp4", "c.mp4", "d.mp4"))
+
+
+def test_a_row_whose_output_is_a_folder_fails_it_is_not_skipped(corpus, tmp_path):
+    (tmp_path / "taken.mp4").mkdir()
+    for name in ("clip", "voice"):
+        (tmp_path / corpus[name].name).symlink_to(corpus[name])
+    manifest = write_manifest(tmp_path, "video,audio,output\nclip.mp4,voice.wav,taken.mp4\n")
+    ran = run_cli("sync", "--batch", manifest, "--json", *FAST)
+    assert ran.code == ExitCode.BATCH_FAILED, ran.stderr
+    record = json.loads(ran.stdout.splitlines()[0])
+    assert record["status"] == "failed" and record["exit_code"] == ExitCode.OUTPUT and "folder" in record["error"]
 
 
 # --- valid but unusual inputs: one batch ----------------------------------------------------------------

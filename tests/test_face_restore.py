@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
-
-from latentsync_cli.face.align import FaceAligner
-from latentsync_cli.face.restore import faces_to_crops, paste_crop, restore_face, restore_faces
 from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
 
-
+from latentsync_cli.face.align import FaceAligner
+from latentsync_cli.face.restore import (
+    faces_to_crops,
+    paste_crop,
+    restore_face,
+    restore_faces,
+)
 
 
 def to_model_range(face_uint8_hwc: np.ndarray) -> np.ndarray:

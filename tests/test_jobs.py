@@ -18,7 +18,12 @@ import pytest
 from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.jobs.batch import read_manifest
 from latentsync_cli.jobs.outputs import check_output_path
-from latentsync_cli.jobs.scratch import OWNER_FILE, SCRATCH_PREFIX, job_scratch_dir, remove_stale_scratch
+from latentsync_cli.jobs.scratch import (
+    OWNER_FILE,
+    SCRATCH_PREFIX,
+    job_scratch_dir,
+    remove_stale_scratch,
+)
 from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
 OPTIONS = frozenset({"mode", "quality", "steps"})
@@ -48,12 +53,31 @@ def test_check_output_refuses_unwritable_folder():
 
 
 def test_scratch_dirs_are_private_and_removed(tmp_path):
-    output = tmp_path / "out.mp4"
-    with job_scratch_dir(output) as first, job_scratch_dir(output) as second:
+    with job_scratch_dir(tmp_path / "a.mp4") as first, job_scratch_dir(tmp_path / "b.mp4") as second:
         assert first != second
         assert first.parent == tmp_path and first.name.startswith(SCRATCH_PREFIX)
         (first / "junk").write_bytes(b"x")
     assert not first.exists() and not second.exists()
+
+
+def test_a_second_job_for_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    output = tmp_path / "out.mp4"
+    with job_scratch_dir(output):
+        with pytest.raises(OutputError, match=f"another job \\(pid {os.getpid()} .*is writing this output"):
+            with job_scratch_dir(output):
+                pass
+    with job_scratch_dir(output) as again:  # released when the first job ended
+        assert again.exists()
+
+
+def test_the_claim_of_a_killed_job_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    output = tmp_path / "out.mp4"
+    claim = tmp_path / f"{SCRATCH_PREFIX}{output.name}"
+    claim.mkdir()
+    (claim / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    with job_scratch_dir(output) as scratch:
+        assert json.loads((scratch / OWNER_FILE).read_text())["pid"] == os.getpid()
 
 
 def test_read_batch_csv_resolves_paths_and_keeps_options(tmp_path):

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+import tomllib
 
 from latentsync_cli.errors import ConfigError
 from latentsync_cli.settings import MAX_WINDOW, PRECISIONS, SCHEDULERS

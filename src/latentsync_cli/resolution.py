@@ -12,10 +12,22 @@ from typing import Any
 
 from latentsync_cli.hardware import DeviceRecord, HardwareReport, probe_devices
 from latentsync_cli.presets import PresetTable, load_presets
-from latentsync_cli.settings import DEFAULT_QUALITY, ResolvedSettings, SettingsRequest, choose_device, resolve_settings
+from latentsync_cli.settings import (
+    DEFAULT_QUALITY,
+    ResolvedSettings,
+    SettingsRequest,
+    _check_request,  # noqa: PLC2701 - until settings exports it
+    choose_device,
+    resolve_settings,
+)
 
 # pick_from_benchmark(device, length_class) -> RunSettings field values (+ "description"), or None
 BenchmarkPicker = Callable[[DeviceRecord, str], Mapping[str, Any] | None]
+
+
+def check_request(table: PresetTable, request: SettingsRequest) -> None:
+    """UsageError for unknown names and out-of-range values in `request`; needs no device."""
+    _check_request(table, request)
 
 
 def no_benchmark(device: DeviceRecord, length_class: str) -> None:
@@ -36,7 +48,9 @@ def resolve_request(
     benchmark_pick = None
     if preset is not None and preset.auto:
         if pick_from_benchmark is None:
-            from latentsync_cli.bench.auto import picker_for  # imports torch: only when auto asks for it
+            from latentsync_cli.bench.auto import (
+                picker_for,  # imports torch: only when auto asks for it
+            )
 
             pick_from_benchmark = picker_for(table, request.mode)
         device = choose_device(hardware.devices, request.device)

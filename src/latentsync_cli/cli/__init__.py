@@ -7,6 +7,7 @@ stdout. Errors the tool can diagnose are one line and a documented exit code
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -26,7 +27,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from latentsync_cli import __version__
 from latentsync_cli.cli.native_logs import filtered_native_stderr
 from latentsync_cli.cli.output import Output
-from latentsync_cli.errors import ExitCode, LatentsyncError
+from latentsync_cli.errors import BatchFailedError, ExitCode, LatentsyncError
+from latentsync_cli.jobs.scratch import DISK_FULL_ERRNOS
 
 app = typer.Typer(
     name="latentsync",
@@ -57,7 +59,12 @@ def main_options(
 
 def _register_commands() -> None:
     # Imported here so that each command module stays independent of the others.
-    from latentsync_cli.cli import bench_commands, model_commands, preset_commands, sync_commands
+    from latentsync_cli.cli import (
+        bench_commands,
+        model_commands,
+        preset_commands,
+        sync_commands,
+    )
     from latentsync_cli.cli.job_options import accepting_message_flags
 
     app.add_typer(preset_commands.app, name="presets")
@@ -87,13 +94,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str] | None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    words = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in words
     try:
         result = app(args=argv, standalone_mode=False)
     except LatentsyncError as error:
         if debug:
             raise
         Output.print_error(error.message)
+        if "--json" in words and not isinstance(error, BatchFailedError):  # (a batch's rows are its JSON lines)
+            # A program reading stdout gets the error too, as one JSON line.
+            print(json.dumps({"error": error.message, "exit_code": int(error.exit_code)}), flush=True)
         return int(error.exit_code)
     except (*_ABORT_ERRORS, KeyboardInterrupt):
         Output.print_error("interrupted")
@@ -107,9 +118,12 @@ def _run(argv: list[str] | None) -> int:
         return int(ExitCode.USAGE) if error.exit_code == 2 else error.exit_code
     except _EXIT_SIGNALS as done:
         return done.exit_code
-    except Exception as error:  # a bug: one line unless --debug
+    except Exception as error:  # a bug (or a full disk met where no code expected it): one line unless --debug
         if debug:
             raise
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            Output.print_error(f"{error.filename or 'a file'}: disk full ({error.strerror}); free some space")
+            return int(ExitCode.OUTPUT)
         Output.print_error(f"internal error: {type(error).__name__}: {error} (rerun with --debug and report it)")
         return int(ExitCode.INTERNAL)
     return int(result) if isinstance(result, int) else 0

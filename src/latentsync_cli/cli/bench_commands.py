@@ -106,7 +106,11 @@ def register(app: typer.Typer) -> None:
 def _measure(out: Output, flags: BenchmarkFlags, level: str, table, record) -> None:
     """Run the benchmark, cache it, write the report, print the summary (or the JSON)."""
     from latentsync_cli.bench import cache, report
-    from latentsync_cli.bench.runner import BenchmarkRequest, check_request, run_benchmark
+    from latentsync_cli.bench.runner import (
+        BenchmarkRequest,
+        check_request,
+        run_benchmark,
+    )
 
     modes = flags.modes or ""
     request = BenchmarkRequest(

@@ -8,10 +8,17 @@ import sys
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.table import Table
+
+LOG_WIDTH = 1000  # columns of a console that is not a terminal: a log line is never wrapped
 
 
 def _stderr_console(quiet: bool = False) -> Console:
-    return Console(stderr=True, no_color="NO_COLOR" in os.environ, quiet=quiet, highlight=False)
+    # emoji=False: a file named ":smile:.mp4" or "--device cuda:-1" must print as typed.
+    console = Console(stderr=True, no_color="NO_COLOR" in os.environ, quiet=quiet, highlight=False, emoji=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
+    return console
 
 
 @dataclass
@@ -33,6 +40,16 @@ class Output:
     def info(self, text: str) -> None:
         # soft_wrap keeps long paths on one line, so they can be copied.
         self.console.print(text, soft_wrap=True)
+
+    def table(self, table: Table) -> None:
+        """A rich table; in a log (not a terminal) without the padding that rich adds to every line."""
+        if self.console.is_terminal:
+            self.console.print(table)
+            return
+        with self.console.capture() as captured:
+            self.console.print(table)
+        lines = "\n".join(line.rstrip() for line in captured.get().splitlines())
+        self.console.print(lines, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
         self.console.print(f"warning: {text}", style="yellow", markup=False, soft_wrap=True)

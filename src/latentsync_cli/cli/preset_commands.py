@@ -67,11 +67,11 @@ def list_presets(ctx: typer.Context, presets: PresetsOption = None, json_output:
         Output.print_json(table.to_dict())
         return
     out = get_output(ctx)
-    out.console.print(_modes_table(table))
-    out.console.print(_quality_table(table))
-    out.console.print(_levels_table(table))
-    out.console.print(_tiers_table(table))
-    out.console.print(_length_table(table))
+    out.table(_modes_table(table))
+    out.table(_quality_table(table))
+    out.table(_levels_table(table))
+    out.table(_tiers_table(table))
+    out.table(_length_table(table))
     floors = ", ".join(f"{metric} >= {floor:g}" for metric, floor in table.auto.fidelity_floor.items())
     out.info(f"auto pick: fastest setting with {floors or 'no floor'} against mode {table.auto.reference_mode}")
     _say(out, "files: " + " <- ".join(table.files))
@@ -96,7 +96,7 @@ def show_preset(
     out = get_output(ctx)
     for section, entries in found.items():
         for entry_name, values in entries.items():
-            out.console.print(_entry_table(f"{section}.{entry_name}", values))
+            out.table(_entry_table(f"{section}.{entry_name}", values))
 
 
 @app.command("resolve", help="The concrete settings `sync` would use here, each with its source.")
@@ -143,7 +143,7 @@ def resolve(
     rows = _new_table("setting", "value", "source", title="Resolved settings")
     for name, value in resolved.settings.to_dict().items():
         rows.add_row(name, _show(value), resolved.sources.get(name, "default"))
-    out.console.print(rows)
+    out.table(rows)
     for note in resolved.notes:
         _say(out, f"note: {note}")
 
@@ -218,13 +218,15 @@ def gpu(ctx: typer.Context, presets: PresetsOption = None, json_output: JsonOpti
         rows.add_row(
             d["device"], _gigabytes(d["total_memory_bytes"]), capability, d["tier"], d["level"], " ".join(fast)
         )
-    out.console.print(rows)
+    out.table(rows)
     for d in devices:
         versions = f", driver {d['driver_version']}, CUDA {d['cuda_version']}" if d["driver_version"] else ""
         _say(out, f"{d['device']}: {d['name']}{versions}")
     out.info(f"--device auto uses {summary['device']} (tier {summary['tier']}, level {summary['level']})")
-    for problem in report.problems:
-        _say(out, f"skipped {problem}")
+    # A machine without NVIDIA has no NVML: that is what the probe expects there, not a problem to show.
+    if out.debug:
+        for problem in report.problems:
+            _say(out, f"probe: skipped {problem}")
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +372,7 @@ def _new_table(*headers: str, title: str) -> Table:
 
 def _say(out: Output, text: str) -> None:
     """A plain line on stderr: no markup, no wrapping (paths stay copyable)."""
-    out.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    out.table(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _entry_table(title: str, values: dict[str, Any]) -> Table:
@@ -391,4 +393,4 @@ def _show(value: Any) -> str:
 
 
 def _gigabytes(size: int | None) -> str:
-    return f"{size / 1e9:.1f}" if size else "-"
+    return f"{size / 1e9:.1f} GB" if size else "-"

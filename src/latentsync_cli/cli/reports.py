@@ -56,26 +56,26 @@ def write_trace(path: Path, events: list[dict]) -> None:
 
 def print_sync_report(out: Output, finished: FinishedJob) -> None:
     result = finished.result
-    out.console.print(_stage_table(result.stage_seconds, result.wall_s, "Stage timings"))
+    out.table(_stage_table(result.stage_seconds, result.wall_s, "Stage timings"))
     _print_summary(out, finished)
-    out.console.print(_optimization_table(result.optimizations))
+    out.table(_optimization_table(result.optimizations))
     out.info(f"wrote {escape(str(result.output))}")
 
 
 def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> None:
     result = finished.result
     ranked = dict(sorted(result.stage_seconds.items(), key=lambda item: item[1], reverse=True))
-    out.console.print(_stage_table(ranked, result.wall_s, "Stages by time"))
+    out.table(_stage_table(ranked, result.wall_s, "Stages by time"))
     _print_summary(out, finished)
     path = result.critical_path
     out.info(f"critical path: {' + '.join(path['lanes'])} lanes, {path['seconds']:.2f} s ({', '.join(path['stages'])})")
     out.info(f"peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB" + (
         f", peak GPU memory {result.peak_gpu_bytes / 2**30:.2f} GiB" if result.peak_gpu_bytes is not None else ""
     ))  # fmt: skip
-    out.console.print(_optimization_table(result.optimizations))
+    out.table(_optimization_table(result.optimizations))
     if "trace" in report:
         out.info(f"trace: {escape(report['trace'])} (open it in chrome://tracing or ui.perfetto.dev)")
-    out.console.print(result.verdict, markup=False, highlight=False, soft_wrap=True)
+    out.table(result.verdict, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(out: Output, finished: FinishedJob) -> None:

@@ -30,7 +30,14 @@ from latentsync_cli.cli.reports import (
 )
 from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, BatchRow, raise_if_failed, run_batch
-from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, execute, prepare
+from latentsync_cli.jobs.run import (
+    FinishedJob,
+    Job,
+    ModelCache,
+    claim_output,
+    execute,
+    prepare,
+)
 from latentsync_cli.jobs.signals import stop_on_signals
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
@@ -144,11 +151,12 @@ def run_job(out: Output, job: Job, progress_kind: str, cache: ModelCache | None 
         prepared = prepare(job)
         for warning in prepared.warnings:
             out.warn(warning)
-        display.message(f"loading the {job.weights} weights")
-        models = (cache or ModelCache()).get(prepared)
-        if models.is_random:
-            out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-        finished = execute(prepared, models, display)
+        with claim_output(prepared) as scratch:
+            display.message(f"loading the {job.weights} weights")
+            models = (cache or ModelCache()).get(prepared)
+            if models.is_random:
+                out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
+            finished = execute(prepared, models, scratch, display)
     if finished.result.resumed_windows:
         out.info(f"resumed {finished.result.resumed_windows} of {finished.result.windows} windows from {job.work_dir}")
     return finished
@@ -170,5 +178,5 @@ def run_manifest(out: Output, manifest: Path, base: Job, progress_kind: str, jso
             sys.stdout.flush()
 
     records = run_batch(manifest, base, run_row_job, on_record)
-    out.console.print(batch_table(records))
+    out.table(batch_table(records))
     raise_if_failed(manifest, records)

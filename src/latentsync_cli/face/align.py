@@ -152,7 +152,10 @@ class FaceAligner:
         return matrix
 
     def align(self, frame_rgb: np.ndarray, points: np.ndarray) -> AlignedFace:
-        affine = self.transform(points)
+        return self.warp(frame_rgb, self.transform(points))
+
+    def warp(self, frame_rgb: np.ndarray, affine: np.ndarray) -> AlignedFace:
+        """The squeezed face for a frame -> crop matrix already found (e.g. read from a stored face track)."""
         crop = warp_into_crop(frame_rgb, affine, self.crop_size)
         face = cv2.resize(crop, (self.resolution, self.resolution), interpolation=cv2.INTER_LANCZOS4)
         return AlignedFace(face=face, affine=affine)

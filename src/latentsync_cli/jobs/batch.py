@@ -20,9 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from latentsync_cli.errors import BatchFailedError, ExitCode, Interrupted, LatentsyncError, UsageError
+from latentsync_cli.errors import (
+    BatchFailedError,
+    ExitCode,
+    Interrupted,
+    LatentsyncError,
+    UsageError,
+)
 from latentsync_cli.jobs.outputs import default_output_path
-from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, run
+from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, check_flags, run
+from latentsync_cli.presets import load_presets
 
 # Manifest columns besides video/audio/output: `sync` options by their flag names (dashes as underscores).
 SETTINGS_TEXT_OPTIONS = ("mode", "quality", "scheduler", "precision", "optimization_level", "device")
@@ -139,7 +146,7 @@ def row_job(base: Job, row: BatchRow, manifest_folder: Path) -> Job:
     """The job of one row: `base` (the command line's flags), overridden by the row's columns."""
     settings_values, job_values = {}, {}
     for name, text in row.options.items():
-        value = _column_value(row.number, name, text, manifest_folder)
+        value = _column_value(name, text, manifest_folder)
         (settings_values if name in SETTINGS_OPTIONS else job_values)[name] = value
     return replace(
         base,
@@ -152,23 +159,23 @@ def row_job(base: Job, row: BatchRow, manifest_folder: Path) -> Job:
     )
 
 
-def _column_value(row: int, name: str, text: str, base: Path):
-    """One column's text as the type of the option it names (UsageError naming the row when it is not)."""
+def _column_value(name: str, text: str, base: Path):
+    """One column's text as the type of the option it names (UsageError when it is not)."""
     text = text.strip()
     if name in SETTINGS_INTEGER_OPTIONS + JOB_INTEGER_OPTIONS:
         try:
             return int(text)
         except ValueError:
-            raise UsageError(f"row {row}: {name} {text!r} is not a whole number") from None
+            raise UsageError(f"{name} {text!r} is not a whole number") from None
     if name in SETTINGS_NUMBER_OPTIONS + JOB_NUMBER_OPTIONS:
         try:
             return float(text)
         except ValueError:
-            raise UsageError(f"row {row}: {name} {text!r} is not a number") from None
+            raise UsageError(f"{name} {text!r} is not a number") from None
     if name in SETTINGS_SWITCH_OPTIONS:
         if text.lower() in TRUE_WORDS + FALSE_WORDS:
             return text.lower() in TRUE_WORDS
-        raise UsageError(f"row {row}: {name} {text!r} must be true or false")
+        raise UsageError(f"{name} {text!r} must be true or false")
     if name in JOB_PATH_OPTIONS:
         folder = Path(text).expanduser()
         return folder if folder.is_absolute() else base / folder
@@ -211,6 +218,8 @@ def run_batch(
     the models are loaded once; `on_record` sees each record as it is made.
     """
     rows = read_manifest(manifest)
+    folder = Path(manifest).parent.absolute()
+    check_rows(manifest, rows, base, folder)
     if run_row_job is None:
         cache = ModelCache()
         run_row_job = lambda row, job, total: run(job, cache)
@@ -222,6 +231,29 @@ def run_batch(
         if on_record is not None:
             on_record(record)
     return records
+
+
+def check_rows(manifest: Path, rows: list[BatchRow], base: Job, folder: Path) -> None:
+    """What the manifest says, checked before any job runs (UsageError, exit 2, naming the row).
+
+    Every row's values (as `sync` would check its flags) and that no two rows
+    write the same output. What a row's files hold is found when it runs: then
+    only that row fails.
+    """
+    table = load_presets(base.settings.presets_file)
+    writers: dict[Path, int] = {}
+    for row in rows:
+        try:
+            job = row_job(base, row, folder)
+            check_flags(job, table)
+        except UsageError as error:
+            raise UsageError(f"{manifest}: row {row.number}: {error.message}") from None
+        output = Path(os.path.realpath(job.output or default_output_path(job.video)))
+        if output in writers:
+            raise UsageError(
+                f"{manifest}: rows {writers[output]} and {row.number} both write {output}; give each row its own output"
+            )
+        writers[output] = row.number
 
 
 def raise_if_failed(manifest: Path, records: list[BatchRecord]) -> None:
@@ -240,8 +272,8 @@ def run_row(row: BatchRow, base: Job, manifest_folder: Path, run_job: Callable[[
         job = row_job(base, row, manifest_folder)
         output = job.output if job.output is not None else default_output_path(job.video)
         record.output = str(output)
-        if output.exists() and not job.overwrite:
-            record.status = "skipped"
+        if output.is_file() and not job.overwrite:
+            record.status = "skipped"  # anything else at that path (a folder, say) fails the row below
         else:
             finished = run_job(job)
             record.frames = finished.result.frames

@@ -2,10 +2,11 @@
 
     job = Job(video=Path("talk.mp4"), audio=Path("voice.wav"), settings=SettingsRequest(mode="turbo"))
     prepared = prepare(job)               # every check that needs no model; speech decoded; settings resolved
-    models = ModelCache().get(prepared)   # the weights (kept for the next job with the same weights/device/precision)
-    finished = execute(prepared, models, progress)   # -> FinishedJob
+    with claim_output(prepared) as scratch:   # the output is this job's until it ends (a second job is refused)
+        models = ModelCache().get(prepared)   # the weights (kept for the next job with the same weights/device/precision)
+        finished = execute(prepared, models, scratch, progress)   # -> FinishedJob
 
-`run(job, cache, progress)` does the three. The order makes mistakes cost
+`run(job, cache, progress)` does all of it. The order makes mistakes cost
 nothing: flags first, then the input files, the output path and the media,
 and only then the weights. Nothing is written at the output path unless the
 job succeeds.
@@ -14,27 +15,35 @@ job succeeds.
 from __future__ import annotations
 
 import tempfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latentsync_cli.constants import WEIGHT_CHOICES
+from latentsync_cli.constants import FPS, WEIGHT_CHOICES
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.hardware import HardwareReport, probe_devices
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
+from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import Progress
-from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
+from latentsync_cli.resolution import (
+    BenchmarkPicker,
+    check_request,
+    no_benchmark,
+    resolve_request,
+)
 from latentsync_cli.settings import ResolvedSettings, SettingsRequest
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
     from latentsync_cli.models.weights import ModelBundle
     from latentsync_cli.pipeline import SyncResult
 
+MIN_SPEECH_SAMPLES = SAMPLE_RATE // FPS  # one output frame
 LOOP_MODES = ("pingpong", "loop", "freeze")
 FACE_CHOICES = ("largest", "center")
 
@@ -70,12 +79,6 @@ class PreparedJob:
     resolved: ResolvedSettings
     warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
 
-    @property
-    def speech_seconds(self) -> float:
-        from latentsync_cli.media.audio import SAMPLE_RATE
-
-        return self.speech.size / SAMPLE_RATE
-
 
 @dataclass(frozen=True)
 class WeightsInfo:
@@ -103,10 +106,11 @@ class FinishedJob:
 
 
 def run(job: Job, cache: ModelCache | None = None, progress: Progress | None = None) -> FinishedJob:
-    """Check, resolve, load, run."""
+    """Check, claim the output, load, run."""
     prepared = prepare(job)
-    models = (cache or ModelCache()).get(prepared)
-    return execute(prepared, models, progress)
+    with claim_output(prepared) as scratch:
+        models = (cache or ModelCache()).get(prepared)
+        return execute(prepared, models, scratch, progress)
 
 
 def prepare(
@@ -120,38 +124,53 @@ def prepare(
     `table` and `hardware` default to this machine's preset table and probed
     devices; `pick_from_benchmark` to its benchmark cache (asked only for quality auto).
     """
-    check_choices(job)
+    # Cheapest first, so that a mistake costs no more than starting the program: flags, paths,
+    # then the device probe (it may import torch), the media, and the settings for the speech length.
     table = table if table is not None else load_presets(job.settings.presets_file)
-    hardware = hardware if hardware is not None else probe_devices()
-    # A mistyped flag is exit 2 whatever the files: resolve once without the speech length first.
-    resolve_request(job.settings, table, hardware, None, no_benchmark)
+    check_flags(job, table)
     video = existing_input(job.video, "video")
     audio = existing_input(job.audio, "audio") if job.audio is not None else None
     output = None
     if job.keep_output:
         wanted = job.output if job.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], job.overwrite)
+    hardware = hardware if hardware is not None else probe_devices()
+    resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
     speech, warnings = read_media(video, audio)
-    from latentsync_cli.media.audio import SAMPLE_RATE
-
-    resolved = resolve_request(job.settings, table, hardware, speech.size / SAMPLE_RATE, pick_from_benchmark)
+    speech_seconds = speech.size / SAMPLE_RATE
+    resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
     return PreparedJob(job, video, audio, output, speech, resolved, tuple(resolved.notes) + warnings)
 
 
-def execute(prepared: PreparedJob, models: ModelBundle, progress: Progress | None = None) -> FinishedJob:
-    """Run the pipeline in a private scratch folder; with a work dir, finished windows are kept and reused."""
+@contextmanager
+def claim_output(prepared: PreparedJob) -> Iterator[Path]:
+    """The job's scratch folder, which also claims its output until the job ends (OutputError if another
+    running job holds it). Without a kept output (`profile` without -o): a temporary folder."""
+    if prepared.output is None:
+        with tempfile.TemporaryDirectory(prefix=".latentsync-profile-") as scratch:
+            yield Path(scratch)
+        return
+    remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
+    with job_scratch_dir(prepared.output) as scratch:
+        yield scratch
+
+
+def execute(
+    prepared: PreparedJob, models: ModelBundle, scratch_dir: Path, progress: Progress | None = None
+) -> FinishedJob:
+    """Run the pipeline in `scratch_dir` (see claim_output); with a work dir, finished windows are kept and reused."""
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
     from latentsync_cli.timing import StageTimer
 
     settings = prepared.resolved.settings
     weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random)
+    target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
     with ExitStack() as stack:
-        scratch, target = _scratch_and_target(stack, prepared)
         job = SyncJob(
             video=prepared.video,
             audio=prepared.audio,
             output=target,
-            scratch_dir=scratch,
+            scratch_dir=scratch_dir,
             loop=prepared.job.loop,
             face=prepared.job.face,
             mask_feather_px=prepared.job.mask_feather,
@@ -162,15 +181,6 @@ def execute(prepared: PreparedJob, models: ModelBundle, progress: Progress | Non
         pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
         result = pipeline.run(job)
     return FinishedJob(prepared, result, weights)
-
-
-def _scratch_and_target(stack: ExitStack, prepared: PreparedJob) -> tuple[Path, Path]:
-    """The job's scratch folder (removed however the job ends) and where the pipeline writes the MP4."""
-    if prepared.output is None:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".latentsync-profile-")))
-        return scratch, scratch / f"{prepared.video.stem}_profile.mp4"
-    remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
-    return stack.enter_context(job_scratch_dir(prepared.output)), prepared.output
 
 
 def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo):
@@ -191,6 +201,12 @@ def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
 
 
 # --- checks ----------------------------------------------------------------------------------
+
+
+def check_flags(job: Job, table: PresetTable) -> None:
+    """UsageError for a bad flag (or batch column) that needs neither the files nor the devices."""
+    check_choices(job)
+    check_request(table, job.settings)
 
 
 def check_choices(job: Job) -> None:
@@ -231,6 +247,11 @@ def read_media(video: Path, audio: Path | None) -> tuple[np.ndarray, tuple[str, 
         raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
     speech_file = audio if audio is not None else video
     speech = load_audio(speech_file)
+    if speech.size < MIN_SPEECH_SAMPLES:
+        raise InputError(
+            f"{speech_file}: the speech lasts {1000 * speech.size / SAMPLE_RATE:.0f} ms; "
+            f"at least {1000 // FPS} ms (one video frame) is needed"
+        )
     if is_silent(speech):
         return speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
     return speech, ()

@@ -7,32 +7,69 @@ when its owner was killed with SIGKILL.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from latentsync_cli.errors import OutputError
 
 SCRATCH_PREFIX = ".latentsync-job-"
 OWNER_FILE = "owner.json"  # inside a scratch folder: which process on which host made it
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextmanager
 def job_scratch_dir(output_path: Path) -> Iterator[Path]:
-    """A private temporary folder beside `output_path`, removed when the job ends however it ends.
+    """The job's private folder beside `output_path`, and its claim on that output, until the job ends.
 
-    The folder records its owner (host and PID), so that a later job can remove
-    it if this one is killed with SIGKILL (see `remove_stale_scratch`).
+    The folder is named after the output and made with one mkdir, which is
+    atomic: while a job runs, a second job for the same output is refused at
+    once (OutputError). The folder records its owner (host and PID), so that a
+    later job can take over the claim of one killed with SIGKILL (see also
+    `remove_stale_scratch`). It is removed however the job ends.
     """
-    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=output_path.parent))
+    folder = output_path.parent / f"{SCRATCH_PREFIX}{output_path.name}"
+    _claim(folder, output_path)
     try:
-        (folder / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _claim(folder: Path, output_path: Path) -> None:
+    host = socket.gethostname()
+    for _attempt in range(2):
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            owner = read_json(folder / OWNER_FILE)
+            if owner.get("host") == host and not pid_alive(owner.get("pid")):
+                shutil.rmtree(folder, ignore_errors=True)  # the claim of a killed job
+                continue
+            who = f"pid {owner.get('pid', '?')} on {owner.get('host', 'an unknown host')}"
+            raise OutputError(
+                f"{output_path}: another job ({who}) is writing this output; wait for it or choose another -o"
+            ) from None
+    try:
+        (folder / OWNER_FILE).write_text(json.dumps({"host": host, "pid": os.getpid()}))
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise write_error(folder.parent, error) from None
+
+
+def write_error(folder: Path, error: OSError) -> OutputError:
+    """An OSError while writing in `folder` as the one-line error a user can act on (disk full: exit 6)."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return OutputError(f"{folder}: disk full ({error.strerror}); free some space or choose another folder")
+    return OutputError(f"{folder}: cannot write there ({error.strerror}); choose another folder")
 
 
 def remove_stale_scratch(folder: Path) -> list[Path]:
@@ -47,18 +84,18 @@ def remove_stale_scratch(folder: Path) -> list[Path]:
     host = socket.gethostname()
     for scratch in folder.glob(SCRATCH_PREFIX + "*"):
         owner = read_json(scratch / OWNER_FILE)
-        if scratch.is_dir() and owner.get("host") == host and not _pid_alive(owner.get("pid")):
+        if scratch.is_dir() and owner.get("host") == host and not pid_alive(owner.get("pid")):
             shutil.rmtree(scratch, ignore_errors=True)
             removed.append(scratch)
     for partial in folder.glob(".*.partial-*"):
         pid = partial.name.rpartition(".partial-")[2].split("-")[0]
-        if partial.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+        if partial.is_file() and pid.isdigit() and not pid_alive(int(pid)):
             partial.unlink(missing_ok=True)
             removed.append(partial)
     return removed
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return True  # unknown owner: assume it is running
     if pid == os.getpid():

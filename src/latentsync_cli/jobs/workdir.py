@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from latentsync_cli.errors import OutputError
-from latentsync_cli.jobs.scratch import read_json
+from latentsync_cli.jobs.scratch import pid_alive, read_json, write_error
 
 
 def job_fingerprint(inputs: list[Path], settings: Mapping, extra: Mapping) -> str:
@@ -58,6 +58,7 @@ class WorkDirStore:
                 f"{self.work_dir}: another running job uses this --work-dir; give each job its own"
             ) from None
         self.resumed_windows = 0
+        remove_dead_temporaries(self.work_dir)
         manifest = self.work_dir / "job.json"
         previous = read_json(manifest)
         if previous.get("fingerprint") != fingerprint:
@@ -79,11 +80,15 @@ class WorkDirStore:
 
     def save(self, index: int, **arrays: np.ndarray) -> None:
         temporary = self._path(index).with_suffix(f".tmp-{os.getpid()}")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._path(index))
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self._path(index))
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise write_error(self.work_dir, error) from None
 
     def finished_count(self) -> int:
         return len(list(self.work_dir.glob("window-*.npz")))
@@ -101,5 +106,17 @@ class WorkDirStore:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path.parent, error) from None
+
+
+def remove_dead_temporaries(folder: Path) -> None:
+    """Remove `*.tmp-<pid>` files whose writer no longer runs (a job killed mid-write, or a full disk)."""
+    for temporary in folder.glob("*.tmp-*"):
+        pid = temporary.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            temporary.unlink(missing_ok=True)

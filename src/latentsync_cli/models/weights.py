@@ -23,14 +23,37 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download, try_to_load_from_cache
+from huggingface_hub import (
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from safetensors import safe_open
 
 from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
+from latentsync_cli.models.checkpoint import (
+    build_random_unet,
+    compare_state_shapes,
+    expected_state_shapes,
+    load_unet,
+)
 from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
-from latentsync_cli.models.vae import VAE_FILES, VAE_HUB_ID, load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
-from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
+from latentsync_cli.models.vae import (
+    VAE_FILES,
+    VAE_HUB_ID,
+    load_vae,
+    random_vae,
+    sd_vae_ft_mse_config,
+    tiny_vae_config,
+)
+from latentsync_cli.models.whisper import (
+    AudioEncoder,
+    WhisperDims,
+    load_whisper_encoder,
+    random_audio_encoder,
+)
 
 LATENTSYNC_REPO = "ByteDance/LatentSync-1.6"
 UNET_FILENAME = "latentsync_unet.pt"
@@ -301,6 +324,8 @@ class VerifyReport:
         missing = [check.file.describe() for check in self.checks if not check.file.present]
         mismatched = [check for check in self.checks if check.file.present and not check.ok]
         parts = [f"{check.file.path}: {'; '.join(check.problems[:3])}" for check in mismatched]
+        if missing and not mismatched:  # nothing is wrong with what is there: it is simply absent
+            return f"weights missing: {', '.join(missing)}; run `{DOWNLOAD_COMMAND}`"
         if missing:
             parts.insert(0, f"missing {', '.join(missing)} (run `{DOWNLOAD_COMMAND}`)")
         return f"weights do not match {self.architecture}: " + " | ".join(parts)

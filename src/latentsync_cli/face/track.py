@@ -1,0 +1,69 @@
+"""The face track of a whole video: where the face is in every output frame, found once, in order.
+
+Face tracking (the detector runs every `stride` frames, the mesh follows in
+between) and the alignment's nose smoothing carry state from frame to frame,
+so a shard that starts in the middle of a video cannot find them on its own.
+`track_faces` runs them over every output frame, exactly as the pipeline does
+inline, and the track is stored in the work dir for every shard and the
+finalize step to read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latentsync_cli.face.align import FaceAligner
+from latentsync_cli.face.landmarks import MediapipeLandmarks
+from latentsync_cli.media.video import read_frames
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    has_face: np.ndarray  # bool (N,): which output frames have a face
+    affines: np.ndarray  # float64 (N, 2, 3): frame -> crop matrices (zeros where there is no face)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.has_face)
+
+    def affine(self, frame_number: int) -> np.ndarray | None:
+        return self.affines[frame_number] if self.has_face[frame_number] else None
+
+    def save(self, path: Path) -> None:
+        """Written under a temporary name and renamed: a reader never sees half a track."""
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, has_face=self.has_face, affines=self.affines)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: Path) -> FaceTrack:
+        with np.load(path) as data:
+            return cls(has_face=data["has_face"].astype(bool), affines=data["affines"].astype(np.float64))
+
+
+def track_faces(
+    video: Path, num_frames: int, loop: str, face: str, stride: int, resolution: int, on_frame=None
+) -> FaceTrack:
+    """Detect and align the face in each of the `num_frames` output frames (the video looped as `loop`)."""
+    detector = MediapipeLandmarks(stride=stride, choose=face)
+    aligner = FaceAligner(resolution)
+    has_face = np.zeros(num_frames, dtype=bool)
+    affines = np.zeros((num_frames, 2, 3), dtype=np.float64)
+    frames = read_frames(video, num_frames, loop=loop)
+    try:
+        for number, frame in enumerate(frames):
+            found = detector.detect(frame)
+            if found is not None:
+                has_face[number] = True
+                affines[number] = aligner.transform(found.points)
+            if on_frame is not None:
+                on_frame()
+    finally:
+        frames.close()
+        detector.close()
+    return FaceTrack(has_face, affines)

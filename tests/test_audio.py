@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from latentsync_cli.errors import ExitCode, InputError
-from latentsync_cli.media.audio import (
-    audio_duration_s,
-    is_silent,
-    load_audio,
-    write_wav,
-)
+from latentsync_cli.media.audio import audio_duration_s, is_silent, load_audio, write_wav
 
 
 def ffmpeg(*args: str) -> None:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from test_weights import UNET_KEY, offline_empty_hub, tiny_dir, tiny_dir_template  # noqa: F401 (fixtures)
 
 from latentsync_cli.cli import main
+from test_weights import UNET_KEY, offline_empty_hub, tiny_dir, tiny_dir_template  # noqa: F401 (fixtures)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

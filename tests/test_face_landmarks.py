@@ -8,11 +8,7 @@ import pytest
 from skimage import data
 
 from latentsync_cli.errors import UsageError
-from latentsync_cli.face.landmarks import (
-    LandmarkDetector,
-    MediapipeLandmarks,
-    alignment_points,
-)
+from latentsync_cli.face.landmarks import LandmarkDetector, MediapipeLandmarks, alignment_points
 
 ASTRONAUT_NOSE = np.array([224.0, 125.0])  # where the detector puts the nose centre in the 512 x 512 photo
 

@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
-from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
 
 from latentsync_cli.face.align import FaceAligner
-from latentsync_cli.face.restore import (
-    faces_to_crops,
-    paste_crop,
-    restore_face,
-    restore_faces,
-)
+from latentsync_cli.face.restore import faces_to_crops, paste_crop, restore_face, restore_faces
+from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
+
+
 
 
 def to_model_range(face_uint8_hwc: np.ndarray) -> np.ndarray:

@@ -14,11 +14,7 @@ import pytest
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.media import video
 from latentsync_cli.media.encode import VideoEncoder
-from latentsync_cli.media.synthetic import (
-    make_face_clip,
-    make_still_image,
-    make_vfr_clip,
-)
+from latentsync_cli.media.synthetic import make_face_clip, make_still_image, make_vfr_clip
 
 LEVEL_STEP = 4  # frame i of an index clip is flat grey at i * LEVEL_STEP
 

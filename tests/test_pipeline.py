@@ -20,11 +20,7 @@ import torch
 from latentsync_cli.errors import DeviceMemoryError, ExitCode, InputError
 from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
 from latentsync_cli.models.weights import load_models
-from latentsync_cli.pipeline.lipsync import (
-    LipsyncPipeline,
-    SyncJob,
-    batches_of_equal_length,
-)
+from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob, batches_of_equal_length
 from latentsync_cli.pipeline.overlap import run_overlapped
 from latentsync_cli.pipeline.windows import WindowInput, window_ranges, window_seed
 from latentsync_cli.settings import RunSettings

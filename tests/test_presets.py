@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 
 from latentsync_cli import presets as presets_module
 from latentsync_cli.errors import ConfigError, ExitCode
-from latentsync_cli.presets import (
-    build_table,
-    deep_merge,
-    load_presets,
-    locate_preset_files,
-)
+from latentsync_cli.presets import build_table, deep_merge, load_presets, locate_preset_files
 from latentsync_cli.settings import MAX_WINDOW, SCHEDULERS
 
 

@@ -26,11 +26,7 @@ from latentsync_cli.models.weights import (
     read_state_shapes,
     verify_weights,
 )
-from latentsync_cli.models.whisper import (
-    AudioEncoder,
-    WhisperDims,
-    load_whisper_encoder,
-)
+from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
 
 UNET_KEY = "conv_in.weight"
 VAE_ATTENTION = "encoder.mid_block.attentions.0"

@@ -20,12 +20,7 @@ from latentsync_cli.models.audio_features import (
     feature_chunks,
     log_mel_spectrogram,
 )
-from latentsync_cli.models.whisper import (
-    AudioEncoder,
-    WhisperDims,
-    load_whisper_encoder,
-    random_audio_encoder,
-)
+from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
 
 # Small but structurally complete: 2 heads, 2 blocks, the full 1500-position context.
 SMALL = WhisperDims(

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-import tomllib
 
 from latentsync_cli.errors import ConfigError
 from latentsync_cli.settings import MAX_WINDOW, PRECISIONS, SCHEDULERS

@@ -44,12 +44,7 @@ import torch
 from latentsync_cli.bench import cache, metrics
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
-from latentsync_cli.errors import (
-    DeviceMemoryError,
-    InputError,
-    UsageError,
-    WeightsError,
-)
+from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
 from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
@@ -367,10 +362,7 @@ def run_case(
     watcher: MemoryWatcher | None = None,
 ) -> dict:
     """One pipeline run of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
-    from latentsync_cli.pipeline import (  # heavy imports, needed only here
-        LipsyncPipeline,
-        SyncJob,
-    )
+    from latentsync_cli.pipeline import LipsyncPipeline, SyncJob  # heavy imports, needed only here
 
     result = {
         "name": case.name,

@@ -44,11 +44,7 @@ def download(
     ),
 ) -> None:
     """Fetch the LatentSync 1.6 UNet, Whisper tiny and the sd-vae-ft-mse VAE (about 5.2 GB)."""
-    from latentsync_cli.models.weights import (
-        download_weights,
-        find_weight_files,
-        hub_cache_dir,
-    )
+    from latentsync_cli.models.weights import download_weights, find_weight_files, hub_cache_dir
 
     output = get_output(ctx)
     where = checkpoint_dir if checkpoint_dir is not None else hub_cache_dir()
@@ -96,11 +92,7 @@ def path(
     as_json: bool = typer.Option(False, "--json", help="Print the locations as JSON on stdout."),
 ) -> None:
     """Show where each weight file is, or would be after `latentsync models download`."""
-    from latentsync_cli.models.weights import (
-        find_weight_files,
-        hub_cache_dir,
-        hub_offline,
-    )
+    from latentsync_cli.models.weights import find_weight_files, hub_cache_dir, hub_offline
 
     output = get_output(ctx)
     files = find_weight_files(checkpoint_dir)

@@ -19,12 +19,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
 from latentsync_cli.errors import WeightsError
-from latentsync_cli.models.unet_blocks import (
-    DownBlock3D,
-    FrameGroupNorm,
-    UNetMidBlock3DCrossAttn,
-    UpBlock3D,
-)
+from latentsync_cli.models.unet_blocks import DownBlock3D, FrameGroupNorm, UNetMidBlock3DCrossAttn, UpBlock3D
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")

@@ -23,37 +23,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from huggingface_hub import (
-    get_hf_file_metadata,
-    hf_hub_download,
-    hf_hub_url,
-    snapshot_download,
-    try_to_load_from_cache,
-)
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download, try_to_load_from_cache
 from safetensors import safe_open
 
 from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.checkpoint import (
-    build_random_unet,
-    compare_state_shapes,
-    expected_state_shapes,
-    load_unet,
-)
+from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
 from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
-from latentsync_cli.models.vae import (
-    VAE_FILES,
-    VAE_HUB_ID,
-    load_vae,
-    random_vae,
-    sd_vae_ft_mse_config,
-    tiny_vae_config,
-)
-from latentsync_cli.models.whisper import (
-    AudioEncoder,
-    WhisperDims,
-    load_whisper_encoder,
-    random_audio_encoder,
-)
+from latentsync_cli.models.vae import VAE_FILES, VAE_HUB_ID, load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
+from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
 
 LATENTSYNC_REPO = "ByteDance/LatentSync-1.6"
 UNET_FILENAME = "latentsync_unet.pt"

@@ -24,6 +24,8 @@ from latentsync_cli.jobs.scratch import (
     job_scratch_dir,
     remove_stale_scratch,
 )
+from latentsync_cli.face.track import FaceTrack
+from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
 OPTIONS = frozenset({"mode", "quality", "steps"})
@@ -140,10 +142,47 @@ def test_store_clears_windows_of_another_job(tmp_path):
         assert not other.has(0) and other.finished_count() == 0
 
 
-def test_store_refuses_a_work_dir_in_use(tmp_path):
-    with WorkDirStore(tmp_path / "work", fingerprint="a"), pytest.raises(OutputError, match="another running job"):
-        WorkDirStore(tmp_path / "work", fingerprint="a")
-    WorkDirStore(tmp_path / "work", fingerprint="a").close()  # free again once the first one is closed
+def test_store_refuses_another_job_while_the_work_dir_is_in_use(tmp_path):
+    with WorkDirStore(tmp_path / "work", fingerprint="a") as first:
+        first.save(0, faces=np.zeros((1, 2, 2, 3), np.uint8))
+        with pytest.raises(OutputError, match="a running job with other inputs or settings"):
+            WorkDirStore(tmp_path / "work", fingerprint="b")
+        assert first.has(0)  # nothing of the running job was cleared
+    WorkDirStore(tmp_path / "work", fingerprint="b").close()  # free again once the first one is closed
+
+
+def test_shards_of_one_job_share_the_work_dir_but_one_shard_runs_once(tmp_path):
+    work = tmp_path / "work"
+    with WorkDirStore(work, "a", Shard(1, 2)) as first, WorkDirStore(work, "a", Shard(2, 2)) as second:
+        first.save(0, faces=np.zeros((1, 2, 2, 3), np.uint8))
+        assert second.has(0) and second.missing(range(3)) == [1, 2]
+        with pytest.raises(OutputError, match="shard 1/2 of this job is already running"):
+            WorkDirStore(work, "a", Shard(1, 2))
+
+
+def test_the_face_track_is_computed_once_and_read_by_every_shard(tmp_path):
+    computed = []
+
+    def compute() -> FaceTrack:
+        computed.append(1)
+        return FaceTrack(np.array([True, False]), np.arange(12, dtype=np.float64).reshape(2, 2, 3))
+
+    with WorkDirStore(tmp_path / "work", "a") as store:
+        first, again = store.face_track(compute), store.face_track(compute)
+    assert computed == [1]
+    np.testing.assert_array_equal(again.affines, first.affines)
+    assert again.affine(1) is None and again.affine(0)[1, 2] == 5.0
+
+
+def test_shard_ranges_cover_every_window_once():
+    for windows in (0, 1, 5, 16, 17):
+        for count in (1, 2, 3, 7):
+            ranges = [Shard(number, count).windows(windows) for number in range(1, count + 1)]
+            assert [index for part in ranges for index in part] == list(range(windows))
+    assert Shard.parse(" 2/3 ") == Shard(2, 3)
+    for text in ("0/3", "4/3", "two/3", "1-3"):
+        with pytest.raises(UsageError, match="--shard"):
+            Shard.parse(text)
 
 
 def test_stale_scratch_of_dead_jobs_is_removed_live_ones_kept(tmp_path):

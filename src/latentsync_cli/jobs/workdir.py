@@ -6,12 +6,14 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from latentsync_cli.errors import OutputError
+from latentsync_cli.face.track import FaceTrack
+from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.scratch import pid_alive, read_json, write_error
 
 
@@ -33,44 +35,93 @@ def job_fingerprint(inputs: list[Path], settings: Mapping, extra: Mapping) -> st
 
 
 class WorkDirStore:
-    """Finished windows on disk, so that a killed job resumes from the first unfinished one.
+    """Finished windows on disk, so that a killed job resumes and shards of one job share their work.
 
-    Layout: `<work_dir>/job.json` (the job's fingerprint) and one
-    `window-00000.npz` per finished window. Each file is written under a
-    temporary name and renamed, so a kill mid-write leaves no half window. A
-    work dir holding another job's windows (different fingerprint) is cleared.
-    One job at a time uses a work dir: it holds an exclusive lock on
-    `<work_dir>/lock` until `close()` (or until the process dies).
+    Layout: `<work_dir>/job.json` (the job's fingerprint), `track.npz` (the face
+    track, written once), one `window-00000.npz` per finished window, and lock
+    files. Each file is written under a temporary name and renamed, so a kill
+    mid-write leaves no half file. Every process using the work dir holds a
+    shared lock on `lock` until `close()` (or until it dies); a work dir holding
+    another job's windows (different fingerprint) is cleared only by a process
+    that can take that lock alone, and refused otherwise. A shard also holds
+    `shard-K-of-N.lock`, so the same shard never runs twice at once.
     """
 
-    def __init__(self, work_dir: Path, fingerprint: str):
+    def __init__(self, work_dir: Path, fingerprint: str, shard: Shard | None = None):
         self.work_dir = Path(work_dir)
+        self.resumed_windows = 0
+        self._locks = [self._open_lock("lock")]
+        try:
+            self._enter(fingerprint)
+            if shard is not None:
+                self._take_shard(shard)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_lock(self, name: str):
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.work_dir / "lock", "a")
+            return open(self.work_dir / name, "a")  # noqa: SIM115 - held until close()
         except OSError as error:
             raise OutputError(f"{self.work_dir}: cannot use it as --work-dir ({error.strerror})") from None
+
+    def _enter(self, fingerprint: str) -> None:
+        """Join the job whose windows are here, or clear another job's windows when no one else uses them."""
+        lock, manifest = self._locks[0], self.work_dir / "job.json"
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise OutputError(
-                f"{self.work_dir}: another running job uses this --work-dir; give each job its own"
-            ) from None
-        self.resumed_windows = 0
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # in use: join it if it is the same job
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if read_json(manifest).get("fingerprint") != fingerprint:
+                raise OutputError(
+                    f"{self.work_dir}: a running job with other inputs or settings uses this --work-dir; "
+                    "give each job its own"
+                ) from None
+            return
         remove_dead_temporaries(self.work_dir)
-        manifest = self.work_dir / "job.json"
-        previous = read_json(manifest)
-        if previous.get("fingerprint") != fingerprint:
-            for stale in self.work_dir.glob("window-*.npz"):
-                stale.unlink()
+        if read_json(manifest).get("fingerprint") != fingerprint:
+            for stale in [*self.work_dir.glob("window-*.npz"), self.track_path]:
+                stale.unlink(missing_ok=True)
             _write_atomic(manifest, json.dumps({"fingerprint": fingerprint}).encode())
+        fcntl.flock(lock, fcntl.LOCK_SH)  # let the job's other shards in
+
+    def _take_shard(self, shard: Shard) -> None:
+        lock = self._open_lock(f"shard-{shard.number}-of-{shard.count}.lock")
+        self._locks.append(lock)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"{self.work_dir}: shard {shard} of this job is already running") from None
+
+    # --- the face track ------------------------------------------------------------------------
+
+    @property
+    def track_path(self) -> Path:
+        return self.work_dir / "track.npz"
+
+    def face_track(self, compute: Callable[[], FaceTrack]) -> FaceTrack:
+        """The stored face track; the first process to ask computes it while the others wait for it."""
+        if not self.track_path.exists():
+            with open(self.work_dir / "track.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not self.track_path.exists():
+                    try:
+                        compute().save(self.track_path)
+                    except OSError as error:
+                        raise write_error(self.work_dir, error) from None
+        return FaceTrack.load(self.track_path)
+
+    # --- windows -------------------------------------------------------------------------------
 
     def _path(self, index: int) -> Path:
         return self.work_dir / f"window-{index:05d}.npz"
 
     def has(self, index: int) -> bool:
         return self._path(index).exists()
+
+    def missing(self, indices: range) -> list[int]:
+        return [index for index in indices if not self.has(index)]
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         with np.load(self._path(index)) as data:
@@ -94,8 +145,10 @@ class WorkDirStore:
         return len(list(self.work_dir.glob("window-*.npz")))
 
     def close(self) -> None:
-        """Release the work dir for the next job (the finished windows stay)."""
-        self._lock.close()
+        """Release the work dir for other jobs (the finished windows stay)."""
+        for lock in self._locks:
+            lock.close()
+        self._locks = []
 
     def __enter__(self) -> WorkDirStore:
         return self

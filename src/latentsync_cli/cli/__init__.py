@@ -93,6 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+JOB_COMMANDS = ("sync", "profile")  # their --json is one job's result object
+
+
+def _prints_json_result(words: list[str]) -> bool:
+    command = next((word for word in words if not word.startswith("-")), None)
+    return command in JOB_COMMANDS and "--json" in words
+
+
 def _run(argv: list[str] | None) -> int:
     words = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in words
@@ -102,8 +110,8 @@ def _run(argv: list[str] | None) -> int:
         if debug:
             raise
         Output.print_error(error.message)
-        if "--json" in words and not isinstance(error, BatchFailedError):  # (a batch's rows are its JSON lines)
-            # A program reading stdout gets the error too, as one JSON line.
+        if _prints_json_result(words) and not isinstance(error, BatchFailedError):  # a batch's rows are its JSON
+            # A program reading stdout for the job's result gets the error instead, as one JSON line.
             print(json.dumps({"error": error.message, "exit_code": int(error.exit_code)}), flush=True)
         return int(error.exit_code)
     except (*_ABORT_ERRORS, KeyboardInterrupt):

@@ -372,7 +372,7 @@ def _new_table(*headers: str, title: str) -> Table:
 
 def _say(out: Output, text: str) -> None:
     """A plain line on stderr: no markup, no wrapping (paths stay copyable)."""
-    out.table(text, markup=False, highlight=False, soft_wrap=True)
+    out.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _entry_table(title: str, values: dict[str, Any]) -> Table:

@@ -75,7 +75,7 @@ def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> No
     out.table(_optimization_table(result.optimizations))
     if "trace" in report:
         out.info(f"trace: {escape(report['trace'])} (open it in chrome://tracing or ui.perfetto.dev)")
-    out.table(result.verdict, markup=False, highlight=False, soft_wrap=True)
+    out.console.print(result.verdict, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(out: Output, finished: FinishedJob) -> None:

@@ -1,0 +1,234 @@
+"""Jobs on a Ray cluster: one long-lived worker per GPU that loads the models once and takes shards from a queue.
+
+    records = run_on_ray(manifest, base_job, ClusterOptions(address="auto"))
+
+The driver (this process) checks every row as `sync --batch` does, splits each
+job into shards (`Shard`, one work dir per job) and hands them to idle workers;
+when the last shard of a job is done, one worker finalizes it (restore, encode,
+mux). A worker that dies (a kill -9, a lost machine) costs only the shard it
+was computing: a new worker takes it again and resumes from the windows
+already in the work dir. A driver that is killed and restarted skips finished
+outputs and resumes the others from their work dirs, which are named after
+their outputs. Outputs are the ones a single run gives, byte for byte.
+
+Ray is an optional extra (`pip install 'latentsync[ray]'`): it is imported here
+only, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from latentsync_cli.errors import LatentsyncError, UsageError
+from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
+from latentsync_cli.jobs.outputs import default_output_path
+from latentsync_cli.jobs.run import Job, ModelCache, prepare, run
+from latentsync_cli.jobs.shards import Shard
+from latentsync_cli.media.audio import SAMPLE_RATE
+
+RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
+SECONDS_PER_SHARD = 8.0  # a long video is split so that each worker gets at least this much of it
+WORK_DIR_PREFIX = ".latentsync-work-"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--ray needs Ray, an optional extra: {RAY_EXTRA_HINT}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    address: str = "auto"  # "auto": the running cluster (`ray start --head`); "local": a private one here
+    workers: int | None = None  # None: one per GPU of the cluster, or one on a CPU-only cluster
+    shards: int | None = None  # shards per job; None: as many as idle workers can take, by length
+    work_root: Path | None = None  # where the jobs' work dirs go; None: beside each output
+
+
+class ShardWorker:
+    """Runs shards and finalizes on one device, keeping the models of the last job (made a Ray actor)."""
+
+    def __init__(self):
+        self.cache = ModelCache()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: Job) -> dict:
+        """One shard (`job.shard`) or the finalize step (`job.finalize`) of a job; a summary to the driver."""
+        finished = run(job, self.cache)
+        return {"frames": finished.result.frames, "resumed_windows": finished.result.resumed_windows}
+
+
+@dataclass
+class PlannedJob:
+    record: BatchRecord
+    job: Job  # with its work dir
+    shards_left: set[int]
+    started: float
+    owns_work_dir: bool  # made by the driver: removed when the job is done
+
+
+@dataclass(frozen=True)
+class Task:
+    row: int
+    job: Job  # with shard or finalize set
+
+
+def run_manifest_on_ray(
+    manifest: Path, base: Job, options: ClusterOptions, on_record: Callable[[BatchRecord], None] | None = None
+) -> list[BatchRecord]:
+    """Every row of `manifest` on the cluster (checked first, as `sync --batch` does); records in row order."""
+    ray = import_ray()  # before anything else: without the extra, say so at once
+    rows = read_manifest(manifest)
+    folder = Path(manifest).parent.absolute()
+    check_rows(manifest, rows, base, folder)
+    return run_on_ray([(row.number, row_job(base, row, folder)) for row in rows], options, on_record, ray)
+
+
+def run_on_ray(
+    jobs: list[tuple[int, Job]],
+    options: ClusterOptions,
+    on_record: Callable[[BatchRecord], None] | None = None,
+    ray=None,
+) -> list[BatchRecord]:
+    """Each (number, job) on the cluster, split into shards; one BatchRecord per job, in the order given."""
+    ray = ray or import_ray()
+    _connect(ray, options.address)
+    pool = WorkerPool(ray, options.workers)
+    planned, tasks = {}, deque()
+    for number, job in jobs:
+        plan = planned[number] = plan_job(number, job, options, pool.size)
+        if plan.record.status == "ok":
+            tasks.extend(Task(number, replace(plan.job, shard=Shard(k, n))) for k, n in _shards(plan))
+        elif on_record is not None:
+            on_record(plan.record)
+    pool.run(tasks, lambda task, outcome: _on_task_done(task, outcome, planned, tasks, on_record))
+    return [planned[number].record for number, _job in jobs]
+
+
+def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> PlannedJob:
+    """Check the job on the driver (so that a bad row fails before any worker is busy) and choose its shards."""
+    record = BatchRecord(row, "ok", str(job.video), None)
+    output = job.output if job.output is not None else default_output_path(job.video)
+    record.output = str(output)
+    work_dir = job.work_dir or _work_dir_for(output, options.work_root)
+    planned = PlannedJob(record, replace(job, output=output, work_dir=work_dir), set(), time.monotonic(), False)
+    if output.is_file() and not job.overwrite:
+        record.status = "skipped"
+        return planned
+    try:
+        prepared = prepare(planned.job)
+    except LatentsyncError as error:
+        record.status, record.error, record.exit_code = "failed", error.message, int(error.exit_code)
+        return planned
+    count = options.shards or shard_count_for(prepared.speech.size / SAMPLE_RATE, workers)
+    planned.shards_left = set(range(1, count + 1))
+    planned.owns_work_dir = job.work_dir is None and not work_dir.exists()
+    return planned
+
+
+def _shards(plan: PlannedJob) -> list[tuple[int, int]]:
+    count = len(plan.shards_left)
+    return [(number, count) for number in sorted(plan.shards_left)]
+
+
+def _work_dir_for(output: Path, work_root: Path | None) -> Path:
+    """A work dir named after the output, so that a restarted driver finds it again."""
+    digest = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:12]
+    root = work_root if work_root is not None else output.parent
+    return root / f"{WORK_DIR_PREFIX}{output.stem}-{digest}"
+
+
+def _on_task_done(task: Task, outcome, planned: dict, tasks: deque, on_record) -> None:
+    """A shard or finalize came back (a summary dict, or the LatentsyncError it raised)."""
+    plan = planned[task.row]
+    if plan.record.status != "ok":
+        return  # the job already failed: its other shards' results do not matter
+    if isinstance(outcome, LatentsyncError):
+        plan.record.status, plan.record.error = "failed", outcome.message
+        plan.record.exit_code = int(outcome.exit_code)
+    elif task.job.finalize:
+        plan.record.frames = outcome["frames"]
+        plan.record.resumed_windows = outcome["resumed_windows"]
+        if plan.owns_work_dir:
+            shutil.rmtree(plan.job.work_dir, ignore_errors=True)
+    else:
+        plan.shards_left.discard(task.job.shard.number)
+        if not plan.shards_left:
+            tasks.append(Task(task.row, replace(plan.job, finalize=True)))
+        return
+    plan.record.seconds = round(time.monotonic() - plan.started, 3)
+    if on_record is not None:
+        on_record(plan.record)
+
+
+def _connect(ray, address: str) -> None:
+    if ray.is_initialized():
+        return
+    try:
+        if address == "local":
+            ray.init(log_to_driver=False, include_dashboard=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise UsageError(
+            f"--ray {address}: cannot reach a Ray cluster ({detail}); start one with `ray start --head`"
+        ) from None
+
+
+class WorkerPool:
+    """Ray actors, one per GPU (or `count` on a CPU cluster), fed from a queue; a dead one is replaced."""
+
+    def __init__(self, ray, count: int | None):
+        self.ray = ray
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.size = count or max(gpus, 1)
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        self.actor_class = ray.remote(max_restarts=0, **resources)(ShardWorker)
+        self.idle = [self.actor_class.remote() for _ in range(self.size)]
+
+    def run(self, tasks: deque, on_done: Callable[[Task, object], None]) -> None:
+        """Until the queue and every worker are empty; `on_done` may queue more tasks."""
+        busy: dict = {}  # object ref -> (task, actor)
+        while tasks or busy:
+            while tasks and self.idle:
+                task, actor = tasks.popleft(), self.idle.pop()
+                busy[actor.run.remote(task.job)] = (task, actor)
+            ready, _ = self.ray.wait(list(busy), num_returns=1)
+            task, actor = busy.pop(ready[0])
+            try:
+                outcome = self.ray.get(ready[0])
+            except self.ray.exceptions.RayActorError:  # the worker died: a new one takes the shard again
+                tasks.appendleft(task)
+                self.idle.append(self.actor_class.remote())
+                continue
+            except self.ray.exceptions.RayTaskError as error:
+                outcome = _job_error(error)
+            self.idle.append(actor)
+            on_done(task, outcome)
+
+
+def _job_error(error) -> LatentsyncError:
+    """The LatentsyncError a worker raised (Ray wraps it), or an internal error naming the exception."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, LatentsyncError):
+        return cause
+    failure = LatentsyncError(f"internal error on a worker: {type(cause).__name__}: {cause}")
+    return failure
+
+
+def shard_count_for(seconds: float, workers: int) -> int:
+    """How many shards a job of `seconds` of speech gets when `workers` workers can take them."""
+    return max(1, min(workers, math.ceil(seconds / SECONDS_PER_SHARD)))

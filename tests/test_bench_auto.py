@@ -4,7 +4,7 @@ import pytest
 
 from latentsync_cli.bench import cache
 from latentsync_cli.bench.auto import pick_from_benchmark
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.device_record import DeviceRecord
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
 

@@ -6,7 +6,7 @@ import torch
 
 from latentsync_cli import __version__
 from latentsync_cli.bench import cache
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.device_record import DeviceRecord
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from latentsync_cli.bench import runner
 from latentsync_cli.bench.matrix import plan_cases
 from latentsync_cli.errors import InputError, UsageError
-from latentsync_cli.hardware import DeviceRecord, capabilities_of
+from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.presets import load_presets
 from latentsync_cli.timing import StageTimer
 

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from latentsync_cli.bench import cache
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.device_record import DeviceRecord
 from latentsync_cli.presets import PresetTable
 
 # The RunSettings fields a speed mode sets; a pick always carries these.

@@ -22,7 +22,7 @@ import torch
 
 from latentsync_cli import __version__
 from latentsync_cli.errors import OutputError
-from latentsync_cli.hardware import BYTES_PER_GB, DeviceRecord
+from latentsync_cli.device_record import BYTES_PER_GB, DeviceRecord
 
 CACHE_DIR_ENV = "LATENTSYNC_CACHE_DIR"
 CACHE_FILE_NAME = "benchmarks.json"

@@ -45,7 +45,7 @@ from latentsync_cli.bench import cache, metrics
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
-from latentsync_cli.hardware import DeviceRecord, capabilities_of
+from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.models.weights import ModelBundle, load_models, locate_weights

@@ -34,7 +34,8 @@ from latentsync_cli.cli.settings_options import (
     resolve_for_cli,
 )
 from latentsync_cli.errors import OutputError, UsageError
-from latentsync_cli.hardware import auto_precision, classify, probe_devices
+from latentsync_cli.device_record import auto_precision, classify
+from latentsync_cli.hardware import probe_devices
 from latentsync_cli.presets import (
     SECTIONS,
     AutoPolicy,

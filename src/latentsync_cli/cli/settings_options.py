@@ -36,12 +36,13 @@ from typing import Annotated, Any
 
 import typer
 
-from latentsync_cli.hardware import DeviceRecord, HardwareReport, probe_devices
+from latentsync_cli.constants import SCHEDULERS
+from latentsync_cli.device_record import DeviceRecord
+from latentsync_cli.hardware import HardwareReport, probe_devices
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import (
     DEFAULT_MODE,
     DEFAULT_QUALITY,
-    SCHEDULERS,
     ResolvedSettings,
     SettingsRequest,
     choose_device,

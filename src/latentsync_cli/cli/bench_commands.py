@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         paths = report.write_report(entry, folder, gpu_price, video_s)
 
         if json_output:
-            printed = {**entry, "cache_file": str(cache_path), "report": paths}
+            printed = {**entry.to_dict(), "cache_file": str(cache_path), "report": paths}
             if gpu_price is not None:
                 printed["costs"] = report.cost_table(entry, gpu_price, video_s)
             Output.print_json(json_safe(printed))
@@ -157,7 +157,8 @@ def _show(out: Output, record, key, json_output: bool, gpu_price, duration) -> N
 
     entries = cache.device_entries(key)
     if json_output:
-        Output.print_json(json_safe({"device": record.name, "cache_file": str(cache.cache_file()), "entries": entries}))
+        stored = [entry.to_dict() for entry in entries]
+        Output.print_json(json_safe({"device": record.name, "cache_file": str(cache.cache_file()), "entries": stored}))
         return
     if not entries:
         out.info(f"no benchmark for {record.name}; run `latentsync benchmark`")

@@ -6,8 +6,8 @@ resolved value against the same ones, so a file, a flag, a batch row and a
 benchmark pick are held to one range. Types are checked by the callers; a
 `Limit` only says which values of the right type are allowed.
 
-A leaf module apart from the constants and the UNet's dimensions, so both
-presets.py and settings.py import it and neither imports the other for it.
+It imports only the constants and the UNet's dimensions, so presets.py and
+settings.py both import it without importing each other.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _number(value: float) -> str:
 # (DPM-Solver++ 2M, UniPC), so 998 steps is the most that every scheduler can place.
 MAX_STEPS = TRAIN_TIMESTEPS - 2
 STEPS = Limit(minimum=1, maximum=MAX_STEPS, why=f"the schedulers have {TRAIN_TIMESTEPS} training timesteps")
-ANY_NUMBER = Limit()  # finite, nothing more
+NO_LIMIT = Limit()  # any value of the right type (a number: any finite one)
 
 # Keyed by RunSettings field, or by preset-table key where the table has keys RunSettings lacks.
 LIMITS: dict[str, Limit] = {

@@ -31,13 +31,12 @@ import platformdirs
 
 from latentsync_cli.device_record import BACKENDS
 from latentsync_cli.errors import ConfigError
-from latentsync_cli.limits import ANY_NUMBER, LIMITS, Limit
+from latentsync_cli.limits import LIMITS, NO_LIMIT, Limit
 
 APP_NAME = "latentsync"
 PRESETS_FILENAME = "presets.toml"
 ENV_PRESETS = "LATENTSYNC_PRESETS"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-NO_LIMIT = Limit()
 
 
 def _key(help: str, *, default: Any = MISSING, limit: Limit = NO_LIMIT):
@@ -360,16 +359,16 @@ def _check_value(spec, expected: type, value: Any, where: str, origin: str) -> N
         if not isinstance(value, Mapping):
             raise ConfigError(f"{origin}: {where} must be a table of name = number, got {_show(value)}")
         for metric, floor in value.items():
-            if not _is_number(floor) or ANY_NUMBER.problem(floor):
+            if not _is_number(floor) or NO_LIMIT.problem(floor):
                 raise ConfigError(f"{origin}: {where}.{metric} must be a finite number, got {_show(floor)}")
         return
     if not _has_type(value, expected):
         raise ConfigError(f"{origin}: {where} must be {_TYPE_WORDS[expected]}, got {_show(value)}")
     limit = spec.metadata["limit"]
-    if limit.choices and value not in limit.choices:
-        raise ConfigError(f"{origin}: {where} = {_show(value)} is not allowed; allowed: {limit.describe()}")
-    if limit.problem(value):
-        raise ConfigError(f"{origin}: {where} = {_show(value)} is out of range; {limit.problem(value)}")
+    problem = limit.problem(value)
+    if problem:
+        verdict = "is not allowed" if limit.choices else "is out of range"
+        raise ConfigError(f"{origin}: {where} = {_show(value)} {verdict}; {problem}")
 
 
 def describe_range(spec) -> str:

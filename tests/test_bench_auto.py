@@ -4,7 +4,8 @@ import pytest
 
 from latentsync_cli.bench import cache
 from latentsync_cli.bench.auto import pick_from_benchmark
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.bench.results import BenchmarkEntry
+from latentsync_cli.device_record import DeviceRecord
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
 
@@ -68,7 +69,7 @@ def _write_entry(table, device, weights="latentsync-1.6", random=False, date="20
         "reference": "normal",
         "configs": configs,
     }
-    cache.save_entry(entry)
+    cache.save_entry(BenchmarkEntry.from_dict(entry))
     return entry
 
 
@@ -134,7 +135,7 @@ def test_real_weights_entry_preferred_and_cpu_label_carried(table):
 def test_stale_entry_is_used_with_a_warning(table):
     entry = _write_entry(table, H100)
     entry["key"]["torch"] = "1.0.0"
-    cache._write_entries([entry], cache.cache_file())
+    cache._write_records([entry], cache.cache_file())
     pick = pick_from_benchmark(H100, "long", table)
     assert pick["mode"] == "fast"
     assert "torch 1.0.0" in pick["description"] and "again" in pick["description"]
@@ -156,6 +157,6 @@ def test_a_cpu_run_with_fewer_steps_picks_the_modes_own_steps(table):
     for config in entry["configs"]:
         config["mode_steps"] = config["settings"]["steps"]
         config["settings"]["steps"] = 2  # what the CPU run measured with
-    cache.save_entry(entry)
+    cache.save_entry(BenchmarkEntry.from_dict(entry))
     pick = pick_from_benchmark(cpu, "long", table)
     assert pick["steps"] == table.modes[pick["mode"]].steps

@@ -6,7 +6,8 @@ import torch
 
 from latentsync_cli import __version__
 from latentsync_cli.bench import cache
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.bench.results import BenchmarkEntry, CacheKey, CaseResult, StressSummary, WeightsInfo
+from latentsync_cli.device_record import DeviceRecord
 
 
 @pytest.fixture
@@ -15,11 +16,24 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _entry(key: cache.CacheKey, date: str = "2026-11-22T04:00:00+00:00", marker: str = "") -> dict:
-    return {"key": key.to_dict(), "date": date, "marker": marker}
+def _entry(key: CacheKey, date: str = "2026-11-22T04:00:00+00:00", marker: str = "", level: str = "quick"):
+    """An entry with no configurations; `marker` goes in its label, to tell entries apart."""
+    return BenchmarkEntry(
+        key=key,
+        date=date,
+        level=level,
+        device=None,
+        tier="",
+        weights=WeightsInfo(id=key.weights, description="", is_random=True),
+        label=marker,
+        fidelity_note=None,
+        reference="normal",
+        input=None,
+        configs=[],
+    )
 
 
-H100 = cache.CacheKey("NVIDIA H100 80GB HBM3", 79.6, "550.54", "2.13.0", "0.1.0", "latentsync-1.6")
+H100 = CacheKey("NVIDIA H100 80GB HBM3", 79.6, "550.54", "2.13.0", "0.1.0", "latentsync-1.6")
 
 
 def test_env_override_sets_the_cache_file(cache_dir):
@@ -51,7 +65,7 @@ def test_same_key_replaces_and_other_devices_are_kept(cache_dir):
     cache.save_entry(_entry(H100, marker="first"))
     cache.save_entry(_entry(other_gpu, marker="l4"))
     cache.save_entry(_entry(H100, marker="second"))
-    markers = sorted(entry["marker"] for entry in cache.load_entries())
+    markers = sorted(entry.label for entry in cache.load_entries())
     assert markers == ["l4", "second"]
 
 
@@ -59,16 +73,16 @@ def test_other_weights_on_the_same_software_are_kept_but_stale_entries_go(cache_
     random_weights = replace(H100, weights="random")
     cache.save_entry(_entry(H100, marker="checkpoint"))
     cache.save_entry(_entry(random_weights, marker="random"))
-    assert sorted(e["marker"] for e in cache.load_entries()) == ["checkpoint", "random"]
+    assert sorted(e.label for e in cache.load_entries()) == ["checkpoint", "random"]
 
     newer_torch = replace(random_weights, torch="2.14.0")
     assert cache.is_stale(cache.load_entries()[0], newer_torch)
     cache.save_entry(_entry(newer_torch, marker="new torch"))
-    assert [e["marker"] for e in cache.load_entries()] == ["new torch"]
+    assert [e.label for e in cache.load_entries()] == ["new torch"]
 
     newer_latentsync = replace(newer_torch, latentsync="0.2.0")
     cache.save_entry(_entry(newer_latentsync, marker="new latentsync"))
-    assert [e["marker"] for e in cache.load_entries()] == ["new latentsync"]
+    assert [e.label for e in cache.load_entries()] == ["new latentsync"]
 
 
 def test_device_entries_newest_first_and_clear_removes_only_this_device(cache_dir):
@@ -76,12 +90,12 @@ def test_device_entries_newest_first_and_clear_removes_only_this_device(cache_di
     cache.save_entry(_entry(H100, date="2026-11-20T00:00:00+00:00", marker="old"))
     cache.save_entry(_entry(replace(H100, weights="random"), date="2026-11-22T00:00:00+00:00", marker="new"))
     cache.save_entry(_entry(other_gpu, marker="l4"))
-    assert [e["marker"] for e in cache.device_entries(H100)] == ["new", "old"]
+    assert [e.label for e in cache.device_entries(H100)] == ["new", "old"]
     # A different driver is a different device record.
     assert cache.device_entries(replace(H100, driver="560.1")) == []
 
     assert cache.clear_device(H100) == 2
-    assert [e["marker"] for e in cache.load_entries()] == ["l4"]
+    assert [e.label for e in cache.load_entries()] == ["l4"]
     assert cache.clear_device(H100) == 0
 
 
@@ -94,13 +108,23 @@ def test_unwritable_cache_is_a_one_line_output_error(tmp_path, monkeypatch):
 
 
 def test_a_stress_run_keeps_the_measured_configurations(cache_dir):
-    quick = {**_entry(H100, marker="quick"), "level": "quick", "configs": [{"name": "normal"}]}
+    quick = replace(_entry(H100, marker="quick"), configs=[CaseResult("normal", "normal", {}, {})])
     cache.store_benchmark(quick)
-    stress = {**_entry(H100, marker="stress"), "level": "stress", "configs": [{"name": "x"}], "stress": {"windows": 9}}
-    cache.store_benchmark(stress)
+    summary = StressSummary("x", 4.0, 2.0, 9, [0.1] * 9, 0.01, [(0.0, 10), (0.25, 12)], 0.0)
+    stress = replace(_entry(H100, marker="stress", level="stress"), configs=[CaseResult("x", "normal", {}, {})])
+    cache.store_benchmark(replace(stress, stress=summary))
     (entry,) = cache.load_entries()
-    assert entry["configs"] == [{"name": "normal"}] and entry["stress"] == {"windows": 9}
+    assert [config.name for config in entry.configs] == ["normal"] and entry.stress == summary
     # Without an earlier entry the stress run is stored as it is.
     cache.clear_device(H100)
     cache.store_benchmark(stress)
-    assert cache.load_entries()[0]["level"] == "stress"
+    assert cache.load_entries()[0].level == "stress"
+
+
+def test_entries_this_version_does_not_replace_are_written_back_unchanged(cache_dir):
+    """Another latentsync version sharing the file may write fields this one does not know."""
+    other = {"key": replace(H100, device="NVIDIA L4").to_dict(), "date": "2026-01-01", "future_field": [1, 2]}
+    cache.cache_file().write_text(json.dumps({"format": 1, "entries": [other]}))
+    cache.save_entry(_entry(H100))
+    stored = json.loads(cache.cache_file().read_text())["entries"]
+    assert stored[0] == other and stored[1] == _entry(H100).to_dict()

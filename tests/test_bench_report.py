@@ -3,6 +3,7 @@ import json
 import pytest
 
 from latentsync_cli.bench import report
+from latentsync_cli.bench.results import BenchmarkEntry, CaseResult
 
 
 def _config(name, mode, speed, ssim=None, full=20, cached=0):
@@ -26,34 +27,36 @@ def _config(name, mode, speed, ssim=None, full=20, cached=0):
     }
 
 
-def _entry(with_fidelity: bool, label: str = "") -> dict:
+def _entry(with_fidelity: bool, label: str = "") -> BenchmarkEntry:
     def ssim(value):
         return value if with_fidelity else None
 
-    return {
-        "key": {
-            "device": "NVIDIA H100 80GB HBM3",
-            "memory_gb": 79.6,
-            "driver": "550",
-            "torch": "2.13.0",
-            "latentsync": "0.1.0",
-            "weights": "latentsync-1.6" if with_fidelity else "random",
-        },
-        "date": "2026-11-22T04:00:00+00:00",
-        "level": "quick",
-        "weights": {"id": "x", "description": "test weights", "is_random": not with_fidelity},
-        "label": label,
-        "fidelity_note": None if with_fidelity else "random weights: outputs are noise, so similarity means nothing",
-        "reference": "normal",
-        "input": {"source": "synthetic", "duration_s": 10.0, "frames": 252, "seed": 1247},
-        "configs": [
-            _config("normal", "normal", 2.0, ssim(1.0)),
-            _config("normal+deepcache", "normal", 0.9, ssim(0.97), full=7, cached=13),
-            _config("turbo", "turbo", 0.8, ssim(0.9), full=8),
-            _config("turbo+deepcache", "turbo", 0.4, ssim(0.85), full=3, cached=5),
-        ],
-        "stress": None,
-    }
+    return BenchmarkEntry.from_dict(
+        {
+            "key": {
+                "device": "NVIDIA H100 80GB HBM3",
+                "memory_gb": 79.6,
+                "driver": "550",
+                "torch": "2.13.0",
+                "latentsync": "0.1.0",
+                "weights": "latentsync-1.6" if with_fidelity else "random",
+            },
+            "date": "2026-11-22T04:00:00+00:00",
+            "level": "quick",
+            "weights": {"id": "x", "description": "test weights", "is_random": not with_fidelity},
+            "label": label,
+            "fidelity_note": None if with_fidelity else "random weights: outputs are noise, similarity means nothing",
+            "reference": "normal",
+            "input": {"source": "synthetic", "duration_s": 10.0, "frames": 252, "seed": 1247},
+            "configs": [
+                _config("normal", "normal", 2.0, ssim(1.0)),
+                _config("normal+deepcache", "normal", 0.9, ssim(0.97), full=7, cached=13),
+                _config("turbo", "turbo", 0.8, ssim(0.9), full=8),
+                _config("turbo+deepcache", "turbo", 0.4, ssim(0.85), full=3, cached=5),
+            ],
+            "stress": None,
+        }
+    )
 
 
 def test_summary_lists_every_configuration_and_the_fastest_per_mode():
@@ -86,7 +89,7 @@ def test_write_report_makes_summary_json_and_png(tmp_path, with_fidelity):
     entry = _entry(with_fidelity)
     paths = report.write_report(entry, tmp_path / "out", gpu_price=2.5, video_s=30.0)
     assert "cost at $2.50/h" in (tmp_path / "out" / "summary.txt").read_text()
-    assert json.loads((tmp_path / "out" / "benchmark.json").read_text()) == entry
+    assert BenchmarkEntry.from_dict(json.loads((tmp_path / "out" / "benchmark.json").read_text())) == entry
     png = (tmp_path / "out" / "speed.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert set(paths) == {"summary", "json", "plot"}
@@ -94,7 +97,7 @@ def test_write_report_makes_summary_json_and_png(tmp_path, with_fidelity):
 
 def test_failed_configurations_are_listed_but_not_ranked():
     entry = _entry(True)
-    entry["configs"].append({"name": "turbo+compile", "mode": "turbo", "error": "out of memory"})
+    entry.configs.append(CaseResult("turbo+compile", "turbo", {"compile": True}, {}, error="out of memory"))
     text = report.summary_text(entry)
     assert "turbo+compile" in text and "failed: out of memory" in text
     assert "fastest: turbo+deepcache" in text

@@ -1,15 +1,18 @@
 """The runner's pieces that need no pipeline run (the end-to-end run is in test_bench_cli.py)."""
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from latentsync_cli.bench import runner
 from latentsync_cli.bench.matrix import plan_cases
+from latentsync_cli.bench.results import Measurements, UNetSteps
+from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.errors import InputError, UsageError
-from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.presets import load_presets
+from latentsync_cli.settings import RunSettings
 from latentsync_cli.timing import StageTimer
 
 CPU = DeviceRecord(backend="cpu", name="Test CPU (2 cores)", total_memory_bytes=24_000_000_000)
@@ -107,10 +110,11 @@ def test_memory_watcher_and_stress_summary():
     for _ in range(4):
         with timer.stage("denoise", "gpu"):
             time.sleep(0.001)
-    result = {"output_s": 4.0, "wall_s": 2.0, "frames": 64, "settings": {"window": 16, "windows_per_call": 1}}
-    summary = runner.stress_summary("normal", result, timer, watcher)
-    assert summary["unet_calls"] == 4 and summary["throughput_drift"] is not None
+    measured = Measurements(4.0, 64, 4, 2.0, 0.5, 2.0, {}, {}, "denoise", UNetSteps(4, 0), None, 0.1)
+    settings = RunSettings(window=16, windows_per_call=1)
+    summary = runner.stress_summary("normal", measured, settings, timer, watcher)
+    assert summary.unet_calls == 4 and summary.throughput_drift is not None
     # A ragged last window is left out of the drift (4 calls -> 3 compared: too few for quarters).
-    ragged = runner.stress_summary("normal", {**result, "frames": 60}, timer, watcher)
-    assert ragged["throughput_drift"] is None
-    assert summary["memory_growth_gb"] is not None
+    ragged = runner.stress_summary("normal", replace(measured, frames=60), settings, timer, watcher)
+    assert ragged.throughput_drift is None
+    assert summary.memory_growth_gb is not None

@@ -17,7 +17,7 @@ from latentsync_cli.models.checkpoint import (
     read_state_dict,
 )
 from latentsync_cli.models.motion import sinusoid_table
-from latentsync_cli.models.unet import UNetConfig
+from latentsync_cli.models.unet_config import UNetConfig
 
 TINY = UNetConfig.tiny()
 

@@ -63,6 +63,9 @@ def test_resolve_auto_notes_the_missing_benchmark(capsys):
         (["--guidance", "0.5"], "--guidance 0.5"),
         (["--window", "25"], "--window 25"),
         (["--steps", "x"], "--steps"),
+        (["--steps", "1001", "--scheduler", "ddim"], "--steps 1001: allowed: 1 to 998"),
+        (["--steps", "1000000000000"], "--steps 1000000000000: allowed: 1 to 998"),
+        (["--steps", "99999999999999999999"], "--steps 99999999999999999999: allowed: 1 to 998"),
     ],
 )
 def test_resolve_usage_errors_exit_2_with_one_line(capsys, args, expected):
@@ -80,6 +83,23 @@ def test_broken_override_via_flag_and_env(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTSYNC_PRESETS", str(bad))
     code, _, err = run(capsys, "presets", "list")
     assert code == 2 and "modes.fast.window" in err
+
+
+def test_out_of_range_preset_value_is_one_line_before_any_model_work(capsys, tmp_path):
+    bad = tmp_path / "branch.toml"
+    bad.write_text("[modes.turbo]\ndeepcache_branch = 99\n")
+    code, out, err = run(capsys, "presets", "resolve", "--mode", "turbo", "--presets", str(bad), "--json")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert f"{bad}: modes.turbo.deepcache_branch = 99 is out of range; allowed: 0 to 11" in err
+
+
+def test_a_folder_at_the_user_presets_path_is_one_line(capsys, tmp_path):
+    folder = tmp_path / "config" / "latentsync" / "presets.toml"
+    folder.mkdir(parents=True)
+    code, out, err = run(capsys, "presets", "resolve", "--json")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and str(folder) in err and "folder" in err
 
 
 def test_list_json_is_the_merged_table(capsys, tmp_path):

@@ -30,7 +30,8 @@ from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.media.video import decode_frames, probe_video, read_frames
-from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers.stack import apply_optimizations
 from latentsync_cli.pipeline import SyncJob

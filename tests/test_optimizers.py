@@ -17,7 +17,8 @@ from diffusers import (
 from torch._dynamo.utils import counters
 
 from latentsync_cli.errors import DeviceMemoryError
-from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, OptimizationLog
 from latentsync_cli.optimizers.compile import TorchCompile

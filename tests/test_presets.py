@@ -7,9 +7,9 @@ import tomllib
 import pytest
 
 from latentsync_cli import presets as presets_module
+from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
 from latentsync_cli.errors import ConfigError, ExitCode
 from latentsync_cli.presets import build_table, deep_merge, load_presets, locate_preset_files
-from latentsync_cli.settings import MAX_WINDOW, SCHEDULERS
 
 
 @pytest.fixture
@@ -136,7 +136,25 @@ BAD_FILES = {
     "wrong type": ('[modes.fast]\nsteps = "ten"\n', ["modes.fast.steps", "integer"]),
     "bool for int": ("[modes.fast]\nsteps = true\n", ["modes.fast.steps", "integer"]),
     "window > 24": ("[modes.fast]\nwindow = 30\n", ["modes.fast.window", "1 to 24"]),
-    "steps < 1": ("[modes.fast]\nsteps = 0\n", ["modes.fast.steps", ">= 1"]),
+    "steps < 1": ("[modes.fast]\nsteps = 0\n", ["modes.fast.steps", "1 to 998"]),
+    "steps > timesteps": ("[modes.fast]\nsteps = 999\n", ["modes.fast.steps = 999", "1 to 998"]),
+    "huge steps": ("[modes.fast]\nsteps = 99999999999999999999\n", ["modes.fast.steps", "1 to 998"]),
+    "min_steps > timesteps": ("[modes.fast]\nmin_steps = 5000\n", ["modes.fast.min_steps", "1 to 998"]),
+    "deepcache_branch": ("[modes.turbo]\ndeepcache_branch = 99\n", ["modes.turbo.deepcache_branch = 99", "0 to 11"]),
+    "huge branch": ("[modes.turbo]\ndeepcache_branch = 1000000000000\n", ["modes.turbo.deepcache_branch", "0 to 11"]),
+    "negative branch": ("[modes.turbo]\ndeepcache_branch = -1\n", ["modes.turbo.deepcache_branch", "0 to 11"]),
+    "interval 0": ("[modes.fast]\ndeepcache_interval = 0\n", ["modes.fast.deepcache_interval", "1 to 998"]),
+    "huge stride": ("[modes.fast]\nface_detect_stride = 10000000\n", ["modes.fast.face_detect_stride", "1 to 1500"]),
+    "rule interval": ("[length.long]\ndeepcache_interval = 0\n", ["length.long.deepcache_interval", "1 to 998"]),
+    "windows per call": ("[levels.balanced]\nwindows_per_call = 65\n", ["levels.balanced.windows_per_call", "1 to 64"]),
+    "memory fraction 0": ("[levels.balanced]\nmemory_fraction = 0\n", ["balanced.memory_fraction", "> 0 and <= 1"]),
+    "memory fraction > 1": ("[levels.balanced]\nmemory_fraction = 1.5\n", ["memory_fraction = 1.5", "> 0 and <= 1"]),
+    "huge guidance": ("[modes.fast]\nguidance = 1" + "0" * 400 + "\n", ["modes.fast.guidance", ">= 1"]),
+    "infinite guidance": ("[modes.fast]\nguidance = inf\n", ["modes.fast.guidance", ">= 1"]),
+    "step_scale": ("[quality.ultra]\nstep_scale = 1e9\n", ["quality.ultra.step_scale", "> 0 and <= 998"]),
+    "min memory": ("[tiers.large_gpu]\nmin_memory_gb = -1\n", ["tiers.large_gpu.min_memory_gb", ">= 0"]),
+    "max seconds": ("[length.short]\nmax_seconds = 0\n", ["length.short.max_seconds", "> 0"]),
+    "infinite floor": ("[auto.fidelity_floor]\nmouth_ssim = nan\n", ["auto.fidelity_floor.mouth_ssim", "finite"]),
     "guidance < 1": ("[modes.turbo]\nguidance = 0.5\n", ["modes.turbo.guidance", ">= 1"]),
     "scheduler": ('[modes.fast]\nscheduler = "lms"\n', ["modes.fast.scheduler", "ddim, dpmpp_2m, euler, unipc"]),
     "unknown table": ("[mode.fast]\nsteps = 3\n", ["[mode]", "modes"]),
@@ -167,6 +185,30 @@ def test_bad_override_file_fails_with_one_line(case, tmp_path, no_user_file):
 def test_missing_override_file_is_a_config_error(tmp_path, no_user_file):
     with pytest.raises(ConfigError, match="LATENTSYNC_PRESETS"):
         load_presets(environ={"LATENTSYNC_PRESETS": str(tmp_path / "nope.toml")})
+
+
+def test_a_folder_at_the_user_presets_path_is_a_config_error(no_user_file):
+    no_user_file.mkdir(parents=True)
+    with pytest.raises(ConfigError) as caught:
+        load_presets(environ={})
+    message = caught.value.message
+    assert message.startswith(str(no_user_file)) and "folder" in message and "\n" not in message
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_a_folder_named_as_the_presets_file_is_a_config_error(tmp_path, no_user_file):
+    with pytest.raises(ConfigError, match="folder.*--presets"):
+        load_presets(tmp_path, environ={})
+
+
+def test_the_range_checks_match_the_unet(builtin):
+    """deepcache_branch names a skip tensor: the limit is the real UNet's, 0 .. num_skips - 1."""
+    from latentsync_cli.limits import LIMITS
+    from latentsync_cli.models.checkpoint import build_meta_unet
+    from latentsync_cli.models.unet_config import UNetConfig
+
+    unet = build_meta_unet(UNetConfig.latentsync_1_6())
+    assert (LIMITS["deepcache_branch"].minimum, LIMITS["deepcache_branch"].maximum) == (0, unet.num_skips - 1)
 
 
 def test_builtin_table_goes_through_the_same_checks():

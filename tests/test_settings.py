@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import tomllib
 
 import pytest
 
+from latentsync_cli import presets as presets_module
+
 from latentsync_cli.errors import ExitCode, UsageError
-from latentsync_cli.hardware import DeviceRecord, capabilities_of
+from latentsync_cli.constants import SCHEDULERS
+from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.presets import load_presets
 from latentsync_cli.settings import (
-    MAX_WINDOW,
     NO_BENCHMARK_NOTE,
     SOURCE_BENCHMARK,
     SOURCE_DEFAULT,
@@ -40,6 +44,18 @@ RTX_4090 = DeviceRecord(
 DEVICES = {"cpu": CPU, "mps": MPS, "small_gpu": GTX_1070, "medium_gpu": T4, "large_gpu": RTX_4090}
 
 TABLE = load_presets(environ={})
+RAW_TABLE = tomllib.loads(presets_module._builtin_location().read_text(encoding="utf-8"))
+# Fields only the mode sets (no level, tier or medium-length rule touches them).
+MODE_ONLY_FIELDS = ("scheduler", "guidance", "window", "deepcache_interval", "deepcache_branch", "face_detect_stride")
+
+
+def expected_steps(raw_mode: dict, quality: str) -> int:
+    """The mode's steps scaled by the quality's step_scale (`auto`, length unknown: the default class's quality)."""
+    raw_quality = RAW_TABLE["quality"][quality]
+    if raw_quality.get("auto"):
+        default_class = RAW_TABLE["length"][RAW_TABLE["auto"]["default_length"]]
+        raw_quality = RAW_TABLE["quality"][default_class["quality"]]
+    return max(raw_mode["min_steps"], math.floor(raw_mode["steps"] * raw_quality["step_scale"] + 0.5))
 
 
 def resolve(record=CPU, duration_s=None, benchmark_pick=None, **flags):
@@ -54,11 +70,12 @@ def test_every_mode_quality_and_tier_resolves_to_valid_settings(mode, quality, t
     device = DEVICES[tier]
     resolved = resolve(device, mode=mode, quality=quality)
     settings = resolved.settings
-    for name, value in settings.to_dict().items():
-        assert setting_problem(name, value) is None, name
+    # The mode's own fields come through unchanged, compared with the file as tomllib reads it.
+    raw_mode = RAW_TABLE["modes"][mode]
+    for name in MODE_ONLY_FIELDS:
+        assert (getattr(settings, name), resolved.sources[name]) == (raw_mode[name], SOURCE_MODE), name
     assert (settings.mode, settings.quality, settings.tier) == (mode, quality, tier)
-    assert settings.steps >= TABLE.modes[mode].min_steps
-    assert 1 <= settings.window <= MAX_WINDOW and settings.guidance >= 1.0
+    assert settings.steps == expected_steps(raw_mode, quality)
     caps = capabilities_of(device)
     assert settings.precision in {"fp32"} | {p for p in ("fp16", "bf16") if getattr(caps, p)}
     assert not (settings.tf32 and not caps.tf32)
@@ -194,6 +211,11 @@ def test_benchmark_pick_with_a_bad_value_names_the_cache():
         (dict(window=25), "--window 25"),
         (dict(window=0), "--window 0"),
         (dict(steps=0), "--steps 0"),
+        (dict(steps=999, scheduler="ddim"), "--steps 999: allowed: 1 to 998"),
+        (dict(steps=10**12), "--steps 1000000000000: allowed: 1 to 998"),
+        (dict(steps=10**20), "--steps 100000000000000000000: allowed: 1 to 998"),
+        (dict(seed=2**32), "--seed 4294967296: allowed: 0 to 4294967295"),
+        (dict(guidance=float("inf")), "--guidance inf"),
         (dict(precision="fp8"), "--precision fp8"),
         (dict(device="cuda"), "no CUDA GPU found"),
         (dict(device="tpu"), "allowed: auto, cpu, cuda, cuda:N, mps"),
@@ -206,6 +228,36 @@ def test_bad_requests_are_usage_errors(flags, expected):
     assert expected in caught.value.message
     assert "\n" not in caught.value.message
     assert caught.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_the_most_steps_allowed_resolve_for_every_scheduler(scheduler):
+    assert resolve(steps=998, scheduler=scheduler).settings.steps == 998
+
+
+def test_the_steps_bound_is_the_most_every_scheduler_can_place():
+    """At the bound every scheduler's timesteps are trained ones (0..999); one step more and one is not."""
+    from latentsync_cli.constants import TRAIN_TIMESTEPS
+    from latentsync_cli.limits import MAX_STEPS
+    from latentsync_cli.optimizers.schedulers import make_scheduler
+
+    def highest_timestep(steps: int) -> int:
+        return max(int(make_scheduler(name, steps).timesteps.max()) for name in SCHEDULERS)
+
+    assert highest_timestep(MAX_STEPS) < TRAIN_TIMESTEPS <= highest_timestep(MAX_STEPS + 1)
+
+
+def test_benchmark_pick_with_too_many_steps_names_the_cache():
+    with pytest.raises(UsageError, match="steps = 5000 from the benchmark cache is invalid: allowed: 1 to 998"):
+        resolve(RTX_4090, benchmark_pick={"steps": 5000}, quality="auto")
+
+
+def test_setting_problem_checks_types_then_the_shared_limits():
+    assert setting_problem("steps", 2.5) == "expected an integer"
+    assert setting_problem("deepcache", 1) == "expected true or false"
+    assert "0 to 11" in setting_problem("deepcache_branch", 12)
+    assert "> 0 and <= 1" in setting_problem("memory_fraction", 0.0)
+    assert setting_problem("deepcache_branch", 11) is None and setting_problem("memory_fraction", 1.0) is None
 
 
 def test_bf16_on_a_device_without_it_says_so():

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from latentsync_cli.errors import WeightsError
 from latentsync_cli.models.checkpoint import build_meta_unet, build_random_unet, load_unet
 from latentsync_cli.models.motion import sinusoid_table
-from latentsync_cli.models.unet import FeatureCache, UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import FeatureCache, UNet3DConditionModel
 from latentsync_cli.models.unet_blocks import FrameGroupNorm
+from latentsync_cli.models.unet_config import UNetConfig
 
 TINY = UNetConfig.tiny()
 
@@ -74,6 +75,13 @@ def test_motion_modules_everywhere_but_the_mid_block():
     names = [name for name, _ in model.named_modules() if name.endswith("temporal_transformer")]
     assert len(names) == 20
     assert not any(name.startswith("mid_block") for name in names)
+
+
+@pytest.mark.parametrize("config", [UNetConfig.latentsync_1_6(), UNetConfig(layers_per_block=1), TINY])
+def test_config_counts_the_skip_tensors_the_model_leaves(config):
+    model = build_meta_unet(config)
+    assert config.num_skips == model.num_skips == len(model.down_steps) + 1
+    assert sorted(model.up_step_consuming) == list(range(model.num_skips))
 
 
 def test_from_dict_fills_upstream_defaults():

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from latentsync_cli.errors import UsageError, WeightsError
 from latentsync_cli.models.checkpoint import expected_state_shapes
-from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
 from latentsync_cli.models.weights import (
     Architecture,

@@ -11,8 +11,8 @@ PRECISION_CHOICES = ("auto",) + PRECISIONS
 # The motion modules' temporal position encoding has 24 slots, so a window holds at most 24 frames.
 MAX_WINDOW = 24
 
-# Every scheduler is built from upstream's config with 1000 training timesteps; more
-# denoising steps than that cannot be scheduled.
+# Every scheduler is built from upstream's config with 1000 training timesteps (the bound on
+# denoising steps that follows from it is limits.MAX_STEPS).
 TRAIN_TIMESTEPS = 1000
 
 # LatentSync works at 25 frames per second: input video is conformed to it, audio features are cut to it.

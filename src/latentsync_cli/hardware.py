@@ -1,11 +1,11 @@
-"""Which devices this machine has, and what each one can do.
+"""Which devices this machine has.
 
 `probe_devices()` asks NVML (through pynvml) first, then torch.cuda, then
 Apple MPS, and always lists the CPU last. It never raises: a backend that
 fails is noted in `HardwareReport.problems` and the next one is tried.
 
-`classify(device, tiers)` is pure: from a `DeviceRecord` (probed, or recorded
-in a test or a benchmark cache) to the device's tier and its capabilities.
+What a device can do, and its tier, are read from its `DeviceRecord` in
+device_record.py (pure, no probing).
 """
 
 from __future__ import annotations
@@ -14,57 +14,10 @@ import os
 import platform
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from latentsync_cli.presets import Tier
-
-BACKENDS = ("cuda", "mps", "cpu")
-BYTES_PER_GB = 1_000_000_000  # GB as graphics cards are sold, not GiB
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    """One device as probed; plain values only, so it round-trips through JSON."""
-
-    backend: str  # "cuda" | "mps" | "cpu"
-    name: str
-    index: int | None = None  # N in cuda:N, as torch numbers the visible GPUs
-    total_memory_bytes: int | None = None
-    free_memory_bytes: int | None = None
-    compute_capability: tuple[int, int] | None = None
-    driver_version: str | None = None
-    cuda_version: str | None = None
-    uuid: str | None = None
-    source: str = ""  # which probe found it: "nvml", "torch.cuda", "torch.mps", "os"
-
-    @property
-    def torch_device(self) -> str:
-        """The device string torch takes: "cuda:0", "mps" or "cpu"."""
-        if self.backend == "cuda":
-            return f"cuda:{self.index or 0}"
-        return self.backend
-
-    @property
-    def memory_gb(self) -> float | None:
-        if self.total_memory_bytes is None:
-            return None
-        return self.total_memory_bytes / BYTES_PER_GB
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        if self.compute_capability is not None:
-            values["compute_capability"] = list(self.compute_capability)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DeviceRecord:
-        known = {f.name for f in fields(cls)}
-        kept = {key: value for key, value in values.items() if key in known}
-        if kept.get("compute_capability") is not None:
-            kept["compute_capability"] = tuple(kept["compute_capability"])
-        return cls(**kept)
+from latentsync_cli.device_record import DeviceRecord
 
 
 @dataclass(frozen=True)
@@ -74,65 +27,6 @@ class HardwareReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "problems": list(self.problems)}
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    fp16: bool  # fast half precision: tensor cores (compute capability 7.0+) or MPS
-    bf16: bool  # compute capability 8.0+
-    tf32: bool  # compute capability 8.0+
-    cuda_graphs: bool
-    compile: bool  # torch.compile's GPU backend (Triton) needs compute capability 7.0+
-
-    def to_dict(self) -> dict[str, bool]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Classification:
-    tier: str
-    capabilities: Capabilities
-
-
-# ---------------------------------------------------------------------------
-# Pure classification
-
-
-def capabilities_of(device: DeviceRecord) -> Capabilities:
-    if device.backend == "cuda":
-        capability = device.compute_capability or (0, 0)
-        tensor_cores = capability >= (7, 0)
-        ampere = capability >= (8, 0)
-        return Capabilities(fp16=tensor_cores, bf16=ampere, tf32=ampere, cuda_graphs=True, compile=tensor_cores)
-    if device.backend == "mps":
-        return Capabilities(fp16=True, bf16=False, tf32=False, cuda_graphs=False, compile=False)
-    return Capabilities(fp16=False, bf16=False, tf32=False, cuda_graphs=False, compile=False)
-
-
-def auto_precision(capabilities: Capabilities) -> str:
-    """bf16 where supported, else fp16 where it is fast, else fp32."""
-    if capabilities.bf16:
-        return "bf16"
-    if capabilities.fp16:
-        return "fp16"
-    return "fp32"
-
-
-def choose_tier(device: DeviceRecord, tiers: Sequence[Tier]) -> str:
-    """The tier of the device's backend with the largest min_memory_gb its memory reaches."""
-    candidates = sorted((t for t in tiers if t.backend == device.backend), key=lambda t: t.min_memory_gb)
-    if not candidates:
-        raise ValueError(f"no tier for backend {device.backend!r}")
-    memory_gb = device.memory_gb or 0.0
-    chosen = candidates[0]
-    for tier in candidates:
-        if memory_gb >= tier.min_memory_gb:
-            chosen = tier
-    return chosen.name
-
-
-def classify(device: DeviceRecord, tiers: Sequence[Tier]) -> Classification:
-    return Classification(tier=choose_tier(device, tiers), capabilities=capabilities_of(device))
 
 
 # ---------------------------------------------------------------------------

@@ -4,18 +4,18 @@ The built-in table ships inside the package (the wheel force-includes the
 repository's top-level presets.toml); an editable install reads it from the
 repository root. One override file is merged over it, entry by entry:
 `--presets FILE`, else $LATENTSYNC_PRESETS, else `latentsync/presets.toml` in
-the user config dir (when it exists). Both files pass the same checks, and a
+the user config dir (when it exists; a folder there is an error). Both files pass the same checks, and a
 bad file fails with one line naming the file, the key and the allowed values.
 
 The keys each section accepts are the fields of the dataclasses below; their
-metadata (help, allowed values, range) drives the checks and the comment
+metadata (help, and the allowed values from limits.py, the same ones
+resolve_settings checks flags against) drives the checks and the comment
 header that `latentsync presets init` writes.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tomllib
@@ -29,21 +29,19 @@ from typing import Any
 
 import platformdirs
 
+from latentsync_cli.device_record import BACKENDS
 from latentsync_cli.errors import ConfigError
-from latentsync_cli.settings import MAX_WINDOW, PRECISIONS, SCHEDULERS
+from latentsync_cli.limits import LIMITS, NO_LIMIT, Limit
 
 APP_NAME = "latentsync"
 PRESETS_FILENAME = "presets.toml"
 ENV_PRESETS = "LATENTSYNC_PRESETS"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-BACKENDS = ("cuda", "mps", "cpu")
-PRECISION_CHOICES = ("auto",) + PRECISIONS
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-def _key(help: str, *, default: Any = MISSING, choices: Sequence[str] = (), minimum=None, maximum=None, above=None):
-    """A table key: its help text, allowed values and range (minimum/maximum inclusive, above exclusive)."""
-    metadata = {"help": help, "choices": tuple(choices), "minimum": minimum, "maximum": maximum, "above": above}
+def _key(help: str, *, default: Any = MISSING, limit: Limit = NO_LIMIT):
+    """A table key: its help text and the values it allows (see limits.py)."""
+    metadata = {"help": help, "limit": limit, "choices": limit.choices}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -52,15 +50,23 @@ def _key(help: str, *, default: Any = MISSING, choices: Sequence[str] = (), mini
 @dataclass(frozen=True)
 class Mode:
     name: str
-    steps: int = _key("denoising steps at quality `balanced`", minimum=1)
-    min_steps: int = _key("quality presets never scale the steps below this", minimum=1)
-    scheduler: str = _key("sampler", choices=SCHEDULERS)
-    guidance: float = _key("classifier-free guidance scale; 1.0 turns guidance off (half the UNet work)", minimum=1.0)
-    window: int = _key("frames per denoising window", minimum=1, maximum=MAX_WINDOW)
+    steps: int = _key("denoising steps at quality `balanced`", limit=LIMITS["steps"])
+    min_steps: int = _key("quality presets never scale the steps below this", limit=LIMITS["min_steps"])
+    scheduler: str = _key("sampler", limit=LIMITS["scheduler"])
+    guidance: float = _key(
+        "classifier-free guidance scale; 1.0 turns guidance off (half the UNet work)", limit=LIMITS["guidance"]
+    )
+    window: int = _key("frames per denoising window", limit=LIMITS["window"])
     deepcache: bool = _key("reuse deep UNet features between steps")
-    deepcache_interval: int = _key("a full UNet pass every this many steps, cached passes between", minimum=1)
-    deepcache_branch: int = _key("skip connection whose consumer is the first recomputed layer", minimum=0)
-    face_detect_stride: int = _key("run the face detector every this many frames, track between", minimum=1)
+    deepcache_interval: int = _key(
+        "a full UNet pass every this many steps, cached passes between", limit=LIMITS["deepcache_interval"]
+    )
+    deepcache_branch: int = _key(
+        "skip connection whose consumer is the first recomputed layer", limit=LIMITS["deepcache_branch"]
+    )
+    face_detect_stride: int = _key(
+        "run the face detector every this many frames, track between", limit=LIMITS["face_detect_stride"]
+    )
     description: str = _key("one line shown by `presets list`", default="")
 
     def settings(self) -> dict[str, Any]:
@@ -73,7 +79,7 @@ class Mode:
 @dataclass(frozen=True)
 class QualityPreset:
     name: str
-    step_scale: float = _key("multiplies the mode's steps (rounded half up)", above=0.0)
+    step_scale: float = _key("multiplies the mode's steps (rounded half up)", limit=LIMITS["step_scale"])
     auto: bool = _key("choose settings from the benchmark cache or the length rule", default=False)
     description: str = _key("one line shown by `presets list`", default="")
 
@@ -81,15 +87,15 @@ class QualityPreset:
 @dataclass(frozen=True)
 class OptimizationLevel:
     name: str
-    precision: str = _key("weights and activations; auto = bf16, else fp16, else fp32", choices=PRECISION_CHOICES)
+    precision: str = _key("weights and activations; auto = bf16, else fp16, else fp32", limit=LIMITS["precision"])
     tf32: bool = _key("TF32 matmuls on Ampere and newer")
     compile: bool = _key("torch.compile the UNet")
-    compile_mode: str = _key("torch.compile mode", choices=COMPILE_MODES)
+    compile_mode: str = _key("torch.compile mode", limit=LIMITS["compile_mode"])
     cuda_graphs: bool = _key("replay the UNet step as a CUDA graph")
     vae_slicing: bool = _key("VAE one frame at a time")
     vae_tiling: bool = _key("VAE in tiles")
-    windows_per_call: int = _key("denoising windows batched into one UNet call", minimum=1)
-    memory_fraction: float = _key("share of device memory the run may use", above=0.0, maximum=1.0)
+    windows_per_call: int = _key("denoising windows batched into one UNet call", limit=LIMITS["windows_per_call"])
+    memory_fraction: float = _key("share of device memory the run may use", limit=LIMITS["memory_fraction"])
     channels_last: bool = _key("channels-last memory format for the convolutions")
     description: str = _key("one line shown by `presets list`", default="")
 
@@ -101,10 +107,12 @@ class OptimizationLevel:
 @dataclass(frozen=True)
 class Tier:
     name: str
-    backend: str = _key("device kind this tier is for", choices=BACKENDS)
+    backend: str = _key("device kind this tier is for", limit=Limit(choices=BACKENDS))
     level: str = _key("default optimization level (a name under [levels])")
-    min_memory_gb: float = _key("smallest total device memory, GB of 10^9 bytes", default=0.0, minimum=0.0)
-    precision: str | None = _key("pins the precision over the level's", default=None, choices=PRECISION_CHOICES)
+    min_memory_gb: float = _key(
+        "smallest total device memory, GB of 10^9 bytes", default=0.0, limit=LIMITS["min_memory_gb"]
+    )
+    precision: str | None = _key("pins the precision over the level's", default=None, limit=LIMITS["precision"])
     description: str = _key("one line shown by `presets list`", default="")
 
 
@@ -112,10 +120,16 @@ class Tier:
 class LengthRule:
     name: str
     quality: str = _key("quality preset whose step scale applies (a name under [quality])")
-    max_seconds: float | None = _key("longest video in this class; omit for the last class", default=None, above=0.0)
+    max_seconds: float | None = _key(
+        "longest video in this class; omit for the last class", default=None, limit=LIMITS["max_seconds"]
+    )
     deepcache: bool | None = _key("overrides the mode's deepcache", default=None)
-    deepcache_interval: int | None = _key("overrides the mode's deepcache_interval", default=None, minimum=1)
-    face_detect_stride: int | None = _key("overrides the mode's face_detect_stride", default=None, minimum=1)
+    deepcache_interval: int | None = _key(
+        "overrides the mode's deepcache_interval", default=None, limit=LIMITS["deepcache_interval"]
+    )
+    face_detect_stride: int | None = _key(
+        "overrides the mode's face_detect_stride", default=None, limit=LIMITS["face_detect_stride"]
+    )
     compile: bool | None = _key("overrides the level's compile", default=None)
     cuda_graphs: bool | None = _key("overrides the level's cuda_graphs", default=None)
     description: str = _key("one line shown by `presets list`", default="")
@@ -226,6 +240,11 @@ def load_presets(cli_path: Path | str | None = None, environ: Mapping[str, str] 
 
 
 def load_preset_files(files: PresetFiles) -> PresetTable:
+    if files.explicit is None and files.user.exists() and not files.user.is_file():
+        raise ConfigError(
+            f"{files.user}: the user presets path is a folder, not a file; remove the folder "
+            "(`latentsync presets init` writes the file)"
+        )
     layers = [(files.builtin, _parse_toml(_builtin_location().read_text(encoding="utf-8"), files.builtin))]
     if files.override is not None:
         layers.append((str(files.override), read_toml(files.override, files.explicit_from)))
@@ -233,8 +252,10 @@ def load_preset_files(files: PresetFiles) -> PresetTable:
 
 
 def read_toml(path: Path, named_by: str | None = None) -> dict[str, Any]:
+    by = f" (from {named_by})" if named_by else ""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a presets file{by}; name a .toml file")
     if not path.is_file():
-        by = f" (from {named_by})" if named_by else ""
         raise ConfigError(f"{path}: presets file not found{by}; check the path or run `latentsync presets init`")
     try:
         text = path.read_text(encoding="utf-8")
@@ -338,35 +359,22 @@ def _check_value(spec, expected: type, value: Any, where: str, origin: str) -> N
         if not isinstance(value, Mapping):
             raise ConfigError(f"{origin}: {where} must be a table of name = number, got {_show(value)}")
         for metric, floor in value.items():
-            if not _is_number(floor):
-                raise ConfigError(f"{origin}: {where}.{metric} must be a number, got {_show(floor)}")
+            if not _is_number(floor) or NO_LIMIT.problem(floor):
+                raise ConfigError(f"{origin}: {where}.{metric} must be a finite number, got {_show(floor)}")
         return
     if not _has_type(value, expected):
         raise ConfigError(f"{origin}: {where} must be {_TYPE_WORDS[expected]}, got {_show(value)}")
-    meta = spec.metadata
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{origin}: {where} = {_show(value)} is not allowed; allowed: {', '.join(meta['choices'])}")
-    too_low = (meta["minimum"] is not None and value < meta["minimum"]) or (
-        meta["above"] is not None and value <= meta["above"]
-    )
-    too_high = meta["maximum"] is not None and value > meta["maximum"]
-    if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):
-        raise ConfigError(f"{origin}: {where} = {_show(value)} is out of range; allowed: {describe_range(spec)}")
+    limit = spec.metadata["limit"]
+    problem = limit.problem(value)
+    if problem:
+        verdict = "is not allowed" if limit.choices else "is out of range"
+        raise ConfigError(f"{origin}: {where} = {_show(value)} {verdict}; {problem}")
 
 
 def describe_range(spec) -> str:
     """A key's range in words: "1 to 24", ">= 0", "> 0 and <= 1", or "any"."""
-    meta = spec.metadata
-    if meta["minimum"] is not None and meta["maximum"] is not None:
-        return f"{meta['minimum']:g} to {meta['maximum']:g}"
-    parts = []
-    if meta["above"] is not None:
-        parts.append(f"> {meta['above']:g}")
-    if meta["minimum"] is not None:
-        parts.append(f">= {meta['minimum']:g}")
-    if meta["maximum"] is not None:
-        parts.append(f"<= {meta['maximum']:g}")
-    return " and ".join(parts) or "any"
+    limit = spec.metadata["limit"]
+    return "any" if limit.choices else limit.describe()
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

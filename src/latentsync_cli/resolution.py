@@ -10,24 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from latentsync_cli.hardware import DeviceRecord, HardwareReport, probe_devices
+from latentsync_cli.device_record import DeviceRecord
+from latentsync_cli.hardware import HardwareReport, probe_devices
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.settings import (
     DEFAULT_QUALITY,
     ResolvedSettings,
     SettingsRequest,
-    _check_request,  # noqa: PLC2701 - until settings exports it
+    check_request,
     choose_device,
     resolve_settings,
 )
 
 # pick_from_benchmark(device, length_class) -> RunSettings field values (+ "description"), or None
 BenchmarkPicker = Callable[[DeviceRecord, str], Mapping[str, Any] | None]
-
-
-def check_request(table: PresetTable, request: SettingsRequest) -> None:
-    """UsageError for unknown names and out-of-range values in `request`; needs no device."""
-    _check_request(table, request)
 
 
 def no_benchmark(device: DeviceRecord, length_class: str) -> None:

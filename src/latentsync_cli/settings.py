@@ -21,17 +21,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from latentsync_cli.device_record import Capabilities, DeviceRecord, auto_precision, classify
 from latentsync_cli.errors import UsageError
-from latentsync_cli.hardware import Capabilities, DeviceRecord, auto_precision, classify
-
-if TYPE_CHECKING:
-    from latentsync_cli.presets import Mode, PresetTable, QualityPreset
-
-SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "unipc")
-PRECISIONS = ("fp32", "fp16", "bf16")
-MAX_WINDOW = 24  # the temporal position encoding has 24 slots
+from latentsync_cli.limits import LIMITS
+from latentsync_cli.presets import Mode, PresetTable, QualityPreset
 
 # Where a value came from; shown by `latentsync presets resolve`.
 SOURCE_DEFAULT = "default"
@@ -141,7 +136,7 @@ def resolve_settings(
     """
     if isinstance(devices, DeviceRecord):
         devices = [devices]
-    mode, preset = _check_request(table, request)
+    mode, preset = check_request(table, request)
     device = choose_device(devices, request.device)
     found = classify(device, list(table.tiers.values()))
     tier = table.tiers[found.tier]
@@ -224,7 +219,7 @@ def choose_device(devices: Sequence[DeviceRecord], wanted: str = "auto") -> Devi
 
 
 def setting_problem(name: str, value: Any) -> str | None:
-    """Why a RunSettings value is invalid, or None when it is fine."""
+    """Why a RunSettings value is invalid, or None when it is fine (ranges: limits.LIMITS)."""
     default = getattr(RunSettings(), name)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -234,29 +229,10 @@ def setting_problem(name: str, value: Any) -> str | None:
         return "expected an integer"
     if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return "expected a number"
-    if isinstance(default, float) and not math.isfinite(value):
-        return "expected a finite number"
     if isinstance(default, str) and not isinstance(value, str):
         return "expected a string"
-    if name == "steps" and value < 1:
-        return "use 1 or more steps"
-    if name == "window" and not 1 <= value <= MAX_WINDOW:
-        return f"allowed 1 to {MAX_WINDOW} frames (the temporal position encoding has {MAX_WINDOW} slots)"
-    if name == "guidance" and value < 1.0:
-        return "use 1.0 (no classifier-free guidance) or more"
-    if name == "scheduler" and value not in SCHEDULERS:
-        return f"allowed: {', '.join(SCHEDULERS)}"
-    if name == "precision" and value not in ("auto",) + PRECISIONS:
-        return f"allowed: auto, {', '.join(PRECISIONS)}"
-    if name == "seed" and not 0 <= value < 2**32:
-        return "use 0 to 4294967295"
-    if name in ("deepcache_interval", "face_detect_stride", "windows_per_call") and value < 1:
-        return "use 1 or more"
-    if name == "deepcache_branch" and value < 0:
-        return "use 0 or more"
-    if name == "memory_fraction" and not 0.0 < value <= 1.0:
-        return "use a fraction above 0 and at most 1"
-    return None
+    limit = LIMITS.get(name)
+    return limit.problem(value) if limit is not None else None
 
 
 # ---------------------------------------------------------------------------
@@ -274,7 +250,7 @@ _FLAG_NAMES = {
 }
 
 
-def _check_request(table: PresetTable, request: SettingsRequest) -> tuple[Mode, QualityPreset]:
+def check_request(table: PresetTable, request: SettingsRequest) -> tuple[Mode, QualityPreset]:
     """Unknown names and out-of-range flags -> UsageError; returns the mode and quality preset."""
     mode_name = request.mode or DEFAULT_MODE
     quality_name = request.quality or DEFAULT_QUALITY

@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 
 from latentsync_cli.bench import cache
-from latentsync_cli.hardware import DeviceRecord
+from latentsync_cli.bench.results import BenchmarkEntry, CacheKey, CaseResult
+from latentsync_cli.device_record import DeviceRecord
 from latentsync_cli.presets import PresetTable
 
 # The RunSettings fields a speed mode sets; a pick always carries these.
@@ -53,49 +54,43 @@ def pick_from_benchmark(
     rule = table.length[length_class]
     candidates = [
         config
-        for config in entry.get("configs", [])
-        if not config.get("error")
-        and (mode is None or config.get("mode") == mode)
+        for config in entry.configs
+        if config.measured is not None
+        and (mode is None or config.mode == mode)
         and allowed_by_rule(pick_settings(config), rule.settings())
     ]
-    has_fidelity = entry_has_fidelity(entry)
     floors = dict(table.auto.fidelity_floor)
-    if has_fidelity:
+    if entry.has_fidelity:
         candidates = [config for config in candidates if meets_floors(config, floors)]
     if not candidates:
-        reason = "meets the fidelity floor" if has_fidelity else "is allowed"
+        reason = "meets the fidelity floor" if entry.has_fidelity else "is allowed"
         return {
             "description": f"{_origin(entry)}: no measured configuration {reason} for {length_class} videos; "
             f"using the length rule{_caveats(entry, current)}"
         }
-    fastest = min(candidates, key=lambda config: config["seconds_per_output_second"])
+    fastest = min(candidates, key=lambda config: config.measured.seconds_per_output_second)
     return {**pick_settings(fastest), "description": _describe(entry, fastest, length_class, floors, current)}
 
 
-def choose_entry(entries: list[dict], current: cache.CacheKey) -> dict | None:
+def choose_entry(entries: list[BenchmarkEntry], current: CacheKey) -> BenchmarkEntry | None:
     """Prefer entries measured by the installed software, then ones with fidelity, then the newest."""
 
-    def preference(entry: dict) -> tuple:
-        return (not cache.is_stale(entry, current), entry_has_fidelity(entry), str(entry.get("date", "")))
+    def preference(entry: BenchmarkEntry) -> tuple:
+        return (not cache.is_stale(entry, current), entry.has_fidelity, entry.date)
 
-    usable = [entry for entry in entries if entry.get("configs")]
+    usable = [entry for entry in entries if entry.configs]
     return max(usable, key=preference) if usable else None
 
 
-def entry_has_fidelity(entry: dict) -> bool:
-    return not entry.get("weights", {}).get("is_random", True)
-
-
-def pick_settings(config: dict) -> dict:
+def pick_settings(config: CaseResult) -> dict:
     """The settings a pick sets: the mode's fields plus whatever the benchmark varied.
 
     A CPU benchmark runs fewer steps than the mode has; the pick takes the mode's own ("mode_steps").
     """
-    settings = config.get("settings", {})
-    names = list(MODE_FIELDS) + [name for name in config.get("changes", {}) if name not in MODE_FIELDS]
-    picked = {name: settings[name] for name in names if name in settings}
-    if config.get("mode_steps") and "steps" not in config.get("changes", {}):
-        picked["steps"] = config["mode_steps"]
+    names = list(MODE_FIELDS) + [name for name in config.changes if name not in MODE_FIELDS]
+    picked = {name: config.settings[name] for name in names if name in config.settings}
+    if config.mode_steps and "steps" not in config.changes:
+        picked["steps"] = config.mode_steps
     return picked
 
 
@@ -107,9 +102,9 @@ def allowed_by_rule(settings: dict, rule_settings: dict) -> bool:
     return True
 
 
-def meets_floors(config: dict, floors: dict[str, float]) -> bool:
+def meets_floors(config: CaseResult, floors: dict[str, float]) -> bool:
     """Every floored metric is known and at or above its floor (an identical output meets any floor)."""
-    fidelity = config.get("fidelity") or {}
+    fidelity = config.fidelity or {}
     if fidelity.get("identical"):
         return True
     for metric, floor in floors.items():
@@ -119,16 +114,18 @@ def meets_floors(config: dict, floors: dict[str, float]) -> bool:
     return True
 
 
-def _origin(entry: dict) -> str:
-    return f"benchmark {str(entry.get('date', ''))[:10]} on {entry['key']['device']}"
+def _origin(entry: BenchmarkEntry) -> str:
+    return f"benchmark {entry.date[:10]} on {entry.key.device}"
 
 
-def _describe(entry: dict, config: dict, length_class: str, floors: dict, current: cache.CacheKey) -> str:
-    text = f"{_origin(entry)}: {config['name']}, {config['seconds_per_output_second']:.2f} s/s"
-    if entry_has_fidelity(entry):
-        fidelity = config.get("fidelity") or {}
+def _describe(
+    entry: BenchmarkEntry, config: CaseResult, length_class: str, floors: dict, current: CacheKey
+) -> str:
+    text = f"{_origin(entry)}: {config.name}, {config.measured.seconds_per_output_second:.2f} s/s"
+    if entry.has_fidelity:
+        fidelity = config.fidelity or {}
         if fidelity.get("identical"):
-            text += f", identical to {entry.get('reference') or 'the reference'}"
+            text += f", identical to {entry.reference or 'the reference'}"
         for metric, floor in floors.items():
             if fidelity.get(metric) is not None:
                 text += f", {metric.replace('_', ' ')} {fidelity[metric]:.2f} (floor {floor:.2f})"
@@ -137,15 +134,13 @@ def _describe(entry: dict, config: dict, length_class: str, floors: dict, curren
     return text + _caveats(entry, current)
 
 
-def _caveats(entry: dict, current: cache.CacheKey) -> str:
+def _caveats(entry: BenchmarkEntry, current: CacheKey) -> str:
     text = ""
-    if entry.get("label"):
-        text += f"; {entry['label']}"
+    if entry.label:
+        text += f"; {entry.label}"
     if cache.is_stale(entry, current):
-        key = entry["key"]
-        text += (
-            f"; measured with torch {key['torch']} and latentsync {key['latentsync']}: run `latentsync benchmark` again"
-        )
+        key = entry.key
+        text += f"; measured with torch {key.torch} and latentsync {key.latentsync}: run `latentsync benchmark` again"
     return text
 
 

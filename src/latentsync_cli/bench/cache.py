@@ -14,49 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import torch
 
 from latentsync_cli import __version__
+from latentsync_cli.bench.results import BenchmarkEntry, CacheKey
+from latentsync_cli.device_record import BYTES_PER_GB, DeviceRecord
 from latentsync_cli.errors import OutputError
-from latentsync_cli.hardware import BYTES_PER_GB, DeviceRecord
 
 CACHE_DIR_ENV = "LATENTSYNC_CACHE_DIR"
 CACHE_FILE_NAME = "benchmarks.json"
 CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    device: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu"
-    memory_gb: float  # device memory in GB (10^9 bytes), rounded to 0.1
-    driver: str  # GPU driver (or "" on CPU)
-    torch: str
-    latentsync: str
-    weights: str  # ModelBundle.weights_id
-
-    def same_device(self, other: CacheKey) -> bool:
-        return (self.device, self.memory_gb, self.driver) == (other.device, other.memory_gb, other.driver)
-
-    def same_software(self, other: CacheKey) -> bool:
-        return (self.torch, self.latentsync) == (other.torch, other.latentsync)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> CacheKey:
-        return cls(
-            device=str(values["device"]),
-            memory_gb=round(float(values["memory_gb"]), 1),
-            driver=str(values.get("driver", "")),
-            torch=str(values["torch"]),
-            latentsync=str(values["latentsync"]),
-            weights=str(values["weights"]),
-        )
 
 
 def make_key(device: DeviceRecord, weights: str) -> CacheKey:
@@ -76,84 +47,85 @@ def cache_file() -> Path:
     return Path(folder).expanduser() / CACHE_FILE_NAME
 
 
-def load_entries(path: Path | None = None) -> list[dict]:
+def load_entries(path: Path | None = None) -> list[BenchmarkEntry]:
     """Every entry in the cache file; a missing or unreadable file is an empty cache."""
-    path = path or cache_file()
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    entries = content.get("entries") if isinstance(content, dict) else None
-    if not isinstance(entries, list):
-        return []
-    return [entry for entry in entries if _has_valid_key(entry)]
+    return [entry for _, entry in _load_records(path or cache_file())]
 
 
-def entry_key(entry: dict) -> CacheKey:
-    return CacheKey.from_dict(entry["key"])
-
-
-def is_stale(entry: dict, current: CacheKey) -> bool:
+def is_stale(entry: BenchmarkEntry, current: CacheKey) -> bool:
     """An entry measured by other torch or latentsync versions than the ones installed now."""
-    return not entry_key(entry).same_software(current)
+    return not entry.key.same_software(current)
 
 
-def save_entry(entry: dict, path: Path | None = None) -> Path:
-    """Add `entry` (with a "key" dict), replacing the same key and this device's stale entries."""
-    path = path or cache_file()
-    new_key = entry_key(entry)
-    kept = []
-    for old in load_entries(path):
-        old_key = entry_key(old)
-        replaced = old_key.same_device(new_key) and (
-            old_key.weights == new_key.weights or not old_key.same_software(new_key)
-        )
-        if not replaced:
-            kept.append(old)
-    kept.append(entry)
-    _write_entries(kept, path)
-    return path
+def save_entry(entry: BenchmarkEntry, path: Path | None = None) -> Path:
+    """Add `entry`, replacing the same key and this device's stale entries."""
+    return _save_record(entry.to_dict(), entry.key, path or cache_file())
 
 
-def store_benchmark(entry: dict, path: Path | None = None) -> Path:
+def store_benchmark(entry: BenchmarkEntry, path: Path | None = None) -> Path:
     """Save a benchmark run. A stress run adds its "stress" section to an existing entry with the
     same key (keeping that entry's measured configurations) instead of replacing it."""
-    if entry.get("level") == "stress":
-        for old in load_entries(path):
-            if entry_key(old) == entry_key(entry) and old.get("level") != "stress":
-                return save_entry({**old, "stress": entry.get("stress")}, path)
+    path = path or cache_file()
+    if entry.level == "stress":
+        for record, old in _load_records(path):
+            if old.key == entry.key and old.level != "stress":
+                stress = None if entry.stress is None else entry.stress.to_dict()
+                return _save_record({**record, "stress": stress}, entry.key, path)
     return save_entry(entry, path)
 
 
-def device_entries(current: CacheKey, path: Path | None = None) -> list[dict]:
+def device_entries(current: CacheKey, path: Path | None = None) -> list[BenchmarkEntry]:
     """This device's entries (any weights, stale ones included), newest first."""
-    entries = [entry for entry in load_entries(path) if entry_key(entry).same_device(current)]
-    return sorted(entries, key=lambda entry: str(entry.get("date", "")), reverse=True)
+    entries = [entry for entry in load_entries(path) if entry.key.same_device(current)]
+    return sorted(entries, key=lambda entry: entry.date, reverse=True)
 
 
 def clear_device(current: CacheKey, path: Path | None = None) -> int:
     """Remove this device's entries; returns how many were removed."""
     path = path or cache_file()
-    entries = load_entries(path)
-    kept = [entry for entry in entries if not entry_key(entry).same_device(current)]
-    removed = len(entries) - len(kept)
+    records = _load_records(path)
+    kept = [record for record, entry in records if not entry.key.same_device(current)]
+    removed = len(records) - len(kept)
     if removed:
-        _write_entries(kept, path)
+        _write_records(kept, path)
     return removed
 
 
-def _has_valid_key(entry) -> bool:
-    if not isinstance(entry, dict) or not isinstance(entry.get("key"), dict):
-        return False
+# The file keeps each entry as it was written: entries this version does not replace are written
+# back unchanged, whatever fields another latentsync version sharing the file gave them.
+
+
+def _load_records(path: Path) -> list[tuple[dict[str, Any], BenchmarkEntry]]:
+    """(entry as stored, entry as read) for every readable entry of the file."""
     try:
-        CacheKey.from_dict(entry["key"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return True
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    records = content.get("entries") if isinstance(content, dict) else None
+    if not isinstance(records, list):
+        return []
+    readable = []
+    for record in records:
+        try:
+            readable.append((record, BenchmarkEntry.from_dict(record)))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue  # not an entry (hand-edited, or from a broken write): skipped, as if absent
+    return readable
 
 
-def _write_entries(entries: list[dict], path: Path) -> None:
-    text = json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=2, default=str)
+def _save_record(record: dict[str, Any], key: CacheKey, path: Path) -> Path:
+    kept = []
+    for old_record, old in _load_records(path):
+        replaced = old.key.same_device(key) and (old.key.weights == key.weights or not old.key.same_software(key))
+        if not replaced:
+            kept.append(old_record)
+    kept.append(record)
+    _write_records(kept, path)
+    return path
+
+
+def _write_records(records: list[dict[str, Any]], path: Path) -> None:
+    text = json.dumps({"format": CACHE_FORMAT, "entries": records}, indent=2, default=str)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from latentsync_cli.hardware import Capabilities
-from latentsync_cli.settings import MAX_WINDOW, SCHEDULERS, RunSettings
+from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
+from latentsync_cli.device_record import Capabilities
+from latentsync_cli.settings import RunSettings
 
 LEVELS = ("quick", "full", "stress")
 FULL_WINDOWS = (8, 12, 16, 20, 24)

@@ -6,24 +6,8 @@ gives a clip. The models are loaded once per precision. The first case is
 the reference (`normal` at this device's settings); with real weights every
 other case's output is compared with its output in the mouth region.
 
-The result is one benchmark entry, the dict the cache stores and the report
-reads:
-
-    key            CacheKey fields (device, memory_gb, driver, torch, latentsync, weights)
-    date           ISO 8601, UTC
-    level          quick | full | stress
-    device         DeviceRecord fields, plus "tier"
-    weights        {"id", "description", "is_random"}
-    label          "CPU, tiny model: not representative" on a CPU, else ""
-    fidelity_note  why fidelity is null (random weights), else None
-    reference      the name of the reference case
-    input          {"source": synthetic | user, "duration_s", "frames", "seed", ...}
-    configs        one dict per case: name, mode, changes, settings (as run), mode_steps (the mode's own
-                   steps; a CPU run uses fewer), output_s, frames, windows, wall_s, first_run_s (GPU
-                   warm-up run), seconds_per_output_second, realtime_factor, stages (grouped),
-                   stage_seconds (raw), bottleneck, unet_steps {"full", "cached", "approximate"},
-                   peak_memory_gb (GPU), peak_rss_gb, optimizations, fidelity, label, error
-    stress         throughput drift and memory growth of the stress run, else None
+The result is one `BenchmarkEntry` (bench/results.py), which the cache stores
+and the report reads.
 """
 
 from __future__ import annotations
@@ -44,8 +28,18 @@ import torch
 from latentsync_cli.bench import cache, metrics
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
+from latentsync_cli.bench.results import (
+    BenchmarkEntry,
+    BenchmarkInput,
+    CaseResult,
+    Measurements,
+    StressSummary,
+    UNetSteps,
+    WeightsInfo,
+)
+from latentsync_cli.constants import FPS
+from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
-from latentsync_cli.hardware import DeviceRecord, capabilities_of
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.models.weights import ModelBundle, load_models, locate_weights
@@ -98,7 +92,7 @@ def run_benchmark(
     table: PresetTable,
     device: DeviceRecord,
     progress: Callable[[str], None] = lambda text: None,
-) -> dict:
+) -> BenchmarkEntry:
     """Measure every case of `request.level` on `device` and return the benchmark entry."""
     check_request(request, table)
     on_cpu = device.backend == "cpu"
@@ -116,34 +110,33 @@ def run_benchmark(
     models = ModelCache(weights, request.checkpoint_dir, device, request.seed, on_cpu)
     try:
         video, audio, source = prepare_inputs(workspace, request, duration_s)
-        progress(f"input: {source['description']}")
+        progress(f"input: {source.describe()}")
         if on_cpu:
             progress("warming up")
             warm_up(cases[0], bases[cases[0].mode], models, workspace, device)
         results = measure_cases(cases, bases, models, video, audio, workspace, device, request.level, progress)
-        for result in results:
-            # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
-            result["mode_steps"] = mode_steps[result["mode"]]
-        source["frames"] = next((result["frames"] for result in results if "frames" in result), source["frames"])
-        bundle_info = models.info()
+        # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
+        results = [replace(result, mode_steps=mode_steps[result.mode]) for result in results]
+        frames = next((result.measured.frames for result in results if result.measured is not None), source.frames)
+        weights_info = models.info()
     finally:
         models.release()
         shutil.rmtree(workspace, ignore_errors=True)
 
-    key = cache.make_key(device, bundle_info["id"])
-    return {
-        "key": key.to_dict(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "level": request.level,
-        "device": {**device.to_dict(), "tier": bases[reference.mode].tier},
-        "weights": bundle_info,
-        "label": CPU_LABEL if on_cpu else "",
-        "fidelity_note": RANDOM_WEIGHTS_NOTE if bundle_info["is_random"] else None,
-        "reference": reference.name,
-        "input": {key_: value for key_, value in source.items() if key_ != "description"},
-        "configs": results,
-        "stress": results[0].get("stress") if request.level == "stress" else None,
-    }
+    return BenchmarkEntry(
+        key=cache.make_key(device, weights_info.id),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        level=request.level,
+        device=device,
+        tier=bases[reference.mode].tier,
+        weights=weights_info,
+        label=CPU_LABEL if on_cpu else "",
+        fidelity_note=RANDOM_WEIGHTS_NOTE if weights_info.is_random else None,
+        reference=reference.name,
+        input=replace(source, frames=frames),
+        configs=results,
+        stress=results[0].stress if request.level == "stress" else None,
+    )
 
 
 def measure_cases(
@@ -156,7 +149,7 @@ def measure_cases(
     device: DeviceRecord,
     level: str,
     progress: Callable[[str], None],
-) -> list[dict]:
+) -> list[CaseResult]:
     """Run every case; on a GPU each one runs twice and the second run is measured.
 
     The first case is the reference: with real weights, every output is
@@ -173,27 +166,27 @@ def measure_cases(
         first_run_s = None
         if warm_each:
             first = run_case(case, settings, bundle, video, audio, output, device)
-            first_run_s = first.get("wall_s")
+            first_run_s = first.measured.wall_s if first.measured is not None else None
             output.unlink(missing_ok=True)
         watcher = MemoryWatcher(torch.device(device.torch_device)) if level == "stress" else None
         result = run_case(case, settings, bundle, video, audio, output, device, watcher)
-        result["first_run_s"] = first_run_s
-        if not bundle.is_random and result["error"] is None:
+        fidelity = fidelity_error = None
+        if not bundle.is_random and result.error is None:
             try:
                 if number == 1:
                     reference = ReferenceOutput(output)
                 if reference is not None:
-                    result["fidelity"] = reference.compare(output)
+                    fidelity = reference.compare(output)
             except ValueError as error:  # no face in the reference output, or a frame count mismatch
-                result["fidelity_error"] = str(error)
-        if device.backend == "cpu":
-            result["label"] = CPU_LABEL
+                fidelity_error = str(error)
+        label = CPU_LABEL if device.backend == "cpu" else ""
+        result = replace(result, first_run_s=first_run_s, fidelity=fidelity, fidelity_error=fidelity_error, label=label)
         output.unlink(missing_ok=True)
         results.append(result)
-        if result["error"]:
-            progress(f"    failed: {result['error']}")
+        if result.error:
+            progress(f"    failed: {result.error}")
         else:
-            progress(f"    {result['seconds_per_output_second']:.2f} s per output second")
+            progress(f"    {result.measured.seconds_per_output_second:.2f} s per output second")
     return results
 
 
@@ -280,29 +273,23 @@ def _default_duration(level: str, on_cpu: bool) -> float:
 # --- inputs ----------------------------------------------------------------------------------
 
 
-def prepare_inputs(workspace: Path, request: BenchmarkRequest, duration_s: float) -> tuple[Path, Path, dict]:
-    """The video and audio to run on, and a description of them for the entry."""
+def prepare_inputs(workspace: Path, request: BenchmarkRequest, duration_s: float) -> tuple[Path, Path, BenchmarkInput]:
+    """The video and audio to run on, and what they are for the entry."""
     if request.video is not None and request.audio is not None:
         length = audio_duration_s(request.audio)
-        source = {
-            "source": "user",
-            "video": str(request.video),
-            "audio": str(request.audio),
-            "duration_s": length,
-            "frames": None if length is None else round(length * 25),
-            "seed": request.seed,
-            "description": f"{request.video} with {request.audio}",
-        }
+        source = BenchmarkInput(
+            source="user",
+            video=str(request.video),
+            audio=str(request.audio),
+            duration_s=length,
+            frames=None if length is None else round(length * FPS),
+            seed=request.seed,
+        )
         return Path(request.video), Path(request.audio), source
     video = make_face_clip(workspace / "face.mp4", duration_s, preset="ultrafast")
     audio = make_speech(workspace / "speech.wav", duration_s)
-    source = {
-        "source": "synthetic",
-        "duration_s": duration_s,
-        "frames": round(duration_s * 25),
-        "seed": request.seed,
-        "description": f"synthetic face clip and speech, {duration_s:g} s",
-    }
+    frames = round(duration_s * FPS)
+    source = BenchmarkInput(source="synthetic", duration_s=duration_s, frames=frames, seed=request.seed)
     return video, audio, source
 
 
@@ -332,14 +319,14 @@ class ModelCache:
             self.bundle, self.precision = bundle, precision
         return self.bundle
 
-    def info(self) -> dict:
+    def info(self) -> WeightsInfo:
         bundle = self.bundle
         if bundle is None:
-            return {"id": self.weights, "description": "", "is_random": self.weights != "checkpoint"}
+            return WeightsInfo(id=self.weights, description="", is_random=self.weights != "checkpoint")
         description = bundle.description
         if self.on_cpu:
             description += f"; faces at {bundle.resolution} px to keep the CPU run short"
-        return {"id": bundle.weights_id, "description": description, "is_random": bundle.is_random}
+        return WeightsInfo(id=bundle.weights_id, description=description, is_random=bundle.is_random)
 
     def release(self) -> None:
         self.bundle = None
@@ -360,19 +347,11 @@ def run_case(
     output: Path,
     device: DeviceRecord,
     watcher: MemoryWatcher | None = None,
-) -> dict:
+) -> CaseResult:
     """One pipeline run of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob  # heavy imports, needed only here
 
-    result = {
-        "name": case.name,
-        "mode": case.mode,
-        "changes": dict(case.changes),
-        "settings": settings.to_dict(),
-        "fidelity": None,
-        "label": "",
-        "error": None,
-    }
+    result = CaseResult(name=case.name, mode=case.mode, changes=dict(case.changes), settings=settings.to_dict())
     timer = StageTimer(torch.device(device.torch_device))
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=output.parent))
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -386,8 +365,7 @@ def run_case(
         pipeline = LipsyncPipeline(bundle, settings, timer)
         sync = pipeline.run(SyncJob(video=video, audio=audio, output=output, scratch_dir=scratch))
     except DeviceMemoryError as error:
-        result["error"] = f"out of memory: {error.message}"
-        return result
+        return replace(result, error=f"out of memory: {error.message}")
     finally:
         if watcher is not None:
             watcher.stop()
@@ -397,36 +375,31 @@ def run_case(
         bundle.unet.to(device.torch_device)
         bundle.vae.to(device.torch_device)
         shutil.rmtree(scratch, ignore_errors=True)
-    result.update(measurements(sync, settings))
-    if watcher is not None:
-        result["stress"] = stress_summary(case.name, result, timer, watcher)
-    return result
+    measured = measurements(sync)
+    stress = None if watcher is None else stress_summary(case.name, measured, settings, timer, watcher)
+    return replace(result, measured=measured, stress=stress)
 
 
-def measurements(sync, settings: RunSettings) -> dict:
+def measurements(sync) -> Measurements:
     """Speed, stage split, UNet steps, peak memory and optimizations of one SyncResult."""
     peak_gpu = sync.peak_gpu_bytes
-    return {
-        "output_s": round(sync.output_seconds, 4),
-        "frames": sync.frames,
-        "windows": sync.windows,
-        "wall_s": round(sync.wall_s, 4),
-        "seconds_per_output_second": round(metrics.seconds_per_output_second(sync.wall_s, sync.output_seconds), 4),
-        "realtime_factor": round(metrics.realtime_factor(sync.wall_s, sync.output_seconds), 4),
-        "stages": group_stages(sync.stage_seconds),
-        "stage_seconds": {name: round(seconds, 4) for name, seconds in sync.stage_seconds.items()},
-        "bottleneck": sync.verdict,
-        "unet_steps": unet_steps(sync, settings),
-        "peak_memory_gb": None if peak_gpu is None else round(peak_gpu / 1e9, 3),
-        "peak_rss_gb": round(sync.peak_rss_bytes / 1e9, 3),  # whole process so far, not only this case
-        "optimizations": list(sync.optimizations),
-        "memory_downgrades": list(sync.memory_downgrades),
-    }
-
-
-def unet_steps(sync, settings: RunSettings) -> dict:
-    """UNet passes the run made, full and DeepCache-cached, summed over its UNet calls (counted by the pipeline)."""
-    return {"full": sync.unet_full_steps, "cached": sync.unet_cached_steps, "approximate": False}
+    return Measurements(
+        output_s=round(sync.output_seconds, 4),
+        frames=sync.frames,
+        windows=sync.windows,
+        wall_s=round(sync.wall_s, 4),
+        seconds_per_output_second=round(metrics.seconds_per_output_second(sync.wall_s, sync.output_seconds), 4),
+        realtime_factor=round(metrics.realtime_factor(sync.wall_s, sync.output_seconds), 4),
+        stages=group_stages(sync.stage_seconds),
+        stage_seconds={name: round(seconds, 4) for name, seconds in sync.stage_seconds.items()},
+        bottleneck=sync.verdict,
+        # UNet passes the run made, full and DeepCache-cached, summed over its UNet calls (counted by the pipeline).
+        unet_steps=UNetSteps(full=sync.unet_full_steps, cached=sync.unet_cached_steps, approximate=False),
+        peak_memory_gb=None if peak_gpu is None else round(peak_gpu / 1e9, 3),
+        peak_rss_gb=round(sync.peak_rss_bytes / 1e9, 3),  # whole process so far, not only this case
+        optimizations=list(sync.optimizations),
+        memory_downgrades=list(sync.memory_downgrades),
+    )
 
 
 def group_stages(stage_seconds: dict[str, float]) -> dict[str, float]:
@@ -484,27 +457,28 @@ def resident_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def stress_summary(name: str, result: dict, timer: StageTimer, watcher: MemoryWatcher) -> dict:
+def stress_summary(
+    name: str, measured: Measurements, settings: RunSettings, timer: StageTimer, watcher: MemoryWatcher
+) -> StressSummary:
     """Throughput drift (denoise time per UNet call, last quarter vs first) and memory growth over the run.
 
     A shorter last window would look like a speed-up, so only full-size calls are compared.
     """
     denoise_spans = [span.duration_s for span in timer.spans() if span.stage == "denoise"]
-    settings = result["settings"]
-    frames_per_call = settings["window"] * settings["windows_per_call"]
+    frames_per_call = settings.window * settings.windows_per_call
     full_calls = denoise_spans
-    if result["frames"] % frames_per_call != 0:
+    if measured.frames % frames_per_call != 0:
         full_calls = denoise_spans[:-1]
-    return {
-        "name": name,
-        "output_s": result["output_s"],
-        "wall_s": result["wall_s"],
-        "unet_calls": len(denoise_spans),
-        "denoise_s_per_call": [round(seconds, 4) for seconds in denoise_spans],
-        "throughput_drift": relative_drift(full_calls),
-        "memory_samples": [(round(t, 2), size) for t, size in watcher.samples],
-        "memory_growth_gb": memory_growth_gb(watcher.samples),
-    }
+    return StressSummary(
+        name=name,
+        output_s=measured.output_s,
+        wall_s=measured.wall_s,
+        unet_calls=len(denoise_spans),
+        denoise_s_per_call=[round(seconds, 4) for seconds in denoise_spans],
+        throughput_drift=relative_drift(full_calls),
+        memory_samples=[(round(t, 2), size) for t, size in watcher.samples],
+        memory_growth_gb=memory_growth_gb(watcher.samples),
+    )
 
 
 def relative_drift(values: list[float]) -> float | None:

@@ -131,7 +131,7 @@ def _measure(out: Output, flags: BenchmarkFlags, level: str, table, record) -> N
     video_s = flags.duration or DEFAULT_VIDEO_S
     paths = report.write_report(entry, folder, flags.gpu_price, video_s)
     if flags.json_output:
-        printed = {**entry, "cache_file": str(cache_path), "report": paths}
+        printed = {**entry.to_dict(), "cache_file": str(cache_path), "report": paths}
         if flags.gpu_price is not None:
             printed["costs"] = report.cost_table(entry, flags.gpu_price, video_s)
         Output.print_json(json_safe(printed))
@@ -169,7 +169,8 @@ def _show(out: Output, record, key, json_output: bool, gpu_price, duration) -> N
 
     entries = cache.device_entries(key)
     if json_output:
-        Output.print_json(json_safe({"device": record.name, "cache_file": str(cache.cache_file()), "entries": entries}))
+        stored = [entry.to_dict() for entry in entries]
+        Output.print_json(json_safe({"device": record.name, "cache_file": str(cache.cache_file()), "entries": stored}))
         return
     if not entries:
         out.info(f"no benchmark for {record.name}; run `latentsync benchmark`")

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS, TRAIN_TIMESTEPS
+from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
+from latentsync_cli.limits import MAX_STEPS
 from latentsync_cli.settings import DEFAULT_MODE, DEFAULT_QUALITY, SettingsRequest
 
 PANEL = "Speed and quality"
@@ -37,7 +38,7 @@ StepsOption = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help=f"Denoising steps, 1 to {TRAIN_TIMESTEPS} (the schedulers' training timesteps); overrides mode and quality.",
+        help=f"Denoising steps, 1 to {MAX_STEPS} (overrides mode and quality).",
         rich_help_panel=PANEL,
     ),
 ]

@@ -31,13 +31,8 @@ from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
 from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import Progress
-from latentsync_cli.resolution import (
-    BenchmarkPicker,
-    check_request,
-    no_benchmark,
-    resolve_request,
-)
-from latentsync_cli.settings import ResolvedSettings, SettingsRequest
+from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
+from latentsync_cli.settings import ResolvedSettings, SettingsRequest, check_request
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
     from latentsync_cli.models.weights import ModelBundle

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from latentsync_cli.errors import WeightsError
 from latentsync_cli.models.motion import PositionalEncoding
-from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.models.unet_config import UNetConfig
 
 REDOWNLOAD = "re-download it with `latentsync models download`"
 KEYS_SHOWN = 3  # how many offending keys an error message lists

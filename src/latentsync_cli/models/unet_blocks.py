@@ -12,16 +12,12 @@ layers one at a time, which is what lets DeepCache start and stop anywhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentsync_cli.models.attention import SpatialTransformer
 from latentsync_cli.models.motion import MotionModule
-
-if TYPE_CHECKING:
-    from latentsync_cli.models.unet import UNetConfig
+from latentsync_cli.models.unet_config import UNetConfig
 
 
 class FrameGroupNorm(nn.GroupNorm):

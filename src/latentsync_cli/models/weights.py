@@ -26,9 +26,11 @@ from diffusers import AutoencoderKL
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download, try_to_load_from_cache
 from safetensors import safe_open
 
+from latentsync_cli.constants import WEIGHT_CHOICES
 from latentsync_cli.errors import UsageError, WeightsError
 from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
-from latentsync_cli.models.unet import UNet3DConditionModel, UNetConfig
+from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import VAE_FILES, VAE_HUB_ID, load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
 
@@ -40,7 +42,6 @@ VAE_FOLDER = "vae"
 DOWNLOAD_COMMAND = "latentsync models download"
 HUB_PROBE_TIMEOUT_S = 10  # one request, no retries: a sandbox without network fails in well under a second
 
-WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
 FULL_RESOLUTION = 512
 TINY_RESOLUTION = 256  # tiny VAE latents are 32x32
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from latentsync_cli.constants import SCHEDULERS
 from latentsync_cli.optimizers import OptimizationLog
-from latentsync_cli.settings import SCHEDULERS, RunSettings
+from latentsync_cli.settings import RunSettings
 
 UPSTREAM_STEPS = 20
 

@@ -26,8 +26,14 @@ MAX_PASTE_THREADS = 8  # a window holds at most 24 faces; more threads would mos
 
 
 def paste_thread_count(cpu_count: int | None = None) -> int:
-    """Threads worth giving `restore_faces(pool=...)` on a machine with `cpu_count` cores (default: this one)."""
-    return max(1, min(MAX_PASTE_THREADS, cpu_count or os.cpu_count() or 1))
+    """Threads worth giving `restore_faces(pool=...)` on a machine with `cpu_count` cores (default: this one).
+
+    Half the cores: the other half decode, find landmarks and run x264 at the
+    same time. On 2 cores that is 1 (no pool): there a pool only made the
+    paste slower (OpenCV already splits each remap and blur over both cores).
+    """
+    cores = cpu_count or os.cpu_count() or 1
+    return max(1, min(MAX_PASTE_THREADS, cores // 2))
 
 
 def resize_faces(faces: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from latentsync_cli.face.align import FILL_VALUE
 from latentsync_cli.face.restore import covered_region, resize_faces
 
-# Measured by scripts/measure_media_path.py on the 2-core CPU machine at 1080 x 1920
-# (see docs/PERFORMANCE.md): the OpenCV paste is faster there, so the CPU keeps it.
+# Measured on the 2-core CPU box, 16 faces of 1080 x 1920 frames per call, both in the same
+# run: OpenCV 16-27 ms per frame, this code 110-150 ms (5-7x slower; scripts/gpu_check.sh's
+# restore_parity step prints both). So the CPU keeps the OpenCV paste.
 CPU_RESTORE_BACKEND = "opencv"
 
 

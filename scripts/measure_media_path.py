@@ -143,33 +143,35 @@ def transcode_floor_fps(clip: Path, out: Path, setup: Setup) -> float:
     return count / (time.perf_counter() - start)
 
 
-def timed(work):
-    start = time.perf_counter()
-    result = work()
-    return result, time.perf_counter() - start
-
-
 def lane_fps(clip: Path, out: Path, setup: Setup) -> dict[str, float]:
     """Each lane alone, on the previous lane's output held in memory."""
     seconds = {}
-    frames, seconds["decode"] = timed(lambda: list(read_frames(clip, setup.n_frames)))
+    start = time.perf_counter()
+    frames = list(read_frames(clip, setup.n_frames))
+    seconds["decode"] = time.perf_counter() - start
+
     detector = MediapipeLandmarks(stride=setup.stride)
-    points, seconds["landmarks"] = timed(lambda: [detector.detect(frame) for frame in frames])
+    start = time.perf_counter()
+    points = [detector.detect(frame) for frame in frames]
+    seconds["landmarks"] = time.perf_counter() - start
     detector.close()
+
     aligner = FaceAligner(512)
-    aligned, seconds["align"] = timed(
-        lambda: [aligner.align(frame, found.points) if found else None for frame, found in zip(frames, points)]
-    )
-    batches = range(0, len(frames), RESTORE_BATCH)
-    restored, seconds["restore"] = timed(
-        lambda: [
-            frame
-            for first in batches
-            for frame in restore_batch(frames[first : first + RESTORE_BATCH], aligned[first : first + RESTORE_BATCH], setup)
-        ]
-    )
-    del frames
-    _, seconds["encode"] = timed(lambda: encode_all(restored, out, setup))
+    start = time.perf_counter()
+    aligned = [aligner.align(frame, found.points) if found else None for frame, found in zip(frames, points)]
+    seconds["align"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    restored = []
+    for first in range(0, len(frames), RESTORE_BATCH):
+        batch = slice(first, first + RESTORE_BATCH)
+        restored += restore_batch(frames[batch], aligned[batch], setup)
+    seconds["restore"] = time.perf_counter() - start
+    del frames  # only the restored frames stay in memory
+
+    start = time.perf_counter()
+    encode_all(restored, out, setup)
+    seconds["encode"] = time.perf_counter() - start
     return {lane: len(restored) / seconds[lane] for lane in LANES}
 
 

@@ -229,6 +229,7 @@ def test_an_unknown_codec_is_refused_before_ffmpeg_starts(tmp_path):
 
 def test_nvenc_quality_follows_the_crf():
     options = encode.codec_arguments("h264_nvenc", crf=23, preset="veryfast")
-    assert options[options.index("-cq") + 1] == "23" and options[options.index("-preset") + 1] == encode.NVENC_PRESET
+    assert options[options.index("-cq") + 1] == "23"
+    assert options[options.index("-preset") + 1] == encode.NVENC_PRESET
     lossless = encode.codec_arguments("h264_nvenc", crf=0, preset="veryfast")
     assert lossless[lossless.index("-cq") + 1] == "1"  # 0 would turn constant quality off

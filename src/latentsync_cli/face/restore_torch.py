@@ -91,7 +91,10 @@ def face_boxes(affines: np.ndarray, crop_shape: tuple[int, int], frame_shape: tu
 
 
 def warp_crops(crops: torch.Tensor, affines: np.ndarray, boxes: Boxes, indices: np.ndarray):
-    """Sample the crops (n, 3, h, w) at the box pixels: the face (n, 3, bh, bw) in 0..255 and the outline (n, 1, bh, bw)."""
+    """Sample the crops (n, 3, h, w) at the box pixels.
+
+    Returns the face (n, 3, bh, bw) in 0..255 and the crop outline (n, 1, bh, bw).
+    """
     crop_height, crop_width = crops.shape[-2:]
     # grid_sample with align_corners=True puts pixel i at i, as OpenCV does, in coordinates
     # normalised to [-1, 1]; the box origin is folded into the offset in float64.
@@ -109,7 +112,8 @@ def warp_crops(crops: torch.Tensor, affines: np.ndarray, boxes: Boxes, indices: 
         + coefficients[:, None, None, :, 2]
     )
     ones = torch.ones_like(crops[:, :1])
-    sampled = F.grid_sample(torch.cat([crops, ones], dim=1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    crops_and_ones = torch.cat([crops, ones], dim=1)
+    sampled = F.grid_sample(crops_and_ones, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     face, outline = sampled[:, :3], sampled[:, 3:]
     # Zero padding weighted by the outline; the rest of each sample is the grey border.
     face = face + (1.0 - outline) * FILL_VALUE
@@ -134,7 +138,7 @@ def blend(face: torch.Tensor, outline: torch.Tensor, originals: torch.Tensor) ->
 
 
 def erode(mask: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Minimum over the window [-before, after] in both axes; pixels past the edge are ignored (like cv2.erode)."""
+    """Minimum over the window [-before, after] in both axes; pixels past the edge are ignored, as by cv2.erode."""
     size = before + after + 1
     negated = F.pad(-mask, (before, after, before, after), value=float("-inf"))
     negated = F.max_pool2d(negated, (1, size), stride=1)  # a rectangle is separable: rows, then columns

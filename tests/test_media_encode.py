@@ -11,9 +11,9 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from latentsync_cli.errors import InputError, OutputError
+from latentsync_cli.errors import ExitCode, InputError, OutputError, UsageError
 from latentsync_cli.media import encode
-from latentsync_cli.media.encode import VideoEncoder, mux
+from latentsync_cli.media.encode import VideoEncoder, choose_encoder, mux
 from latentsync_cli.media.video import decode_frames, probe_video, read_frames
 
 
@@ -166,3 +166,70 @@ def test_partial_path_is_hidden_beside_the_target(tmp_path):
     second = encode.partial_path(tmp_path / "result.mp4")
     assert first.parent == tmp_path and first != second
     assert first.name.startswith(f".result.partial-{os.getpid()}-") and first.suffix == ".mp4"
+
+
+NO_NVENC = "Cannot load libcuda.so.1"  # what the bundled ffmpeg says on a machine without the NVIDIA driver
+
+
+def test_auto_falls_back_to_libx264_with_the_reason():
+    choice = choose_encoder("auto", nvenc_error=lambda: NO_NVENC)
+    assert choice.name == "libx264"
+    assert choice.reason == f"h264_nvenc did not open: {NO_NVENC}"
+
+
+def test_auto_takes_nvenc_where_it_opens():
+    assert choose_encoder("auto", nvenc_error=lambda: None).name == "h264_nvenc"
+    assert choose_encoder("h264_nvenc", nvenc_error=lambda: None).name == "h264_nvenc"
+
+
+def test_requested_nvenc_without_it_is_a_usage_error():
+    with pytest.raises(UsageError) as caught:
+        choose_encoder("h264_nvenc", nvenc_error=lambda: NO_NVENC)
+    message = str(caught.value)
+    assert caught.value.exit_code == ExitCode.USAGE == 2
+    assert "--encoder h264_nvenc" in message and NO_NVENC in message and "\n" not in message
+
+
+def test_libx264_needs_no_probe_and_unknown_names_are_refused():
+    def no_probe():
+        raise AssertionError("libx264 must not start an NVENC probe")
+
+    assert choose_encoder("libx264", nvenc_error=no_probe).name == "libx264"
+    with pytest.raises(UsageError, match="auto, libx264, h264_nvenc"):
+        choose_encoder("x265")
+
+
+def test_the_real_probe_agrees_with_an_nvenc_encode(tmp_path):
+    """On a machine without NVENC (this CPU box, an H100) auto says why; where it opens, it encodes."""
+    error = encode.nvenc_open_error()
+    choice = choose_encoder("auto")
+    if error is None:
+        assert choice.name == "h264_nvenc"
+        with VideoEncoder(tmp_path / "nvenc.mp4", 256, 144, codec="h264_nvenc") as encoder:
+            for frame in moving_frames(10, width=256, height=144):
+                encoder.write(frame)
+        assert len(list(read_frames(tmp_path / "nvenc.mp4", 10))) == 10
+    else:
+        assert choice.name == "libx264" and choice.reason == f"h264_nvenc did not open: {error}"
+        assert error.strip() and "\n" not in error and not error.startswith("[")
+        with pytest.raises(UsageError, match="h264_nvenc"):
+            choose_encoder("h264_nvenc")
+        with pytest.raises(OutputError):
+            with VideoEncoder(tmp_path / "nvenc.mp4", 256, 144, codec="h264_nvenc") as encoder:
+                for frame in moving_frames(10, width=256, height=144):
+                    encoder.write(frame)
+        assert leftovers(tmp_path) == [] and not (tmp_path / "nvenc.mp4").exists()
+
+
+def test_an_unknown_codec_is_refused_before_ffmpeg_starts(tmp_path):
+    with pytest.raises(ValueError, match="unknown encoder"):
+        VideoEncoder(tmp_path / "out.mp4", 64, 48, codec="h265_magic")
+    assert os.listdir(tmp_path) == []
+
+
+def test_nvenc_quality_follows_the_crf():
+    options = encode.codec_arguments("h264_nvenc", crf=23, preset="veryfast")
+    assert options[options.index("-cq") + 1] == "23"
+    assert options[options.index("-preset") + 1] == encode.NVENC_PRESET
+    lossless = encode.codec_arguments("h264_nvenc", crf=0, preset="veryfast")
+    assert lossless[lossless.index("-cq") + 1] == "1"  # 0 would turn constant quality off

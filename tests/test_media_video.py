@@ -236,3 +236,12 @@ def test_probe_reports_audio_and_codec(tmp_path):
     assert (info.has_audio, info.codec, info.width, info.height, info.rotation) == (True, "h264", 96, 64, 0)
     assert info.duration_s == pytest.approx(1.0, abs=0.05)
     assert info.frame_count == 25
+
+
+def test_the_first_ffmpeg_error_line_loses_its_component_prefixes():
+    stderr = (
+        "[h264_nvenc @ 0x55f7dd1af780] Cannot load libcuda.so.1\n"
+        "[vost#0:0/h264_nvenc @ 0x55f7dd1aecc0] [enc:h264_nvenc @ 0x55f7dd1af680] Error while opening encoder\n"
+    )
+    assert video.first_ffmpeg_error(stderr) == "Cannot load libcuda.so.1"
+    assert video.first_ffmpeg_error("\n  \n") == "ffmpeg gave no reason"

@@ -11,6 +11,9 @@ outside it the mask is zero, so the result equals working on the whole frame.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Executor
+
 import cv2
 import numpy as np
 import torch
@@ -19,14 +22,29 @@ import torch.nn.functional as F
 from latentsync_cli.face.align import FILL_VALUE, crop_size
 
 REGION_MARGIN = 4  # px of zero mask kept around the crop so erosion and blur see the same borders
+MAX_PASTE_THREADS = 8  # a window holds at most 24 faces; more threads would mostly wait
+
+
+def paste_thread_count(cpu_count: int | None = None) -> int:
+    """Threads worth giving `restore_faces(pool=...)` on a machine with `cpu_count` cores (default: this one).
+
+    Half the cores: the other half decode, find landmarks and run x264 at the
+    same time. On 2 cores that is 1 (no pool): there a pool only made the
+    paste slower (OpenCV already splits each remap and blur over both cores).
+    """
+    cores = cpu_count or os.cpu_count() or 1
+    return max(1, min(MAX_PASTE_THREADS, cores // 2))
+
+
+def resize_faces(faces: torch.Tensor) -> torch.Tensor:
+    """(N, 3, R, R) -> (N, 3, crop_h, crop_w) float32 on the same device, bicubic with antialias like upstream."""
+    width, height = crop_size(faces.shape[-1])
+    return F.interpolate(faces.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
 
 
 def faces_to_crops(faces: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, 3, R, R) floats in [-1, 1] -> (N, crop_h, crop_w, 3) float32, bicubic with antialias like upstream."""
-    faces = torch.as_tensor(faces)
-    resolution = faces.shape[-1]
-    width, height = crop_size(resolution)
-    crops = F.interpolate(faces.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    """(N, 3, R, R) floats in [-1, 1] -> (N, crop_h, crop_w, 3) float32 on the CPU."""
+    crops = resize_faces(torch.as_tensor(faces))
     return crops.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
@@ -36,10 +54,18 @@ def restore_face(frame_rgb: np.ndarray, face: torch.Tensor | np.ndarray, affine:
     return paste_crop(frame_rgb, crop, affine)
 
 
-def restore_faces(frames_rgb, faces: torch.Tensor | np.ndarray, affines) -> list[np.ndarray]:
-    """Batched `restore_face`: one resize call for all faces (N, 3, R, R), then one paste per frame."""
+def restore_faces(
+    frames_rgb, faces: torch.Tensor | np.ndarray, affines, pool: Executor | None = None
+) -> list[np.ndarray]:
+    """Batched `restore_face`: one resize call for all faces (N, 3, R, R), then one paste per frame.
+
+    With a `pool` the pastes run on its threads (OpenCV and numpy release the
+    GIL); the list keeps the order of the frames either way.
+    """
     crops = faces_to_crops(faces)
-    return [paste_crop(frame, crop, affine) for frame, crop, affine in zip(frames_rgb, crops, affines)]
+    if pool is None:
+        return [paste_crop(frame, crop, affine) for frame, crop, affine in zip(frames_rgb, crops, affines)]
+    return list(pool.map(paste_crop, frames_rgb, crops, affines))
 
 
 def paste_crop(
@@ -51,7 +77,7 @@ def paste_crop(
     by default it is the part the crop covers.
     """
     frame_height, frame_width = frame_rgb.shape[:2]
-    top, bottom, left, right = region or _covered_region(affine, crop.shape[:2], (frame_height, frame_width))
+    top, bottom, left, right = region or covered_region(affine, crop.shape[:2], (frame_height, frame_width))
     result = frame_rgb.copy()
     if bottom <= top or right <= left:
         return result
@@ -120,7 +146,7 @@ def _blend_masks(crop_shape, sample_map) -> tuple[np.ndarray, np.ndarray]:
     return centre[..., None], edge_mask[..., None]
 
 
-def _covered_region(affine: np.ndarray, crop_shape: tuple[int, int], frame_shape: tuple[int, int]):
+def covered_region(affine: np.ndarray, crop_shape: tuple[int, int], frame_shape: tuple[int, int]):
     """Rows [top, bottom) and columns [left, right) of the frame the warped crop can touch, with a margin."""
     crop_height, crop_width = crop_shape
     corners = np.array(

@@ -6,28 +6,94 @@ atomic rename) named `.<name>.partial-<pid>-<random><suffix>`, and remove it on
 any failure, exception or interrupt. The temporary paths are attributes, so a
 signal handler can clean up too.
 
-libx264 with yuv420p needs even sizes: an odd width or height is padded by one
+H.264 with yuv420p needs even sizes: an odd width or height is padded by one
 pixel on the right/bottom edge, copying the last column/row, so the output is
 then 1 px larger than the frames (see `VideoEncoder.encoded_size`).
+
+The encoder is libx264 (on all the CPU's cores) or NVIDIA's h264_nvenc where it
+opens: `choose_encoder` tries it once per process, since a GPU without NVENC
+(A100, H100) or a missing driver only shows when ffmpeg opens the encoder.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
-from latentsync_cli.errors import OutputError
-from latentsync_cli.media.video import probe_video
+from latentsync_cli.errors import OutputError, UsageError
+from latentsync_cli.media.video import first_ffmpeg_error, probe_video
 
 SAMPLE_RATE = 16000
+ENCODERS = ("libx264", "h264_nvenc")
+ENCODER_CHOICES = ("auto", *ENCODERS)
+NVENC_PRESET = "p4"  # NVENC's middle preset (p1 fastest .. p7 best): faster than real time at 1080p
+NVENC_PROBE_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    name: str  # the ffmpeg encoder: "libx264" or "h264_nvenc"
+    reason: str  # one line for the run report: why this one
+
+
+def choose_encoder(requested: str = "auto", nvenc_error: Callable[[], str | None] | None = None) -> EncoderChoice:
+    """The H.264 encoder to use: `requested` ("auto", "libx264" or "h264_nvenc") checked against this machine.
+
+    `nvenc_error` says why h264_nvenc does not open here (None: it does);
+    by default ffmpeg is asked, once per process. "auto" takes NVENC where it
+    opens and libx264 otherwise; "h264_nvenc" where it does not is a UsageError.
+    """
+    if requested not in ENCODER_CHOICES:
+        raise UsageError(f"unknown encoder {requested!r} for --encoder: use one of {', '.join(ENCODER_CHOICES)}")
+    if requested == "libx264":
+        return EncoderChoice("libx264", "libx264 requested")
+    error = (nvenc_error or nvenc_open_error)()
+    if error is None:
+        return EncoderChoice("h264_nvenc", "h264_nvenc requested" if requested == "h264_nvenc" else "h264_nvenc opened")
+    if requested == "h264_nvenc":
+        raise UsageError(f"--encoder h264_nvenc does not work on this machine ({error}): use --encoder auto or libx264")
+    return EncoderChoice("libx264", f"h264_nvenc did not open: {error}")
+
+
+@functools.lru_cache(maxsize=1)
+def nvenc_open_error() -> str | None:
+    """None if the bundled ffmpeg encodes a few tiny frames with h264_nvenc, else its first error line.
+
+    Cached: the answer holds for the whole process, and each probe starts ffmpeg.
+    """
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    command += ["-f", "lavfi", "-i", "color=c=gray:size=256x256:rate=25", "-frames:v", "5"]
+    command += codec_arguments("h264_nvenc", crf=18, preset="medium") + ["-f", "null", "-"]
+    try:
+        result = subprocess.run(command, capture_output=True, check=False, timeout=NVENC_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"ffmpeg could not run: {error}"
+    if result.returncode == 0:
+        return None
+    return first_ffmpeg_error(result.stderr.decode("utf-8", "replace"))
+
+
+def codec_arguments(codec: str, crf: int, preset: str) -> list[str]:
+    """ffmpeg's output options for `codec` at x264 quality `crf` (`preset` is x264's; NVENC uses its own)."""
+    if codec == "libx264":
+        # -threads 0 is ffmpeg's default (x264 picks its threads from the core count); said here so it stays.
+        return ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-threads", "0", "-pix_fmt", "yuv420p"]
+    if codec == "h264_nvenc":
+        # Constant quality: -cq plays -crf's part (0 would mean "unset" to NVENC, hence at least 1).
+        return ["-c:v", "h264_nvenc", "-preset", NVENC_PRESET, "-tune", "hq", "-rc", "vbr",
+                "-cq", str(max(crf, 1)), "-b:v", "0", "-pix_fmt", "yuv420p"]  # fmt: skip
+    raise ValueError(f"unknown encoder {codec!r}: use one of {', '.join(ENCODERS)}")
 
 
 def partial_path(target: str | os.PathLike, suffix: str | None = None) -> Path:
@@ -38,7 +104,10 @@ def partial_path(target: str | os.PathLike, suffix: str | None = None) -> Path:
 
 
 class VideoEncoder:
-    """Pipe RGB uint8 frames (H, W, 3) into libx264; the file appears at `path` on `finish()`.
+    """Pipe RGB uint8 frames (H, W, 3) into H.264; the file appears at `path` on `finish()`.
+
+    `codec` is "libx264" or "h264_nvenc" (see `choose_encoder`); `preset` is
+    libx264's and is ignored by NVENC.
 
     Use it as a context manager: leaving the block normally finishes the file,
     leaving it with an exception (KeyboardInterrupt included) aborts it.
@@ -52,7 +121,9 @@ class VideoEncoder:
         fps: float | Fraction | str = 25,
         crf: int = 18,
         preset: str = "medium",
+        codec: str = "libx264",
     ):
+        codec_options = codec_arguments(codec, crf, preset)
         self.path = Path(path)
         self.width = width
         self.height = height
@@ -63,7 +134,7 @@ class VideoEncoder:
         self._errors = tempfile.TemporaryFile()
         self._done = False
         self.process = subprocess.Popen(
-            self._command(fps, crf, preset),
+            self._command(fps, codec_options),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._errors,
@@ -136,7 +207,7 @@ class VideoEncoder:
         else:
             self.abort()
 
-    def _command(self, fps: float | Fraction | str, crf: int, preset: str) -> list[str]:
+    def _command(self, fps: float | Fraction | str, codec_options: list[str]) -> list[str]:
         rate = str(fps if isinstance(fps, (str, Fraction)) else Fraction(fps).limit_denominator(1001))
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
         command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", rate]
@@ -145,7 +216,7 @@ class VideoEncoder:
             pad_width, pad_height = self.encoded_size
             command += ["-vf", f"pad={pad_width}:{pad_height},fillborders=right={pad_width - self.width}"
                         f":bottom={pad_height - self.height}:mode=smear"]  # fmt: skip
-        command += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+        command += codec_options
         command += ["-movflags", "+faststart", os.path.abspath(self.temp_path)]
         return command
 

@@ -283,7 +283,7 @@ def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
             process.wait()
         if process.returncode != 0:
             errors.seek(0)
-            reason = _first_ffmpeg_error(errors.read().decode("utf-8", "replace"))
+            reason = first_ffmpeg_error(errors.read().decode("utf-8", "replace"))
             raise InputError(
                 f"cannot decode {info.path} after {count} frames: the file is damaged or truncated ({reason})"
             )
@@ -381,7 +381,7 @@ def _ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg gave no reason"
 
 
-def _first_ffmpeg_error(stderr: str) -> str:
+def first_ffmpeg_error(stderr: str) -> str:
     """Why a decode failed: the first error line (later ones are consequences), without prefixes."""
     for line in stderr.splitlines():
         message = re.sub(r"^(\s*\[[^\]]*\])+\s*", "", line).strip()

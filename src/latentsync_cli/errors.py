@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     OUTPUT = 6  # the output cannot be written (exists, unwritable, disk full)
     OUT_OF_MEMORY = 7  # even the smallest memory setting does not fit on the device
     BATCH_FAILED = 8  # a batch finished but one or more of its jobs failed
+    INCOMPLETE = 9  # --finalize found windows missing in the work dir (a shard has not run yet)
     INTERRUPTED = 130  # SIGINT (Ctrl-C)
     TERMINATED = 143  # SIGTERM
 
@@ -36,6 +37,7 @@ EXIT_CODE_MEANINGS = {
     ExitCode.OUTPUT: "output cannot be written: exists (use --overwrite), same as an input, unwritable, disk full",
     ExitCode.OUT_OF_MEMORY: "out of device memory even at the smallest memory setting",
     ExitCode.BATCH_FAILED: "batch run finished with at least one failed job",
+    ExitCode.INCOMPLETE: "--finalize: windows are missing in the work dir (run the shards it names first)",
     ExitCode.INTERRUPTED: "interrupted by SIGINT (Ctrl-C); temporary files removed",
     ExitCode.TERMINATED: "terminated by SIGTERM; temporary files removed",
 }
@@ -53,6 +55,13 @@ class LatentsyncError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+    @classmethod
+    def with_code(cls, message: str, exit_code: int) -> LatentsyncError:
+        """An error with the message and exit code another process reported (a Ray worker, say)."""
+        error = cls(message)
+        error.exit_code = ExitCode(exit_code)
+        return error
 
 
 class UsageError(LatentsyncError):
@@ -85,6 +94,10 @@ class DeviceMemoryError(LatentsyncError):
 
 class BatchFailedError(LatentsyncError):
     exit_code = ExitCode.BATCH_FAILED
+
+
+class IncompleteWorkError(LatentsyncError):
+    exit_code = ExitCode.INCOMPLETE
 
 
 class Interrupted(LatentsyncError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +28,7 @@ from latentsync_cli.cli.reports import (
     profile_json,
     write_trace,
 )
-from latentsync_cli.errors import OutputError, UsageError
+from latentsync_cli.errors import LatentsyncError, OutputError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, BatchRow, raise_if_failed, run_batch
 from latentsync_cli.jobs.run import (
     FinishedJob,
@@ -38,7 +38,10 @@ from latentsync_cli.jobs.run import (
     execute,
     prepare,
 )
+from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.signals import stop_on_signals
+
+RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
 OptionalVideoArgument = Annotated[
@@ -80,6 +83,51 @@ TraceOption = Annotated[
 ]
 
 
+FARM_PANEL = "Render farms"
+
+
+@dataclass(frozen=True)
+class FarmFlags:
+    """How one job is spread over tasks (--shard, --finalize) or a Ray cluster (--ray)."""
+
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", metavar="K/N", rich_help_panel=FARM_PANEL,
+                     help="Compute only the K-th of N window ranges into --work-dir and exit (no output is "
+                     "written); then run the command without --shard, or with --finalize."),
+    ] = None  # fmt: skip
+    finalize: Annotated[
+        bool,
+        typer.Option("--finalize", rich_help_panel=FARM_PANEL,
+                     help="Only restore, encode and mux the windows in --work-dir (exit 9 if any is missing)."),
+    ] = False  # fmt: skip
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", rich_help_panel=FARM_PANEL,
+                     help="Run on a Ray cluster: auto (the running one), local, or HOST:PORT. "
+                     f"Needs {RAY_EXTRA_HINT}."),
+    ] = None  # fmt: skip
+    shards: Annotated[
+        int | None,
+        typer.Option("--shards", min=1, rich_help_panel=FARM_PANEL,
+                     help="With --ray: shards per job [default: by length, at most one per worker]."),
+    ] = None  # fmt: skip
+    ray_workers: Annotated[
+        int | None,
+        typer.Option("--ray-workers", min=1, rich_help_panel=FARM_PANEL,
+                     help="With --ray: workers [default: one per GPU of the cluster; 1 on a CPU-only cluster]."),
+    ] = None  # fmt: skip
+
+    def check(self, batch: Path | None) -> None:
+        if self.ray is None and (self.shards is not None or self.ray_workers is not None):
+            raise UsageError("--shards and --ray-workers go with --ray (for a farm's own tasks, use --shard K/N)")
+        if self.ray is not None and (self.shard is not None or self.finalize):
+            raise UsageError("--ray splits the job itself: do not also pass --shard or --finalize")
+        if batch is not None and (self.shard is not None or self.finalize):
+            raise UsageError("--shard and --finalize take one job, not --batch")
+
+
+@with_flags(FarmFlags, "farm")
 @with_flags(JobFlags)
 def sync(
     ctx: typer.Context,
@@ -92,20 +140,27 @@ def sync(
     json_output: JsonOption = False,
     *,
     flags: JobFlags,
+    farm: FarmFlags,
 ) -> None:
     out = get_output(ctx)
+    farm.check(batch)
     if batch is not None:
-        given = [name for name, value in (("VIDEO", video), ("AUDIO", audio), ("--output", output),
-                                          ("--work-dir", work_dir)) if value is not None]  # fmt: skip
+        given = [name for name, value in (("VIDEO", video), ("AUDIO", audio), ("--output", output)) if value]
         if given:
             raise UsageError(f"--batch runs the jobs of {batch}: do not also pass {given[0]}")
         with stop_on_signals():
-            run_manifest(out, batch, flags.to_job(Path()), progress, json_output)
+            run_manifest(out, batch, flags.to_job(Path(), work_dir=work_dir), farm, progress, json_output)
         return
     if video is None:
         raise UsageError("missing VIDEO: pass a face video (or image) and the speech, or --batch FILE")
+    job = replace(flags.to_job(video, audio, output, work_dir), finalize=farm.finalize,
+                  shard=Shard.parse(farm.shard) if farm.shard is not None else None)  # fmt: skip
     with stop_on_signals():
-        finished = run_job(out, flags.to_job(video, audio, output, work_dir), progress)
+        if farm.ray is not None:
+            return run_one_on_ray(out, job, farm, json_output)
+        finished = run_job(out, job, progress)
+    if job.shard is not None:
+        return out.info(f"shard {job.shard}: {finished.result.windows} windows in {job.work_dir}")
     if json_output:
         Output.print_json(job_json(finished))
     else:
@@ -162,14 +217,42 @@ def run_job(out: Output, job: Job, progress_kind: str, cache: ModelCache | None 
     return finished
 
 
-def run_manifest(out: Output, manifest: Path, base: Job, progress_kind: str, json_output: bool) -> None:
+def run_manifest(out: Output, manifest: Path, base: Job, farm: FarmFlags, progress_kind: str, json_output: bool):
     """Every row of a batch manifest, the models loaded once; a table at the end, exit 8 if a row failed."""
-    cache = ModelCache()
+    on_record = _record_printer(out, json_output)
+    if farm.ray is not None:
+        from latentsync_cli.jobs.cluster import ClusterOptions, run_manifest_on_ray
 
-    def run_row_job(row: BatchRow, job: Job, total: int) -> FinishedJob:
-        out.info(f"job {row.number}/{total}: {escape(str(job.video))} -> {escape(str(job.output or '-'))}")
-        return run_job(out, job, progress_kind, cache)
+        options = ClusterOptions(farm.ray, farm.ray_workers, farm.shards, work_root=base.work_dir)
+        records = run_manifest_on_ray(manifest, replace(base, work_dir=None), options, on_record)
+    elif base.work_dir is not None:
+        raise UsageError(
+            f"--batch runs the jobs of {manifest}: --work-dir goes with --ray (a folder for every job's work)"
+        )
+    else:
+        cache = ModelCache()
 
+        def run_row_job(row: BatchRow, job: Job, total: int) -> FinishedJob:
+            out.info(f"job {row.number}/{total}: {escape(str(job.video))} -> {escape(str(job.output or '-'))}")
+            return run_job(out, job, progress_kind, cache)
+
+        records = run_batch(manifest, base, run_row_job, on_record)
+    out.table(batch_table(records))
+    raise_if_failed(manifest, records)
+
+
+def run_one_on_ray(out: Output, job: Job, farm: FarmFlags, json_output: bool) -> None:
+    """One job split into shards over the workers of a Ray cluster."""
+    from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
+
+    options = ClusterOptions(farm.ray, farm.ray_workers, farm.shards)
+    [record] = run_on_ray([(1, job)], options, _record_printer(out, json_output))
+    if record.status == "failed":
+        raise LatentsyncError.with_code(record.error, record.exit_code)
+    out.info(f"wrote {escape(record.output)} ({record.frames} frames in {record.seconds:.1f} s)")
+
+
+def _record_printer(out: Output, json_output: bool):
     def on_record(record: BatchRecord) -> None:
         if record.status == "failed":
             out.warn(f"job {record.job} failed: {record.error}")
@@ -177,6 +260,4 @@ def run_manifest(out: Output, manifest: Path, base: Job, progress_kind: str, jso
             sys.stdout.write(json.dumps(asdict(record)) + "\n")
             sys.stdout.flush()
 
-    records = run_batch(manifest, base, run_row_job, on_record)
-    out.table(batch_table(records))
-    raise_if_failed(manifest, records)
+    return on_record

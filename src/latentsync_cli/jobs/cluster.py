@@ -34,7 +34,6 @@ from latentsync_cli.jobs.run import Job, ModelCache, prepare, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
 
-RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
 SECONDS_PER_SHARD = 8.0  # a long video is split so that each worker gets at least this much of it
 WORK_DIR_PREFIX = ".latentsync-work-"
 
@@ -43,7 +42,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError(f"--ray needs Ray, an optional extra: {RAY_EXTRA_HINT}") from None
+        raise UsageError("--ray needs Ray, an optional extra: pip install 'latentsync[ray]'") from None
     return ray
 
 

@@ -28,6 +28,7 @@ from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.hardware import HardwareReport, probe_devices
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
+from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import Progress
@@ -60,6 +61,8 @@ class Job:
     overwrite: bool = False
     work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
     keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
+    shard: Shard | None = None  # compute only this shard's windows into the work dir (no output is written)
+    finalize: bool = False  # only restore, encode and mux the windows in the work dir (all must be there)
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,9 @@ def prepare(
 def claim_output(prepared: PreparedJob) -> Iterator[Path]:
     """The job's scratch folder, which also claims its output until the job ends (OutputError if another
     running job holds it). Without a kept output (`profile` without -o): a temporary folder."""
-    if prepared.output is None:
-        with tempfile.TemporaryDirectory(prefix=".latentsync-profile-") as scratch:
+    if prepared.output is None or prepared.job.shard is not None:  # nothing is written at the output path
+        folder = prepared.job.work_dir if prepared.job.shard is not None else None
+        with tempfile.TemporaryDirectory(prefix=".latentsync-scratch-", dir=folder) as scratch:
             yield Path(scratch)
         return
     remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
@@ -160,22 +164,39 @@ def execute(
     settings = prepared.resolved.settings
     weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random)
     target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
+    job = prepared.job
     with ExitStack() as stack:
-        job = SyncJob(
+        store = _window_store(stack, prepared, weights)
+        sync_job = SyncJob(
             video=prepared.video,
             audio=prepared.audio,
             output=target,
             scratch_dir=scratch_dir,
-            loop=prepared.job.loop,
-            face=prepared.job.face,
-            mask_feather_px=prepared.job.mask_feather,
-            crf=prepared.job.crf,
+            loop=job.loop,
+            face=job.face,
+            mask_feather_px=job.mask_feather,
+            crf=job.crf,
             speech=prepared.speech,
-            store=_window_store(stack, prepared, weights),
+            store=store,
+            face_track=_stored_track(store, prepared, models.resolution) if job.work_dir is not None else None,
+            shard=job.shard,
+            finalize_only=job.finalize,
         )
         pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
-        result = pipeline.run(job)
+        result = pipeline.run(sync_job)
     return FinishedJob(prepared, result, weights)
+
+
+def _stored_track(store, prepared: PreparedJob, resolution: int):
+    """The face track from the work dir, computed there by the first task that needs it."""
+    from latentsync_cli.face.track import track_faces
+
+    job, stride = prepared.job, prepared.resolved.settings.face_detect_stride
+
+    def face_track(num_frames: int):
+        return store.face_track(lambda: track_faces(prepared.video, num_frames, job.loop, job.face, stride, resolution))
+
+    return face_track
 
 
 def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo):
@@ -186,13 +207,15 @@ def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
     job = prepared.job
     if job.work_dir is None:
         return NoStore()
+    settings = prepared.resolved.to_dict()["settings"]
+    settings["device"] = settings["device"].split(":")[0]  # which GPU of a host does not change the faces
     fingerprint = job_fingerprint(
         [prepared.video, prepared.audio],
-        prepared.resolved.to_dict()["settings"],
+        settings,
         # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
         {"weights": weights.to_dict(), "face": job.face, "mask_feather": job.mask_feather, "loop": job.loop},
     )
-    return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint))
+    return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint, job.shard))
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -201,7 +224,18 @@ def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
 def check_flags(job: Job, table: PresetTable) -> None:
     """UsageError for a bad flag (or batch column) that needs neither the files nor the devices."""
     check_choices(job)
+    check_shard_flags(job)
     check_request(table, job.settings)
+
+
+def check_shard_flags(job: Job) -> None:
+    if job.shard is not None and job.finalize:
+        raise UsageError("--shard and --finalize: a task either computes a shard or finalizes, not both")
+    if (job.shard is not None or job.finalize) and job.work_dir is None:
+        flag = "--shard" if job.shard is not None else "--finalize"
+        raise UsageError(f"{flag} needs --work-dir: a folder that every task of the job can reach")
+    if (job.shard is not None or job.finalize) and not job.keep_output:
+        raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
 
 
 def check_choices(job: Job) -> None:

@@ -1,0 +1,103 @@
+"""`--shard K/N` + `--finalize` through the real CLI: the same H.264 stream as one uninterrupted run.
+
+The clip is 1.6 s (41 frames at window 8: 6 windows), so three shards get two
+windows each. Everything runs with the tiny model and one denoising step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clitools import FAST, cli_env, leftovers, run_cli, video_stream_bytes
+
+from latentsync_cli.errors import ExitCode
+from latentsync_cli.media.synthetic import make_face_clip, make_speech
+
+SECONDS = 1.6
+JOB_FLAGS = [*FAST, "--window", "8", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("shards")
+    clip = make_face_clip(folder / "clip.mp4", SECONDS, size=(320, 240), preset="ultrafast")
+    voice = make_speech(folder / "voice.wav", SECONDS, use_espeak=False)
+    single = folder / "single.mp4"
+    ran = run_cli("sync", clip, voice, "-o", single, *JOB_FLAGS)
+    assert ran.code == 0, ran.stderr
+    return {"clip": clip, "voice": voice, "single": single, "folder": folder}
+
+
+def sync(media, target: Path, *extra):
+    return run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, *extra)
+
+
+def test_shards_in_reverse_order_then_finalize_give_the_single_run_video(media, tmp_path):
+    target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
+    for shard in ("3/3", "2/3", "1/3"):
+        ran = sync(media, target, "--work-dir", work_dir, "--shard", shard)
+        assert ran.code == 0, ran.stderr
+        assert not target.exists()  # a shard writes only into the work dir
+    assert sorted(path.name for path in work_dir.glob("window-*.npz")) == [f"window-{i:05d}.npz" for i in range(6)]
+    assert (work_dir / "track.npz").exists()  # the face track, found once and read by every shard
+
+    finalized = sync(media, target, "--work-dir", work_dir, "--finalize", "--json")
+    assert finalized.code == 0, finalized.stderr
+    assert json.loads(finalized.stdout)["resumed_windows"] == 6  # no window was computed again
+    assert video_stream_bytes(target) == video_stream_bytes(media["single"])
+    assert leftovers(tmp_path) == []
+
+
+def test_the_command_without_shard_computes_what_is_missing_and_finishes(media, tmp_path):
+    target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
+    assert sync(media, target, "--work-dir", work_dir, "--shard", "2/3").code == 0
+    ran = sync(media, target, "--work-dir", work_dir, "--json")
+    assert ran.code == 0, ran.stderr
+    assert json.loads(ran.stdout)["resumed_windows"] == 2
+    assert video_stream_bytes(target) == video_stream_bytes(media["single"])
+
+
+def test_finalize_with_a_shard_missing_names_the_windows_and_writes_nothing(media, tmp_path):
+    target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
+    for shard in ("1/3", "3/3"):
+        assert sync(media, target, "--work-dir", work_dir, "--shard", shard).code == 0
+    ran = sync(media, target, "--work-dir", work_dir, "--finalize")
+    assert ran.code == ExitCode.INCOMPLETE, ran.stderr
+    assert len(ran.error_lines) == 1 and "windows 2, 3" in ran.error_lines[0], ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert not target.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--shard", "1/3"], "--work-dir"),
+        (["--finalize"], "--work-dir"),
+        (["--shard", "4/3", "--work-dir", "w"], "--shard 4/3"),
+        (["--shard", "1/2", "--finalize", "--work-dir", "w"], "--finalize"),
+        (["--shards", "2"], "--ray"),
+    ],
+)
+def test_shard_flag_mistakes_are_usage_errors(media, tmp_path, flags, fragment):
+    ran = sync(media, tmp_path / "out.mp4", *flags)
+    assert ran.code == ExitCode.USAGE, ran.stderr
+    assert len(ran.error_lines) == 1 and fragment in ran.error_lines[0], ran.stderr
+
+
+def test_without_ray_the_flag_names_the_extra(media, tmp_path):
+    """Run with a Python path where `import ray` fails, as on a machine without the extra."""
+    blocker = tmp_path / "blocker"
+    (blocker / "ray").mkdir(parents=True)
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "latentsync_cli", "sync", str(media["clip"]), str(media["voice"]), "--ray", "auto",
+               "-o", str(tmp_path / "out.mp4"), *JOB_FLAGS]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "pip install 'latentsync[ray]'" in done.stderr
+    assert not (tmp_path / "out.mp4").exists()

@@ -70,6 +70,11 @@ CrfOption = Annotated[
     int,
     typer.Option("--crf", min=0, max=51, help="x264 quality: lower is better and bigger.", rich_help_panel=JOB_PANEL),
 ]
+EncoderOption = Annotated[
+    str,
+    typer.Option("--encoder", help="H.264 encoder: auto (h264_nvenc where it opens, else libx264), libx264 or "
+                 "h264_nvenc.", rich_help_panel=JOB_PANEL),
+]  # fmt: skip
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=JOB_PANEL)
 ]
@@ -102,6 +107,7 @@ class JobFlags:
     face: FaceOption = "largest"
     mask_feather: FeatherOption = 0.0
     crf: CrfOption = 18
+    encoder: EncoderOption = "auto"
     overwrite: OverwriteOption = False
 
     def to_job(
@@ -129,6 +135,7 @@ class JobFlags:
             face=self.face.lower(),
             mask_feather=self.mask_feather,
             crf=self.crf,
+            encoder=self.encoder.lower(),
             overwrite=self.overwrite,
             work_dir=work_dir,
             keep_output=keep_output,

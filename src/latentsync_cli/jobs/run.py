@@ -30,6 +30,7 @@ from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
+from latentsync_cli.media.encode import ENCODER_CHOICES, EncoderChoice, choose_encoder
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import Progress
 from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
@@ -58,6 +59,7 @@ class Job:
     face: str = "largest"  # which face when there are several
     mask_feather: float = 0.0
     crf: int = 18
+    encoder: str = "auto"  # auto | libx264 | h264_nvenc (auto: NVENC where it opens on a CUDA machine)
     overwrite: bool = False
     work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
     keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
@@ -75,6 +77,7 @@ class PreparedJob:
     output: Path | None  # absolute; None when the MP4 is not kept
     speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job
     resolved: ResolvedSettings
+    encoder: EncoderChoice  # the H.264 encoder and why
     warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
 
 
@@ -137,7 +140,8 @@ def prepare(
     speech, warnings = read_media(video, audio)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
-    return PreparedJob(job, video, audio, output, speech, resolved, tuple(resolved.notes) + warnings)
+    encoder = pick_encoder(job.encoder, resolved.settings.device)
+    return PreparedJob(job, video, audio, output, speech, resolved, encoder, tuple(resolved.notes) + warnings)
 
 
 @contextmanager
@@ -238,11 +242,19 @@ def check_shard_flags(job: Job) -> None:
         raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
 
 
+def pick_encoder(requested: str, device: str) -> EncoderChoice:
+    """`auto` asks ffmpeg whether NVENC opens only on a CUDA machine (NVENC is an NVIDIA GPU's)."""
+    if requested == "auto" and not device.startswith("cuda"):
+        return EncoderChoice("libx264", f"libx264: NVENC needs an NVIDIA GPU, this job runs on {device}")
+    return choose_encoder(requested)
+
+
 def check_choices(job: Job) -> None:
     for flag, value, choices in (
         ("--weights", job.weights, WEIGHT_CHOICES),
         ("--loop", job.loop, LOOP_MODES),
         ("--face", job.face, FACE_CHOICES),
+        ("--encoder", job.encoder, ENCODER_CHOICES),
     ):
         if value not in choices:
             raise UsageError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")

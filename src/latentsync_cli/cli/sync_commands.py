@@ -614,6 +614,9 @@ class RichProgress:
         if task != "job" and self.bars.tasks[task_id].finished:
             self.bars.update(task_id, visible=False)  # a finished stage leaves the screen
 
+    def message(self, text: str) -> None:
+        pass  # Progress protocol: what the job is doing now; the bars do not show it yet
+
 
 # --- reports -------------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from latentsync_cli.media.video import decode_frames, probe_video, read_frames
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
-from latentsync_cli.optimizers.stack import apply_optimizations
+from latentsync_cli.optimizers.run_plan import build_run_plan
 from latentsync_cli.pipeline import SyncJob
 from latentsync_cli.resolution import resolve_here
 
@@ -237,7 +237,7 @@ def test_turbo_and_normal_differ_in_steps_scheduler_and_deepcache():
     assert (normal.deepcache, turbo.deepcache) == (False, True)
     unet, vae = UNet3DConditionModel(UNetConfig.tiny()), random_vae(tiny_vae_config(), seed=0)
     logs = {
-        name: apply_optimizations(unet, vae, settings, torch.device("cpu"), face_size=256).log
+        name: build_run_plan(unet, vae, settings, torch.device("cpu"), face_size=256).log
         for name, settings in (("normal", normal), ("turbo", turbo))
     }
     assert logs["turbo"].is_applied("deepcache") and not logs["normal"].is_applied("deepcache")
@@ -265,7 +265,7 @@ def test_profile_json_ranks_stages_and_writes_a_chrome_trace(media, tmp_path):
     assert events and all(event["ph"] == "X" for event in events)
     assert all({"name", "ph", "ts", "dur", "pid", "tid"} <= set(event) for event in events)
     lanes = {event["args"]["thread"] for event in events}
-    assert {"producer", "gpu", "consumer", "main"} <= lanes
+    assert {"producer", "cpu", "consumer", "main"} <= lanes  # the models' lane is named after their device
 
 
 def test_profile_prints_the_stage_table_and_a_verdict(media):

@@ -52,10 +52,12 @@ def _run(unet, tensors, steps: int, deepcache: DeepCachePlan):
 
     try:
         with torch.no_grad():
-            final = denoise(unet, scheduler, tensors["init_latents"], inputs, GUIDANCE, deepcache, on_step=record)
+            result = denoise(unet, scheduler, tensors["init_latents"], inputs, GUIDANCE, deepcache, on_step=record)
     finally:
         hook.remove()
-    return scheduler.timesteps, final, torch.stack(per_step_latents), torch.stack(per_step_noise), full_passes
+    # The loop's own count of full UNet passes agrees with the passes that reached the deep blocks.
+    assert result.full_steps == len(full_passes) and result.full_steps + result.cached_steps == steps
+    return scheduler.timesteps, result.latents, torch.stack(per_step_latents), torch.stack(per_step_noise), full_passes
 
 
 def test_golden_denoise_ddim_4_steps_with_cfg(golden, tiny_unet):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -20,15 +22,20 @@ from latentsync_cli.errors import DeviceMemoryError
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
+from latentsync_cli.models.weights import load_models
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, OptimizationLog
-from latentsync_cli.optimizers.compile import TorchCompile
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings
+from latentsync_cli.optimizers.run_plan import build_run_plan
 from latentsync_cli.optimizers.schedulers import make_scheduler
-from latentsync_cli.optimizers.stack import apply_optimizations
+from latentsync_cli.optimizers.torch_switches import torch_switches
+from latentsync_cli.pipeline import LipsyncPipeline, NoStore
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
+from latentsync_cli.pipeline.windows import WindowInput
 from latentsync_cli.settings import RunSettings
 from latentsync_cli.timing import StageTimer, bottleneck_verdict, critical_path
+
+CPU = torch.device("cpu")
 
 FRAMES = 4
 LATENT = 8
@@ -89,7 +96,38 @@ NO_CACHE = DeepCachePlan(enabled=False)
 def run(unet, steps=3, guidance=1.5, deepcache=NO_CACHE, windows=1, scheduler="ddim", seed=0):
     latents, inputs = make_inputs(windows, seed=seed)
     with torch.no_grad():
-        return denoise(unet, make_scheduler(scheduler, steps), latents, inputs, guidance, deepcache)
+        return denoise(unet, make_scheduler(scheduler, steps), latents, inputs, guidance, deepcache).latents
+
+
+def plan_for(unet, settings: RunSettings, compile_backend="inductor"):
+    return build_run_plan(unet, random_vae(tiny_vae_config(), seed=0), settings, CPU, 256, compile_backend)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
+
+
+def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], LipsyncPipeline]:
+    """The timestep of every UNet call while a pipeline generates one 1-frame window, read at the UNet's input."""
+    seen = []
+    hook = models.unet.register_forward_pre_hook(lambda module, args: seen.append(int(args[1])))
+    pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+    size = models.resolution
+    faces = pipeline.face_generator(torch.zeros((1, 50, 384)), paste_mask=torch.ones((1, 1, size, size)))
+    window = WindowInput(
+        index=0,
+        first_frame=0,
+        frames=[np.zeros((4, 4, 3), np.uint8)],
+        has_face=np.array([True]),
+        faces=torch.full((1, 3, size, size), 128, dtype=torch.uint8),
+        affines=[np.eye(2, 3)],
+    )
+    try:
+        pipeline.generate_windows([window], faces, NoStore())
+    finally:
+        hook.remove()
+    return seen, pipeline
 
 
 # --- schedulers and step scaling --------------------------------------------------------------
@@ -120,16 +158,18 @@ def test_upstream_ddim_timesteps_and_swap_changes_them():
     assert make_scheduler("dpmpp_2m", 20).config.solver_order == 2
 
 
-def test_step_scaling_changes_the_timesteps_and_is_recorded(tiny_unet):
-    vae = random_vae(tiny_vae_config(), seed=0)
-    fewer = RunSettings(steps=8)
-    plan = apply_optimizations(tiny_unet, vae, fewer, torch.device("cpu"), face_size=256)
-    assert plan.log.find("step scaling")[0].status == APPLIED
-    assert "8 steps instead of upstream's 20" in plan.log.find("step scaling")[0].detail
-    assert len(make_scheduler("ddim", 8).timesteps) == 8
-    assert make_scheduler("ddim", 8).timesteps.tolist() != make_scheduler("ddim", 20).timesteps.tolist()[:8]
-    upstream = apply_optimizations(tiny_unet, vae, RunSettings(steps=20), torch.device("cpu"), face_size=256)
-    assert upstream.log.find("step scaling")[0].status == OFF
+def test_step_scaling_changes_the_timesteps_the_pipeline_runs_and_is_recorded(tiny_models):
+    quick = {"guidance": 1.0, "window": 1, "vae_slicing": False}
+    fewer, fewer_pipeline = timesteps_the_unet_ran(tiny_models, RunSettings(steps=8, **quick))
+    upstream, upstream_pipeline = timesteps_the_unet_ran(tiny_models, RunSettings(steps=20, **quick))
+    entry = fewer_pipeline.log.find("step scaling")[0]
+    assert entry.status == APPLIED
+    assert "8 steps instead of upstream's 20" in entry.detail
+    # DDIM's "leading" spacing with steps_offset 1: one timestep every 1000 // steps, the last one at 1.
+    assert fewer == [1 + 125 * k for k in reversed(range(8))]
+    assert upstream == [1 + 50 * k for k in reversed(range(20))]
+    assert fewer != upstream[:8]
+    assert upstream_pipeline.log.find("step scaling")[0].status == OFF
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "euler", "unipc"])
@@ -189,7 +229,9 @@ def test_guidance_one_halves_the_unet_batch(tiny_unet):
 def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
     latents, inputs = make_inputs(windows=2, seed=5)
     with torch.no_grad():
-        together = denoise(tiny_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True))
+        together = denoise(
+            tiny_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True)
+        ).latents
         separate = []
         for window in range(2):
             rows = slice(window * FRAMES, (window + 1) * FRAMES)
@@ -201,7 +243,9 @@ def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
             )
             scheduler = make_scheduler("ddim", 3)
             separate.append(
-                denoise(tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True))
+                denoise(
+                    tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)
+                ).latents
             )
     # Equal up to float rounding: a different batch size changes how convolutions and matmuls
     # block their sums (~1e-6), which 8x8 latents amplify (their deep levels are 1x1 or 2x2).
@@ -224,7 +268,7 @@ def test_padding_repeats_the_last_frame():
 def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
     settings = RunSettings(tf32=True, cuda_graphs=True, channels_last=True, memory_fraction=0.5)
-    plan = apply_optimizations(tiny_unet, vae, settings, torch.device("cpu"), face_size=256)
+    plan = build_run_plan(tiny_unet, vae, settings, CPU, face_size=256)
     for name in ("tf32", "cuda graphs", "memory fraction"):
         entry = plan.log.find(name)[0]
         assert entry.status == SKIPPED and "cpu" in entry.detail, entry
@@ -236,13 +280,9 @@ def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
 
 def test_vae_slicing_and_tiling_switch_diffusers_flags(tiny_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
-    apply_optimizations(
-        tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), torch.device("cpu"), face_size=256
-    )
+    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), CPU, face_size=256)
     assert vae.use_slicing and vae.use_tiling
-    apply_optimizations(
-        tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), torch.device("cpu"), face_size=256
-    )
+    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), CPU, face_size=256)
     assert not vae.use_slicing and not vae.use_tiling
 
 
@@ -251,12 +291,13 @@ def test_compile_failure_falls_back_to_eager_and_says_why():
         raise RuntimeError("no compiler here")
 
     model = PlainCall()
-    log = OptimizationLog()
-    compiled = TorchCompile().apply(RunSettings(compile=True), model, log, backend=broken_backend)
+    plan = plan_for(model, RunSettings(compile=True), compile_backend=broken_backend)
+    compiled = plan.unet_call
+    assert plan.log.find("torch.compile") == []  # recorded by the first call, when compiling happens
     result = run(compiled, steps=2)
     torch.testing.assert_close(result, run(model, steps=2))
     assert compiled.compiled is None  # later calls go straight to the eager module
-    entry = log.find("torch.compile")[0]
+    entry = plan.log.find("torch.compile")[0]
     assert entry.status == SKIPPED and "no compiler here" in entry.detail and "running eager" in entry.detail
 
 
@@ -264,14 +305,14 @@ def test_deepcache_traces_under_torch_compile():
     # Tracing costs Python time per layer: one layer per block is enough to cross every kind of block.
     torch.manual_seed(1)
     unet = UNet3DConditionModel(replace(SMALL_UNET, layers_per_block=1)).eval()
-    log = OptimizationLog()
-    compiled = TorchCompile().apply(RunSettings(compile=True), unet, log, backend="eager")
+    run_plan = plan_for(unet, RunSettings(compile=True), compile_backend="eager")
+    compiled = run_plan.unet_call
     plan = DeepCachePlan(enabled=True, interval=2)  # step 0 traces the full pass, step 1 the shallow one
     counters.clear()
     torch.testing.assert_close(run(compiled, steps=2, deepcache=plan), run(unet, steps=2, deepcache=plan))
     assert dict(counters["graph_break"]) == {}  # the cache is traced through, not around
     assert counters["stats"]["unique_graphs"] == 2  # one graph per DeepCache path
-    assert log.find("torch.compile")[0].status == APPLIED
+    assert run_plan.log.find("torch.compile")[0].status == APPLIED
 
 
 # --- out-of-memory ladder --------------------------------------------------------------------
@@ -349,7 +390,92 @@ def test_stage_timer_spans_from_threads_make_a_chrome_trace_and_verdict():
     verdict = bottleneck_verdict({"denoise": 7.8, "decode": 1.0}, wall_s=10.0)
     assert verdict == "bottleneck: denoise (78 % of wall time) — try --mode turbo or DeepCache"
     # With the run's settings the hint names what it has not used yet.
-    normal = RunSettings(mode="normal", deepcache=False, guidance=1.5)
+    normal = RunSettings(deepcache=False, guidance=1.5)
     assert "--deepcache" in bottleneck_verdict({"denoise": 7.8}, 10.0, normal)
-    turbo = RunSettings(mode="turbo", deepcache=True, guidance=1.0)
-    assert "--quality draft" in bottleneck_verdict({"denoise": 7.8}, 10.0, turbo)
+    turbo = RunSettings(steps=8, scheduler="euler", deepcache=True, guidance=1.0)
+    assert "--steps 4 (now 8)" in bottleneck_verdict({"denoise": 7.8}, 10.0, turbo)
+
+
+# With the run's settings, the advice only names what the run does not use yet: never a flag it set,
+# a value it already has, a mode or quality preset (the pipeline does not know them), or a GPU on a CPU run.
+ADVICE_CASES = [
+    RunSettings(),  # mode normal, quality balanced
+    RunSettings(steps=10),  # mode normal, quality draft
+    RunSettings(steps=8, scheduler="euler", guidance=1.0, deepcache=True, window=12, face_detect_stride=3),
+    RunSettings(steps=3, scheduler="unipc", guidance=1.0, deepcache=True, window=24, face_detect_stride=5),
+    RunSettings(steps=1, guidance=1.0, deepcache=True, window=24),
+    RunSettings(device="cuda", precision="fp32", deepcache=True, guidance=1.0),
+    RunSettings(
+        device="cuda", precision="fp16", compile=True, steps=5, scheduler="unipc", guidance=1.0, deepcache=True
+    ),
+]
+
+
+@pytest.mark.parametrize("stage", ["denoise", "VAE encode", "VAE decode", "landmarks"])
+@pytest.mark.parametrize("settings", ADVICE_CASES)
+def test_advice_never_names_what_the_run_already_uses(settings, stage):
+    verdict = bottleneck_verdict({stage: 7.8, "decode": 1.0}, 10.0, settings)
+    assert verdict.startswith(f"bottleneck: {stage} (78 % of wall time) — ")
+    assert "--mode" not in verdict and "--quality" not in verdict
+    if settings.device == "cpu":
+        assert "GPU" not in verdict and "gpu" not in verdict
+    for flag, value in re.findall(r"--([a-z]+)(?: ([\w.]+))?", verdict):
+        if flag in ("deepcache", "compile"):
+            assert not getattr(settings, flag), verdict
+        elif value:
+            current = getattr(settings, flag)
+            assert value != str(current) and (not isinstance(current, float) or float(value) != current), verdict
+
+
+def test_advice_for_a_slow_denoise_follows_the_settings():
+    def hint(**changes):
+        return bottleneck_verdict({"denoise": 9.0}, 10.0, RunSettings(**changes)).split(" — ")[1]
+
+    assert hint(deepcache=False).startswith("try --deepcache")
+    assert hint(deepcache=True, guidance=1.5).startswith("try --guidance 1 (now 1.5)")
+    fewer_steps = hint(deepcache=True, guidance=1.0, steps=10)
+    assert fewer_steps.startswith("try --steps 5 (now 10)") and "--scheduler dpmpp_2m" in fewer_steps
+    assert "--scheduler" not in hint(deepcache=True, guidance=1.0, steps=10, scheduler="euler")
+    assert hint(deepcache=True, guidance=1.0, steps=1).endswith("a faster cpu device")
+    assert hint(device="cuda", deepcache=True, guidance=1.0, precision="fp32").startswith("try --precision fp16")
+    assert hint(device="cuda", deepcache=True, guidance=1.0, precision="bf16").startswith("try --compile")
+
+
+# --- process-wide torch switches -------------------------------------------------------------
+
+
+def test_torch_switches_set_tf32_for_the_run_and_restore_it_even_after_an_error():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    settings = RunSettings(tf32=True, memory_fraction=1.0)  # no memory cap: nothing here needs a real GPU
+    try:
+        with pytest.raises(RuntimeError, match="the run failed"), torch_switches(settings, torch.device("cuda")):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            raise RuntimeError("the run failed")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+        with torch_switches(settings, CPU):  # TF32 exists only on CUDA: a CPU run leaves it alone
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_the_optimization_table_keeps_one_row_per_optimization_in_order(tiny_unet):
+    names = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=True)).log.entries]
+    without_channels_last = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=False)).log.entries]
+    assert without_channels_last == [name for name in names if name != "channels_last (UNet)"]
+    assert names == [
+        "precision",
+        "tf32",
+        "step scaling",
+        "scheduler",
+        "deepcache",
+        "skip unconditional pass",
+        "windows per call",
+        "channels_last",
+        "channels_last (UNet)",
+        "vae slicing",
+        "vae tiling",
+        "memory fraction",
+        "torch.compile",
+        "cuda graphs",
+    ]

@@ -18,11 +18,14 @@ import pytest
 import torch
 
 from latentsync_cli.errors import DeviceMemoryError, ExitCode, InputError
+from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
+from latentsync_cli.models.audio_features import AudioFeatureExtractor
 from latentsync_cli.models.weights import load_models
-from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob, batches_of_equal_length
+from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
 from latentsync_cli.pipeline.overlap import run_overlapped
-from latentsync_cli.pipeline.windows import WindowInput, window_ranges, window_seed
+from latentsync_cli.pipeline.windows import WindowInput, batches_of_equal_length, window_ranges, window_seed
+from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB
 from latentsync_cli.settings import RunSettings
 from latentsync_cli.timing import StageTimer
 
@@ -63,9 +66,12 @@ def make_windows(flags_per_window: list[list[bool]], resolution: int = 256) -> l
 
 
 def generate(models, settings, windows, audio_features, store=None):
-    pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+    timer = StageTimer("cpu")
+    pipeline = LipsyncPipeline(models, settings, timer)
     paste_mask = torch.from_numpy(np.ones((256, 256), np.float32) * 0.5)[None, None]
-    outputs = pipeline.generate_windows(windows, audio_features, paste_mask, store or DictStore())
+    faces = pipeline.face_generator(audio_features, paste_mask)
+    outputs = pipeline.generate_windows(windows, faces, store or DictStore())
+    assert set(timer.lane_busy()) <= {"cpu"}  # the models' lane is named after the device they ran on
     return pipeline, [output.wait().float() for output in outputs]
 
 
@@ -224,6 +230,53 @@ def test_no_face_in_the_first_frames_stops_before_any_model_work(models, tmp_pat
             hook.remove()
     assert calls == []
     assert not (tmp_path / "out.mp4").exists()
+
+
+class RecordingProgress:
+    """A Progress display that keeps what the pipeline told it."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+        self.totals: dict[str, int] = {}
+        self.advanced: dict[str, int] = {}
+
+    def start(self, task, total):
+        self.totals[task] = total
+
+    def advance(self, task, amount=1):
+        self.advanced[task] = self.advanced.get(task, 0) + amount
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progress(models, tmp_path):
+    video = make_face_clip(tmp_path / "face.mp4", 0.6, size=(320, 240))
+    audio = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
+    speech = load_audio(audio)[:6400]  # the first 0.4 s of the 0.6 s file
+    extractor = AudioFeatureExtractor(models.audio_encoder, torch.device("cpu"))
+    frames = extractor(speech).shape[0]
+    assert frames < extractor(load_audio(audio)).shape[0]
+
+    settings = dataclasses.replace(FAST, steps=3, window=4, deepcache=True, deepcache_interval=2)
+    progress = RecordingProgress()
+    batches, hook = count_unet_calls(models.unet)
+    try:
+        pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"), progress)
+        result = pipeline.run(SyncJob(video, audio, tmp_path / "out.mp4", tmp_path, speech=speech))
+    finally:
+        hook.remove()
+
+    assert result.frames == frames  # the given speech set the length, not the file's 0.6 s
+    windows = len(window_ranges(frames, 4))
+    assert progress.messages == ["checking for a face", "computing audio features"]
+    assert progress.totals == {TASK_JOB: frames, TASK_DECODE: frames, TASK_GENERATE: windows, TASK_ENCODE: frames}
+    assert progress.advanced == progress.totals
+    # conv_in sees every step; DeepCache at interval 2 runs steps 0 and 2 in full, step 1 on the cache.
+    unet_calls = len(batches) // 3
+    assert len(batches) == 3 * unet_calls and unet_calls >= 1
+    assert (result.unet_full_steps, result.unet_cached_steps) == (2 * unet_calls, unet_calls)
+    assert "cpu" in result.lane_busy_s and "gpu" not in result.lane_busy_s
 
 
 # --- overlap of the three stages -----------------------------------------------------------------

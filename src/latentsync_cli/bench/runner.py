@@ -354,7 +354,6 @@ def run_case(
     result = CaseResult(name=case.name, mode=case.mode, changes=dict(case.changes), settings=settings.to_dict())
     timer = StageTimer(torch.device(device.torch_device))
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=output.parent))
-    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if settings.compile:
         # Each case compiles as a fresh `sync` would; otherwise the cases' graphs pile up
         # in dynamo's cache until its size limit silently sends later cases back to eager.
@@ -369,8 +368,6 @@ def run_case(
     finally:
         if watcher is not None:
             watcher.stop()
-        # TF32 is a process-wide switch: leave it as the next case expects it.
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
         # The out-of-memory ladder's last rung leaves the models on the CPU; the next case needs them back.
         bundle.unet.to(device.torch_device)
         bundle.vae.to(device.torch_device)

@@ -182,8 +182,10 @@ def execute(
             crf=job.crf,
             speech=prepared.speech,
             store=store,
+            encoder=prepared.encoder.name,
+            encoder_reason=prepared.encoder.reason,
             face_track=_stored_track(store, prepared, models.resolution) if job.work_dir is not None else None,
-            shard=job.shard,
+            shard_windows=job.shard.windows if job.shard is not None else None,
             finalize_only=job.finalize,
         )
         pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)

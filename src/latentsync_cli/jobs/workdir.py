@@ -13,8 +13,8 @@ import numpy as np
 
 from latentsync_cli.errors import OutputError
 from latentsync_cli.face.track import FaceTrack
-from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.scratch import pid_alive, read_json, write_error
+from latentsync_cli.jobs.shards import Shard
 
 
 def job_fingerprint(inputs: list[Path], settings: Mapping, extra: Mapping) -> str:

@@ -1,9 +1,21 @@
-"""Optimizations of one run, each a small class that applies one change and records it.
+"""Optimizations of one run and the record of each, the optimization table users see.
 
-Every optimizer writes what it did to an `OptimizationLog`: "applied" with a
-detail the user can check, "off" when the settings did not ask for it, or
-"skipped" with the reason it could not apply (e.g. CUDA graphs on a CPU).
-Nothing is claimed that did not happen.
+run_plan.build_run_plan decides once what a run computes with and returns a
+RunPlan. Two kinds of things go into it:
+
+  optimizers      a small class whose `apply(target, settings, device)` changes the
+                  computation (the VAE's layout, slicing or tiling; the UNet call,
+                  compiled or graph-replayed) and returns its LogEntry
+  plan fields     values the pipeline reads (steps, scheduler, guidance, DeepCache,
+                  the memory ladder's first rung), each with a function that makes
+                  its LogEntry
+
+Process-wide torch switches (TF32, the GPU memory cap) are neither: the
+`torch_switches` context manager sets them around a run and restores them.
+
+Every entry says what happened: "applied" with a detail the user can check,
+"off" when the settings did not ask for it, or "skipped" with the reason it
+could not apply (e.g. CUDA graphs on a CPU). Nothing is claimed that did not happen.
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ class LogEntry:
 @dataclass
 class OptimizationLog:
     entries: list[LogEntry] = field(default_factory=list)
+
+    def add(self, entry: LogEntry) -> None:
+        self.entries.append(entry)
 
     def applied(self, name: str, detail: str) -> None:
         self.entries.append(LogEntry(name, APPLIED, detail))

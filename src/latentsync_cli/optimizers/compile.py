@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from latentsync_cli.optimizers import OptimizationLog
+from latentsync_cli.optimizers import OFF, LogEntry, OptimizationLog
 from latentsync_cli.settings import RunSettings
 
 
@@ -52,11 +52,16 @@ class CompiledUNet:
 
 
 class TorchCompile:
+    """Replaces the plan's UNet call with CompiledUNet, which records on its first call how compiling went."""
+
     name = "torch.compile"
 
-    def apply(self, settings: RunSettings, unet, log: OptimizationLog, backend: str | Callable = "inductor"):
-        """The callable the denoise loop uses for the UNet (compiled or the module itself)."""
+    def __init__(self, backend: str | Callable = "inductor"):
+        self.backend = backend
+
+    def apply(self, plan, settings: RunSettings, device: torch.device) -> LogEntry | None:
+        """`plan` is the RunPlan being built. None when compiling: the entry comes with the first call."""
         if not settings.compile:
-            log.off(self.name, "UNet runs eagerly")
-            return unet
-        return CompiledUNet(unet, settings.compile_mode, log, backend=backend)
+            return LogEntry(self.name, OFF, "UNet runs eagerly")
+        plan.unet_call = CompiledUNet(plan.unet_call, settings.compile_mode, plan.log, backend=self.backend)
+        return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from latentsync_cli.optimizers import OptimizationLog
+from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, LogEntry
 from latentsync_cli.settings import RunSettings
 
 WARMUP_CALLS = 2  # on a side stream before capture, as torch.cuda.graphs recommends
@@ -90,19 +90,21 @@ class CudaGraphUNet:
 
 
 class CudaGraphs:
+    """Replaces the plan's UNet call with CudaGraphUNet and pads every window to the full window size."""
+
     name = "cuda graphs"
 
-    def apply(self, settings: RunSettings, device: torch.device, unet_call, log: OptimizationLog):
-        """The UNet callable to use: graph-replaying on CUDA, unchanged elsewhere."""
+    def apply(self, plan, settings: RunSettings, device: torch.device) -> LogEntry:
+        """`plan` is the RunPlan being built; on CUDA its UNet call becomes graph-replaying."""
         if not settings.cuda_graphs:
-            log.off(self.name, "UNet kernels launched one by one")
-            return unet_call
+            return LogEntry(self.name, OFF, "UNet kernels launched one by one")
         if device.type != "cuda":
-            log.skipped(self.name, f"CUDA graphs need a CUDA device, this run uses {device.type}")
-            return unet_call
-        log.applied(
-            self.name,
+            return LogEntry(self.name, SKIPPED, f"CUDA graphs need a CUDA device, this run uses {device.type}")
+        plan.graphs = CudaGraphUNet(plan.unet_call)
+        plan.unet_call = plan.graphs
+        plan.pad_frames_to = settings.window
+        detail = (
             f"UNet step captured once per shape and replayed; windows padded to {settings.window} frames "
-            "(last frame repeated, padding dropped after)",
+            "(last frame repeated, padding dropped after)"
         )
-        return CudaGraphUNet(unet_call)
+        return LogEntry(self.name, APPLIED, detail)

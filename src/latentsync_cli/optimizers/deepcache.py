@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from latentsync_cli.models.unet import FeatureCache
-from latentsync_cli.optimizers import OptimizationLog
+from latentsync_cli.optimizers import APPLIED, OFF, LogEntry
 from latentsync_cli.settings import RunSettings
 
 
@@ -48,13 +48,8 @@ class DeepCachePlan:
         return f"interval {self.interval}, branch {self.branch} (full UNet on {full} of {steps} steps)"
 
 
-class DeepCache:
-    name = "deepcache"
-
-    def apply(self, settings: RunSettings, log: OptimizationLog) -> DeepCachePlan:
-        plan = DeepCachePlan.from_settings(settings)
-        if plan.enabled:
-            log.applied(self.name, plan.describe(settings.steps))
-        else:
-            log.off(self.name, f"full UNet on all {settings.steps} steps")
-        return plan
+def deepcache_entry(plan: DeepCachePlan, steps: int) -> LogEntry:
+    """The record of the DeepCache plan (a plan field the denoise loop follows)."""
+    if plan.enabled:
+        return LogEntry("deepcache", APPLIED, plan.describe(steps))
+    return LogEntry("deepcache", OFF, f"full UNet on all {steps} steps")

@@ -3,8 +3,9 @@
 On torch.OutOfMemoryError the same windows are tried again, each time one rung
 lower: fewer windows per UNet call (halved down to 1), then VAE slicing, then
 VAE tiling, then model offload (the UNet and VAE sit on the GPU only while
-used). Each downgrade is logged. Only when the lowest rung fails too does the
-job end, with DeviceMemoryError (exit code 7).
+used). The first rung is the run plan's `memory`. Each downgrade is logged.
+Only when the lowest rung fails too does the job end, with DeviceMemoryError
+(exit code 7).
 """
 
 from __future__ import annotations
@@ -101,19 +102,3 @@ def on_device(model: torch.nn.Module, device: torch.device, offload: bool) -> It
     finally:
         model.to("cpu")
         free_device_memory(device)
-
-
-class MemoryFraction:
-    """Caps this process's share of the GPU (torch.cuda.set_per_process_memory_fraction)."""
-
-    name = "memory fraction"
-
-    def apply(self, fraction: float, device: torch.device, log: OptimizationLog) -> None:
-        if device.type != "cuda":
-            log.skipped(self.name, f"a GPU memory cap needs a CUDA device, this run uses {device.type}")
-            return
-        if fraction >= 1.0:
-            log.off(self.name, "no cap on GPU memory")
-            return
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
-        log.applied(self.name, f"at most {fraction:.0%} of the GPU's memory")

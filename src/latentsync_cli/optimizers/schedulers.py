@@ -1,4 +1,4 @@
-"""The denoising scheduler: upstream's DDIM, or a swap to DPM-Solver++ 2M, Euler or UniPC.
+"""The denoising scheduler: upstream's DDIM, or a swap to DPM-Solver++ 2M, Euler or UniPC, and its steps.
 
 All four are diffusers schedulers built from the same config (upstream's
 `configs/scheduler_config.json` values), so they share the betas and the
@@ -10,14 +10,14 @@ from __future__ import annotations
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from latentsync_cli.constants import SCHEDULERS
-from latentsync_cli.optimizers import OptimizationLog
+from latentsync_cli.constants import SCHEDULERS, TRAIN_TIMESTEPS
+from latentsync_cli.optimizers import APPLIED, OFF, LogEntry
 from latentsync_cli.settings import RunSettings
 
 UPSTREAM_STEPS = 20
 
 UPSTREAM_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
+    "num_train_timesteps": TRAIN_TIMESTEPS,
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -53,29 +53,18 @@ def make_scheduler(name: str, steps: int, device=None) -> SchedulerMixin:
     return scheduler
 
 
-class StepScaling:
-    """Records the number of denoising steps (already chosen by the quality preset in RunSettings)."""
-
-    name = "step scaling"
-
-    def apply(self, settings: RunSettings, log: OptimizationLog) -> None:
-        if settings.steps == UPSTREAM_STEPS:
-            log.off(self.name, f"{settings.steps} steps, as upstream")
-        else:
-            chosen_by = f"mode {settings.mode}, quality {settings.quality}"
-            log.applied(self.name, f"{settings.steps} steps instead of upstream's {UPSTREAM_STEPS} ({chosen_by})")
+def steps_entry(settings: RunSettings) -> LogEntry:
+    """The record of the number of denoising steps (a plan field, chosen in RunSettings)."""
+    if settings.steps == UPSTREAM_STEPS:
+        return LogEntry("step scaling", OFF, f"{settings.steps} steps, as upstream")
+    return LogEntry("step scaling", APPLIED, f"{settings.steps} steps instead of upstream's {UPSTREAM_STEPS}")
 
 
-class SchedulerSwap:
-    """Records which scheduler runs; the pipeline builds it with `make_scheduler` for every window."""
-
-    name = "scheduler"
-
-    def apply(self, settings: RunSettings, log: OptimizationLog) -> None:
-        title = SCHEDULER_TITLES[settings.scheduler]
-        timesteps = make_scheduler(settings.scheduler, settings.steps).timesteps.tolist()
-        shown = ", ".join(str(int(t)) for t in timesteps)
-        if settings.scheduler == "ddim":
-            log.off(self.name, f"DDIM, as upstream (timesteps {shown})")
-        else:
-            log.applied(self.name, f"{title} instead of DDIM, same betas (timesteps {shown})")
+def scheduler_entry(settings: RunSettings) -> LogEntry:
+    """The record of the scheduler (a plan field: RunPlan.make_scheduler builds it for every UNet call)."""
+    timesteps = make_scheduler(settings.scheduler, settings.steps).timesteps.tolist()
+    shown = ", ".join(str(int(t)) for t in timesteps)
+    if settings.scheduler == "ddim":
+        return LogEntry("scheduler", OFF, f"DDIM, as upstream (timesteps {shown})")
+    title = SCHEDULER_TITLES[settings.scheduler]
+    return LogEntry("scheduler", APPLIED, f"{title} instead of DDIM, same betas (timesteps {shown})")

@@ -1,6 +1,7 @@
 """The denoising loop for one UNet call's worth of windows, as upstream runs it per chunk.
 
-The golden tests call `denoise` directly, so they check the code the pipeline runs.
+The golden tests call `denoise` directly, so they check the code the pipeline
+runs (FaceGenerator.denoise calls it for every UNet call).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class DenoiseInputs:
         return self.mask.shape[2]
 
 
+@dataclass
+class DenoiseResult:
+    latents: Tensor  # (B, 4, F, h, w) float32, denoised
+    full_steps: int  # steps that ran the whole UNet
+    cached_steps: int  # steps that ran only the shallow layers on DeepCache's deep features
+
+
 def denoise(
     unet: Callable[..., Tensor],
     scheduler: SchedulerMixin,
@@ -40,8 +48,8 @@ def denoise(
     guidance: float,
     deepcache: DeepCachePlan,
     on_step: StepCallback | None = None,
-) -> Tensor:
-    """Run every scheduler step on `latents` (B, 4, F, h, w) and return the denoised latents.
+) -> DenoiseResult:
+    """Run every scheduler step on `latents` (B, 4, F, h, w); the denoised latents and the steps of each kind.
 
     The UNet input is upstream's 13 channels [noisy 4 | mask 1 | masked 4 | reference 4].
     With guidance > 1 the batch is [unconditional (zero audio), conditional] and
@@ -61,11 +69,16 @@ def denoise(
 
     cache = deepcache.new_cache()
     latents = latents.float()
+    full_steps = cached_steps = 0
     for step, timestep in enumerate(scheduler.timesteps):
         noisy = torch.cat([latents, latents]) if use_guidance else latents
         noisy = scheduler.scale_model_input(noisy, timestep)
         sample = torch.cat([noisy.to(model_dtype), condition], dim=1)
         deepcache.before_step(cache, step)
+        if cache is not None and cache.reuse:
+            cached_steps += 1
+        else:
+            full_steps += 1
         noise_pred = unet(sample, timestep, audio, cache=cache).float()
         if use_guidance:
             unconditional, conditional = noise_pred.chunk(2)
@@ -73,7 +86,7 @@ def denoise(
         latents = scheduler.step(noise_pred, timestep, latents).prev_sample
         if on_step is not None:
             on_step(step, timestep, latents, noise_pred)
-    return latents
+    return DenoiseResult(latents, full_steps, cached_steps)
 
 
 def repeat_last_frame(tensor: Tensor, num_frames: int, frame_dim: int = 2) -> Tensor:

@@ -3,52 +3,46 @@
     face check (first frames) -> audio features (whole file)
     then, window by window, overlapped:
       producer thread:  decode -> landmarks -> align
-      this thread:      VAE encode -> denoise -> VAE decode -> paste the unmasked pixels back
+      this thread:      windows already in the store are loaded; the others go through
+                        FaceGenerator (faces.py): VAE encode -> denoise -> VAE decode -> paste back,
+                        under the out-of-memory ladder
       consumer thread:  restore into the frame -> encode
     then mux the speech in.
 
-What runs on the GPU follows upstream (LATENTSYNC_REFERENCE.md): one initial
-noise shared by all frames, masked and reference latents sampled from the VAE,
-the 13-channel UNet input, classifier-free guidance with zero audio, and the
-unmasked pixels pasted back after decoding.
+The whole run is inside `torch_switches` (TF32, the GPU memory cap), so the
+process is left as it was found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
-from latentsync_cli.errors import InputError
+from latentsync_cli.constants import FPS
+from latentsync_cli.errors import IncompleteWorkError, InputError
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.landmarks import MediapipeLandmarks
-from latentsync_cli.face.mask import latent_mask, mouth_mask
+from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.face.restore import restore_faces
+from latentsync_cli.face.track import FaceTrack
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder, mux
 from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor
-from latentsync_cli.models.vae import decode_latents, encode_latents
 from latentsync_cli.models.weights import ModelBundle
-from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings, on_device
-from latentsync_cli.optimizers.schedulers import make_scheduler
-from latentsync_cli.optimizers.stack import apply_optimizations
+from latentsync_cli.optimizers import APPLIED, OFF, LogEntry, OptimizationLog
+from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings
+from latentsync_cli.optimizers.run_plan import build_run_plan
+from latentsync_cli.optimizers.torch_switches import torch_switches
 from latentsync_cli.optimizers.vae_memory import set_vae_memory
-from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
+from latentsync_cli.pipeline.faces import FaceGenerator
 from latentsync_cli.pipeline.overlap import run_overlapped
-from latentsync_cli.pipeline.windows import (
-    NoStore,
-    WindowInput,
-    WindowOutput,
-    WindowStore,
-    shared_noise,
-    window_generator,
-    window_ranges,
-)
+from latentsync_cli.pipeline.windows import NoStore, WindowInput, WindowOutput, WindowStore, window_ranges
+from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB, NoProgress, Progress
 from latentsync_cli.settings import RunSettings
 from latentsync_cli.timing import (
     StageTimer,
@@ -59,31 +53,11 @@ from latentsync_cli.timing import (
     reset_peak_gpu_memory,
 )
 
-FPS = 25
 FACE_CHECK_FRAMES = 50  # "no face" is decided on the first frames, before any model work
 
-# Lanes of the stage timer: which thread does the work.
-MAIN, PRODUCER, GPU, CONSUMER = "main", "producer", "gpu", "consumer"
-
-# Progress tasks (the CLI shows one bar each).
-TASK_JOB = "job"
-TASK_DECODE = "decode + align"
-TASK_GENERATE = "generate"
-TASK_ENCODE = "restore + encode"
-
-
-class Progress(Protocol):
-    def start(self, task: str, total: int) -> None: ...
-
-    def advance(self, task: str, amount: int = 1) -> None: ...
-
-
-class NoProgress:
-    def start(self, task: str, total: int) -> None:
-        pass
-
-    def advance(self, task: str, amount: int = 1) -> None:
-        pass
+# Lanes of the stage timer: which thread does the work. The models' lane is named after
+# their device ("cuda", "cpu", "mps"; see FaceGenerator).
+MAIN, PRODUCER, CONSUMER = "main", "producer", "consumer"
 
 
 @dataclass
@@ -100,7 +74,17 @@ class SyncJob:
     # becomes the bottleneck of the CPU lanes; "veryfast" is 2.3x faster at the same CRF.
     encoder_preset: str = "veryfast"
     store: WindowStore = field(default_factory=NoStore)
-    speech: np.ndarray | None = None  # the decoded speech (float32 mono 16 kHz); None: decode the file here
+    # The speech, already decoded (float32 mono 16 kHz, as media.audio.load_audio returns it);
+    # None: the pipeline decodes `audio` (or the video's track) itself.
+    speech: np.ndarray | None = None
+    encoder: str = "libx264"  # the ffmpeg H.264 encoder (media.encode.choose_encoder)
+    encoder_reason: str = "libx264"  # why, for the optimization table
+    # Work dirs and shards (see jobs/shards.py):
+    # face_track(num_frames): the whole video's face track, found once (None: detect while decoding)
+    face_track: Callable[[int], FaceTrack] | None = None
+    # shard_windows(num_windows): make only these windows, into the store, and write no video
+    shard_windows: Callable[[int], range] | None = None
+    finalize_only: bool = False  # every window must be in the store already (IncompleteWorkError otherwise)
 
 
 @dataclass
@@ -167,21 +151,12 @@ class LipsyncPipeline:
         self.progress = progress or NoProgress()
         self.device = torch.device(settings.device)
         self.resolution = models.resolution
-        self.latent_size = models.resolution // 8
-        self.plan = apply_optimizations(
-            models.unet, models.vae, settings, self.device, models.resolution, compile_backend
-        )
+        self.plan = build_run_plan(models.unet, models.vae, settings, self.device, models.resolution, compile_backend)
         self.ladder = MemoryLadder(self.plan.memory, self.device, self.plan.log, self._use_memory_settings)
-        # The UNet's mask channel and the masked image use upstream's hard-edged mask.
-        unet_mask = mouth_mask(self.resolution)
-        self.image_mask = torch.from_numpy(unet_mask)[None, None].to(self.device)  # (1, 1, R, R)
-        self.latent_mask = torch.from_numpy(latent_mask(unet_mask, self.latent_size))[None, None, None]
-        self.noise = shared_noise(settings.seed, self.latent_size)
         self.resumed_windows = 0
-        self.unet_steps = {"full": 0, "cached": 0}
 
     @property
-    def log(self):
+    def log(self) -> OptimizationLog:
         return self.plan.log
 
     # --- the job -------------------------------------------------------------------------------
@@ -190,32 +165,56 @@ class LipsyncPipeline:
         self.timer.restart()
         reset_peak_gpu_memory(self.device)
         self.resumed_windows = 0
-        self.unet_steps = {"full": 0, "cached": 0}
+        with torch_switches(self.settings, self.device):
+            return self.sync(job)
+
+    def sync(self, job: SyncJob) -> SyncResult:
+        self.progress.message("checking for a face")
         self.check_for_a_face(job)
 
+        self.progress.message("computing audio features")
         with self.timer.stage("audio features", MAIN):
-            audio = job.speech if job.speech is not None else load_audio(job.audio or job.video)
+            speech = job.speech
+            if speech is None:
+                speech = load_audio(job.audio if job.audio is not None else job.video)
             extractor = AudioFeatureExtractor(self.models.audio_encoder, self.device)
-            audio_features = extractor(audio)  # (N, 50, 384): one row per output frame
+            audio_features = extractor(speech)  # (N, 50, 384): one row per output frame
         num_frames = audio_features.shape[0]
         windows = window_ranges(num_frames, self.settings.window)
+        if job.finalize_only:
+            check_all_stored(job.store, len(windows))
+        selected = job.shard_windows(len(windows)) if job.shard_windows is not None else range(len(windows))
+        track = None
+        if job.face_track is not None:
+            self.progress.message("finding the faces of the whole video")
+            with self.timer.stage("landmarks", MAIN):
+                track = job.face_track(num_frames)
         paste_mask = torch.from_numpy(mouth_mask(self.resolution, job.mask_feather_px))[None, None].to(self.device)
+        faces = self.face_generator(audio_features, paste_mask)
 
-        self.progress.start(TASK_JOB, num_frames)
-        self.progress.start(TASK_DECODE, num_frames)
-        self.progress.start(TASK_GENERATE, len(windows))
-        self.progress.start(TASK_ENCODE, num_frames)
+        make_video = job.shard_windows is None
+        frames = sum(len(windows[index]) for index in selected)
+        self.progress.start(TASK_JOB, frames)
+        self.progress.start(TASK_DECODE, frames)
+        self.progress.start(TASK_GENERATE, len(selected))
+        self.progress.start(TASK_ENCODE, frames if make_video else 0)
 
         silent_video = job.scratch_dir / "video.mp4"
+        encode = lambda outputs: self.restore_and_encode(outputs, silent_video, job)  # noqa: E731
         frames_without_face = run_overlapped(
-            produce=lambda: self.decode_and_align(job, windows, num_frames),
-            process=lambda inputs: self.generate(inputs, audio_features, paste_mask, job.store),
-            consume=lambda outputs: self.restore_and_encode(outputs, silent_video, job.crf, job.encoder_preset),
+            produce=lambda: self.decode_and_align(job, windows, num_frames, track, set(selected)),
+            process=lambda inputs: self.generate(inputs, faces, job.store),
+            consume=encode if make_video else self.count_frames_without_face,
         )
-        with self.timer.stage("mux", MAIN):
-            mux(silent_video, audio, job.output, n_frames=num_frames)
+        if make_video:
+            with self.timer.stage("mux", MAIN):
+                mux(silent_video, speech, job.output, n_frames=num_frames)
         self.timer.finish()
-        return self.result(job, num_frames, len(windows), frames_without_face)
+        return self.result(job, num_frames, len(windows), frames_without_face, faces)
+
+    def face_generator(self, audio_features: torch.Tensor, paste_mask: torch.Tensor) -> FaceGenerator:
+        """The job's model work: windows of aligned faces -> generated faces (see faces.py)."""
+        return FaceGenerator(self.models, self.plan, self.settings, self.device, self.timer, audio_features, paste_mask)
 
     def check_for_a_face(self, job: SyncJob) -> None:
         """InputError unless one of the first frames (the whole video when it is short) has a face."""
@@ -240,7 +239,9 @@ class LipsyncPipeline:
             f"no face found in {job.video} (checked its first {count} frames); use a video with a clearly visible face"
         )
 
-    def result(self, job: SyncJob, num_frames: int, num_windows: int, frames_without_face: int) -> SyncResult:
+    def result(
+        self, job: SyncJob, num_frames: int, num_windows: int, frames_without_face: int, faces: FaceGenerator
+    ) -> SyncResult:
         totals = self.timer.stage_totals()
         wall = self.timer.wall_s()
         busy = self.timer.lane_busy()
@@ -257,10 +258,10 @@ class LipsyncPipeline:
             lane_busy_s=busy,
             critical_path=critical_path(busy, self.timer.lane_stages(), serial_lane=MAIN),
             verdict=bottleneck_verdict(totals, wall, self.settings),
-            optimizations=self.log.to_list(),
+            optimizations=self.log.to_list() + [encoder_entry(job).to_dict()],
             memory_downgrades=list(self.ladder.downgrades),
-            unet_full_steps=self.unet_steps["full"],
-            unet_cached_steps=self.unet_steps["cached"],
+            unet_full_steps=faces.full_steps,
+            unet_cached_steps=faces.cached_steps,
             peak_gpu_bytes=peak_gpu_bytes(self.device),
             peak_rss_bytes=peak_rss_bytes(),
             trace=self.timer.chrome_trace(),
@@ -268,37 +269,49 @@ class LipsyncPipeline:
 
     # --- producer thread: decode, landmarks, align -----------------------------------------------
 
-    def decode_and_align(self, job: SyncJob, windows: list[range], num_frames: int) -> Iterator[WindowInput]:
-        detector = MediapipeLandmarks(stride=self.settings.face_detect_stride, choose=job.face)
-        aligner = FaceAligner(self.resolution)
+    def decode_and_align(
+        self, job: SyncJob, windows: list[range], num_frames: int, track: FaceTrack | None, selected: set[int]
+    ) -> Iterator[WindowInput]:
+        """The selected windows, decoded and aligned (faces found here, or read from the job's face track)."""
+        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, track)
         frames = read_frames(job.video, num_frames, loop=job.loop)
         try:
             for index, frame_numbers in enumerate(windows):
-                window_frames, has_face, faces, affines = [], [], [], []
-                for _ in frame_numbers:
-                    with self.timer.stage("decode", PRODUCER):
-                        frame = next(frames)
-                    with self.timer.stage("landmarks", PRODUCER):
-                        found = detector.detect(frame)
-                    window_frames.append(frame)
-                    has_face.append(found is not None)
-                    if found is not None:
-                        with self.timer.stage("align", PRODUCER):
-                            aligned = aligner.align(frame, found.points)
-                        faces.append(aligned.face)
-                        affines.append(aligned.affine)
-                    self.progress.advance(TASK_DECODE)
-                yield WindowInput(
-                    index=index,
-                    first_frame=frame_numbers.start,
-                    frames=window_frames,
-                    has_face=np.array(has_face, dtype=bool),
-                    faces=self.faces_to_tensor(faces),
-                    affines=affines,
-                )
+                stored = track is not None and job.store.has(index)  # (a track makes stored windows valid)
+                wanted = index in selected and not (stored and job.shard_windows is not None)
+                # A window already in the store needs no new crops, only its affines (to paste it back).
+                window = self.decode_window(frames, locate, index, frame_numbers, crops_needed=wanted and not stored)
+                if wanted:
+                    yield window
         finally:
             frames.close()
-            detector.close()
+            locate.close()
+
+    def decode_window(
+        self, frames: Iterator[np.ndarray], locate: FaceLocator, index: int, frame_numbers: range, crops_needed: bool
+    ) -> WindowInput:
+        window_frames, has_face, faces, affines = [], [], [], []
+        for number in frame_numbers:
+            with self.timer.stage("decode", PRODUCER):
+                frame = next(frames)
+            with self.timer.stage("landmarks", PRODUCER):
+                affine = locate.affine(number, frame)
+            window_frames.append(frame)
+            has_face.append(affine is not None)
+            if affine is not None:
+                affines.append(affine)
+                if crops_needed:
+                    with self.timer.stage("align", PRODUCER):
+                        faces.append(locate.aligner.warp(frame, affine).face)
+            self.progress.advance(TASK_DECODE)
+        return WindowInput(
+            index=index,
+            first_frame=frame_numbers.start,
+            frames=window_frames,
+            has_face=np.array(has_face, dtype=bool),
+            faces=self.faces_to_tensor(faces),
+            affines=affines,
+        )
 
     def faces_to_tensor(self, faces: list[np.ndarray]) -> torch.Tensor:
         """uint8 (n, R, R, 3) -> (n, 3, R, R); pinned on CUDA so the copy to the GPU can overlap."""
@@ -307,24 +320,25 @@ class LipsyncPipeline:
         tensor = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).contiguous()
         return tensor.pin_memory() if self.device.type == "cuda" else tensor
 
-    # --- this thread: the GPU work ---------------------------------------------------------------
+    # --- this thread: the model work -------------------------------------------------------------
 
     def generate(
-        self, inputs: Iterator[WindowInput], audio_features: torch.Tensor, paste_mask: torch.Tensor, store: WindowStore
+        self, inputs: Iterator[WindowInput], faces: FaceGenerator, store: WindowStore
     ) -> Iterator[WindowOutput]:
         """Take windows as they come, `windows_per_call` at a time, and yield their generated faces."""
         pending: list[WindowInput] = []
         for window in inputs:
             pending.append(window)
             if len(pending) >= self.ladder.current.windows_per_call:
-                yield from self.generate_windows(pending, audio_features, paste_mask, store)
+                yield from self.generate_windows(pending, faces, store)
                 pending = []
         if pending:
-            yield from self.generate_windows(pending, audio_features, paste_mask, store)
+            yield from self.generate_windows(pending, faces, store)
 
     def generate_windows(
-        self, windows: list[WindowInput], audio_features: torch.Tensor, paste_mask: torch.Tensor, store: WindowStore
+        self, windows: list[WindowInput], faces: FaceGenerator, store: WindowStore
     ) -> list[WindowOutput]:
+        """`windows` finished: loaded from the store, empty (no face), or generated and saved."""
         finished: dict[int, WindowOutput] = {}
         to_generate = []
         for window in windows:
@@ -339,10 +353,7 @@ class LipsyncPipeline:
 
         if to_generate:
             where = f"window {to_generate[0].index}" + (f"-{to_generate[-1].index}" if len(to_generate) > 1 else "")
-            outputs = self.ladder.run(
-                lambda memory: self.generate_with(memory, to_generate, audio_features, paste_mask), where
-            )
-            for output in outputs:
+            for output in self.ladder.run(lambda memory: faces.generate(to_generate, memory), where):
                 finished[output.window.index] = output
                 if not isinstance(store, NoStore):
                     store.save(output.window.index, faces=output.wait().numpy(), flags=output.window.has_face)
@@ -359,89 +370,6 @@ class LipsyncPipeline:
         self.resumed_windows += 1
         return WindowOutput(window, torch.from_numpy(np.asarray(stored["faces"], dtype=np.float16)))
 
-    def generate_with(
-        self,
-        memory: MemorySettings,
-        windows: list[WindowInput],
-        audio_features: torch.Tensor,
-        paste_mask: torch.Tensor,
-    ) -> list[WindowOutput]:
-        """All of `windows`, in UNet calls of up to `memory.windows_per_call` windows with equal face counts."""
-        outputs = []
-        for batch in batches_of_equal_length(windows, memory.windows_per_call):
-            outputs += self.generate_batch(batch, memory, audio_features, paste_mask)
-        return outputs
-
-    @torch.no_grad()
-    def generate_batch(
-        self,
-        batch: list[WindowInput],
-        memory: MemorySettings,
-        audio_features: torch.Tensor,
-        paste_mask: torch.Tensor,
-    ) -> list[WindowOutput]:
-        models, device, seed = self.models, self.device, self.settings.seed
-        pixels = [window.faces.to(device, non_blocking=True).float() / 127.5 - 1.0 for window in batch]
-
-        with on_device(models.vae, device, memory.offload), self.timer.stage("VAE encode", GPU, gpu=True):
-            masked_latents, reference_latents = [], []
-            for window, faces in zip(batch, pixels):
-                generator = window_generator(seed, window.index)  # masked first, then reference, as upstream
-                masked_latents.append(encode_latents(models.vae, faces * self.image_mask, generator))
-                reference_latents.append(encode_latents(models.vae, faces, generator))
-
-        with on_device(models.unet, device, memory.offload), self.timer.stage("denoise", GPU, gpu=True):
-            latents = self.denoise_batch(batch, masked_latents, reference_latents, audio_features)
-
-        outputs = []
-        with on_device(models.vae, device, memory.offload), self.timer.stage("VAE decode", GPU, gpu=True):
-            for position, (window, faces) in enumerate(zip(batch, pixels)):
-                decoded = decode_latents(models.vae, latents[position].transpose(0, 1)).float()  # (n, 3, R, R)
-                pasted = decoded * (1.0 - paste_mask) + faces * paste_mask
-                outputs.append(self.to_host(window, pasted.to(torch.float16)))
-        return outputs
-
-    def denoise_batch(
-        self,
-        batch: list[WindowInput],
-        masked_latents: list[torch.Tensor],
-        reference_latents: list[torch.Tensor],
-        audio_features: torch.Tensor,
-    ) -> torch.Tensor:
-        """(B, 4, n, h, w) denoised latents for B windows of n face frames each."""
-        windows, frames = len(batch), batch[0].face_count
-        scheduler = make_scheduler(self.settings.scheduler, self.settings.steps, self.device)
-
-        def frames_second(latents: list[torch.Tensor]) -> torch.Tensor:  # B x (n, 4, h, w) -> (B, 4, n, h, w)
-            return torch.stack(latents).transpose(1, 2).float()
-
-        audio_rows = np.concatenate([window.face_frame_numbers for window in batch])
-        inputs = DenoiseInputs(
-            mask=self.latent_mask.repeat(windows, 1, frames, 1, 1).to(self.device),
-            masked_latents=frames_second(masked_latents),
-            reference_latents=frames_second(reference_latents),
-            audio_embeds=audio_features[torch.from_numpy(audio_rows)].to(self.device, non_blocking=True),
-        )
-        latents = self.noise.repeat(windows, 1, frames, 1, 1).to(self.device) * scheduler.init_noise_sigma
-        if self.plan.pad_frames_to is not None:
-            latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
-        latents = denoise(self.plan.unet_call, scheduler, latents, inputs, self.settings.guidance, self.plan.deepcache)
-        steps = len(scheduler.timesteps)
-        full = len(self.plan.deepcache.full_pass_steps(steps))
-        self.unet_steps["full"] += full
-        self.unet_steps["cached"] += steps - full
-        return latents[:, :, :frames]
-
-    def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:
-        """Start copying the faces to the CPU; on CUDA the copy overlaps the next window's work."""
-        if self.device.type != "cuda":
-            return WindowOutput(window, faces.cpu())
-        host = torch.empty(faces.shape, dtype=faces.dtype, pin_memory=True)
-        host.copy_(faces, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return WindowOutput(window, host, ready)
-
     def _use_memory_settings(self, memory: MemorySettings) -> None:
         """Called by the out-of-memory ladder after each downgrade."""
         set_vae_memory(self.models.vae, memory.vae_slicing, memory.vae_tiling)
@@ -453,7 +381,15 @@ class LipsyncPipeline:
 
     # --- consumer thread: restore and encode -----------------------------------------------------
 
-    def restore_and_encode(self, outputs: Iterator[WindowOutput], path: Path, crf: int, preset: str) -> int:
+    def count_frames_without_face(self, outputs: Iterator[WindowOutput]) -> int:
+        """The consumer of a shard: no video is made, the windows are only counted."""
+        frames_without_face = 0
+        for output in outputs:
+            frames_without_face += int((~output.window.has_face).sum())
+            self.progress.advance(TASK_JOB, len(output.window.frames))
+        return frames_without_face
+
+    def restore_and_encode(self, outputs: Iterator[WindowOutput], path: Path, job: SyncJob) -> int:
         """Paste each face back into its frame and encode every frame; returns the frames without a face."""
         encoder = None
         frames_without_face = 0
@@ -470,7 +406,7 @@ class LipsyncPipeline:
                     with self.timer.stage("encode", CONSUMER):
                         if encoder is None:
                             height, width = frame.shape[:2]
-                            encoder = VideoEncoder(path, width, height, fps=FPS, crf=crf, preset=preset)
+                            encoder = VideoEncoder(path, width, height, FPS, job.crf, job.encoder_preset, job.encoder)
                         encoder.write(frame)
                     self.progress.advance(TASK_ENCODE)
                     self.progress.advance(TASK_JOB)
@@ -485,13 +421,37 @@ class LipsyncPipeline:
         return frames_without_face
 
 
-def batches_of_equal_length(windows: list[WindowInput], size: int) -> list[list[WindowInput]]:
-    """Consecutive windows with the same face count, at most `size` per batch (they share a UNet call)."""
-    batches: list[list[WindowInput]] = []
-    for window in windows:
-        last = batches[-1] if batches else None
-        if last is not None and len(last) < size and last[0].face_count == window.face_count:
-            last.append(window)
-        else:
-            batches.append([window])
-    return batches
+class FaceLocator:
+    """Where the face is in each frame, in order: detected and aligned here, or read from a face track."""
+
+    def __init__(self, resolution: int, stride: int, face: str, track: FaceTrack | None):
+        self.aligner = FaceAligner(resolution)
+        self.track = track
+        self.detector = MediapipeLandmarks(stride=stride, choose=face) if track is None else None
+
+    def affine(self, frame_number: int, frame: np.ndarray) -> np.ndarray | None:
+        """The frame -> crop matrix of output frame `frame_number`, or None without a face."""
+        if self.track is not None:
+            return self.track.affine(frame_number)
+        found = self.detector.detect(frame)
+        return self.aligner.transform(found.points) if found is not None else None
+
+    def close(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+
+
+def check_all_stored(store: WindowStore, num_windows: int) -> None:
+    """IncompleteWorkError naming the windows a finalize step cannot find in the store."""
+    missing = [index for index in range(num_windows) if not store.has(index)]
+    if missing:
+        shown = ", ".join(str(index) for index in missing[:20]) + (", ..." if len(missing) > 20 else "")
+        raise IncompleteWorkError(
+            f"--finalize: windows {shown} of {num_windows} are not in the work dir yet; run their shards first"
+        )
+
+
+def encoder_entry(job: SyncJob) -> LogEntry:
+    """The encoder's row in the optimization table."""
+    status = APPLIED if job.encoder != "libx264" else OFF
+    return LogEntry("encoder", status, job.encoder_reason)

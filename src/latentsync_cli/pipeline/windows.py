@@ -94,3 +94,15 @@ def shared_noise(seed: int, latent_size: int) -> torch.Tensor:
     """The one initial noise (1, 4, 1, h, w) that every frame of the video starts from, as upstream."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn((1, 4, 1, latent_size, latent_size), generator=generator)
+
+
+def batches_of_equal_length(windows: list[WindowInput], size: int) -> list[list[WindowInput]]:
+    """Consecutive windows with the same face count, at most `size` per batch (they share a UNet call)."""
+    batches: list[list[WindowInput]] = []
+    for window in windows:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and last[0].face_count == window.face_count:
+            last.append(window)
+        else:
+            batches.append([window])
+    return batches

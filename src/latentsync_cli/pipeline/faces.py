@@ -1,0 +1,137 @@
+"""FaceGenerator: windows of aligned faces in, generated faces out, on the device the models run on.
+
+    VAE encode (masked face, whole face) -> denoise -> VAE decode -> paste the unmasked pixels back
+
+Built once per job with the job's audio features and paste mask. The memory
+ladder calls `generate(windows, memory)` with its current rung; windows with
+the same face count share one UNet call, up to `memory.windows_per_call`.
+
+What runs follows upstream (LATENTSYNC_REFERENCE.md): one initial noise shared
+by all frames, masked and reference latents sampled from the VAE with the
+window's own generator, the 13-channel UNet input, classifier-free guidance
+with zero audio, and the unmasked pixels pasted back after decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from latentsync_cli.face.mask import latent_mask, mouth_mask
+from latentsync_cli.models.vae import decode_latents, encode_latents
+from latentsync_cli.models.weights import ModelBundle
+from latentsync_cli.optimizers.memory import MemorySettings, on_device
+from latentsync_cli.optimizers.run_plan import RunPlan
+from latentsync_cli.pipeline.denoise import DenoiseInputs, DenoiseResult, denoise, pad_inputs
+from latentsync_cli.pipeline.windows import (
+    WindowInput,
+    WindowOutput,
+    batches_of_equal_length,
+    shared_noise,
+    window_generator,
+)
+from latentsync_cli.settings import RunSettings
+from latentsync_cli.timing import StageTimer
+
+
+class FaceGenerator:
+    def __init__(
+        self,
+        models: ModelBundle,
+        plan: RunPlan,
+        settings: RunSettings,
+        device: torch.device,
+        timer: StageTimer,
+        audio_features: torch.Tensor,
+        paste_mask: torch.Tensor,
+    ):
+        self.models = models
+        self.plan = plan
+        self.seed = settings.seed
+        self.device = device
+        self.timer = timer
+        self.lane = device.type  # the timer lane of this work is named after the device that does it
+        self.audio_features = audio_features  # (N, 50, 384): one row per output frame
+        self.paste_mask = paste_mask  # (1, 1, R, R): 1 = keep the input pixel, 0 = take the generated one
+        # The UNet's mask channel and the masked image use upstream's hard-edged mask.
+        unet_mask = mouth_mask(models.resolution)
+        self.image_mask = torch.from_numpy(unet_mask)[None, None].to(device)  # (1, 1, R, R)
+        self.latent_mask = torch.from_numpy(latent_mask(unet_mask, models.resolution // 8))[None, None, None]
+        self.noise = shared_noise(settings.seed, models.resolution // 8)
+        self.full_steps = 0  # denoising steps that ran the whole UNet, summed over UNet calls
+        self.cached_steps = 0  # steps that reused DeepCache's deep features
+
+    @torch.no_grad()
+    def generate(self, windows: list[WindowInput], memory: MemorySettings) -> list[WindowOutput]:
+        """The generated faces of every window (each has at least one face), in order."""
+        outputs = []
+        for batch in batches_of_equal_length(windows, memory.windows_per_call):
+            outputs += self.generate_batch(batch, memory.offload)
+        return outputs
+
+    def generate_batch(self, batch: list[WindowInput], offload: bool) -> list[WindowOutput]:
+        """One UNet call's windows: encode, denoise, decode and paste back."""
+        models, device = self.models, self.device
+        pixels = [window.faces.to(device, non_blocking=True).float() / 127.5 - 1.0 for window in batch]
+        with on_device(models.vae, device, offload), self.timer.stage("VAE encode", self.lane, gpu=True):
+            masked_latents, reference_latents = self.encode(batch, pixels)
+        with on_device(models.unet, device, offload), self.timer.stage("denoise", self.lane, gpu=True):
+            denoised = self.denoise(batch, masked_latents, reference_latents)
+        self.full_steps += denoised.full_steps
+        self.cached_steps += denoised.cached_steps
+        with on_device(models.vae, device, offload), self.timer.stage("VAE decode", self.lane, gpu=True):
+            return [
+                self.to_host(window, self.decode(latents, faces))
+                for window, latents, faces in zip(batch, denoised.latents, pixels)
+            ]
+
+    def encode(
+        self, batch: list[WindowInput], pixels: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per window, (n, 4, h, w) latents of the masked faces and of the whole faces."""
+        masked_latents, reference_latents = [], []
+        for window, faces in zip(batch, pixels):
+            generator = window_generator(self.seed, window.index)  # masked first, then reference, as upstream
+            masked_latents.append(encode_latents(self.models.vae, faces * self.image_mask, generator))
+            reference_latents.append(encode_latents(self.models.vae, faces, generator))
+        return masked_latents, reference_latents
+
+    def denoise(
+        self, batch: list[WindowInput], masked_latents: list[torch.Tensor], reference_latents: list[torch.Tensor]
+    ) -> DenoiseResult:
+        """(B, 4, n, h, w) denoised latents for B windows of n face frames each, and the steps run."""
+        windows, frames = len(batch), batch[0].face_count
+        scheduler = self.plan.make_scheduler(self.device)
+
+        def frames_second(latents: list[torch.Tensor]) -> torch.Tensor:  # B x (n, 4, h, w) -> (B, 4, n, h, w)
+            return torch.stack(latents).transpose(1, 2).float()
+
+        audio_rows = np.concatenate([window.face_frame_numbers for window in batch])
+        inputs = DenoiseInputs(
+            mask=self.latent_mask.repeat(windows, 1, frames, 1, 1).to(self.device),
+            masked_latents=frames_second(masked_latents),
+            reference_latents=frames_second(reference_latents),
+            audio_embeds=self.audio_features[torch.from_numpy(audio_rows)].to(self.device, non_blocking=True),
+        )
+        latents = self.noise.repeat(windows, 1, frames, 1, 1).to(self.device) * scheduler.init_noise_sigma
+        if self.plan.pad_frames_to is not None:
+            latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
+        result = denoise(self.plan.unet_call, scheduler, latents, inputs, self.plan.guidance, self.plan.deepcache)
+        result.latents = result.latents[:, :, :frames]  # without the CUDA graphs padding
+        return result
+
+    def decode(self, latents: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """One window's (4, n, h, w) latents -> float16 (n, 3, R, R) faces, the unmasked pixels from `faces`."""
+        decoded = decode_latents(self.models.vae, latents.transpose(0, 1)).float()
+        pasted = decoded * (1.0 - self.paste_mask) + faces * self.paste_mask
+        return pasted.to(torch.float16)
+
+    def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:
+        """Start copying the faces to the CPU; on CUDA the copy overlaps the next window's work."""
+        if self.device.type != "cuda":
+            return WindowOutput(window, faces.cpu())
+        host = torch.empty(faces.shape, dtype=faces.dtype, pin_memory=True)
+        host.copy_(faces, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return WindowOutput(window, host, ready)

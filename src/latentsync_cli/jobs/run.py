@@ -149,8 +149,7 @@ def claim_output(prepared: PreparedJob) -> Iterator[Path]:
     """The job's scratch folder, which also claims its output until the job ends (OutputError if another
     running job holds it). Without a kept output (`profile` without -o): a temporary folder."""
     if prepared.output is None or prepared.job.shard is not None:  # nothing is written at the output path
-        folder = prepared.job.work_dir if prepared.job.shard is not None else None
-        with tempfile.TemporaryDirectory(prefix=".latentsync-scratch-", dir=folder) as scratch:
+        with tempfile.TemporaryDirectory(prefix="latentsync-") as scratch:
             yield Path(scratch)
         return
     remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind

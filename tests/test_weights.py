@@ -19,14 +19,8 @@ from latentsync_cli.models.checkpoint import expected_state_shapes
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
-from latentsync_cli.models.weights import (
-    Architecture,
-    find_weight_files,
-    load_models,
-    locate_weights,
-    read_state_shapes,
-    verify_weights,
-)
+from latentsync_cli.models.weight_files import find_weight_files, locate_weights
+from latentsync_cli.models.weights import Architecture, load_models, read_state_shapes, verify_weights
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
 
 UNET_KEY = "conv_in.weight"

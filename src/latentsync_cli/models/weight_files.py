@@ -291,8 +291,6 @@ def _download_to_cache(weight_file: WeightFile) -> None:
 
 def download_weights(checkpoint_dir: Path | None = None) -> WeightPaths:
     """`latentsync models download`: fetch every file into the Hub cache, or into `checkpoint_dir`."""
-    from huggingface_hub import snapshot_download
-
     if hub_offline():
         raise WeightsError(f"HF_HUB_OFFLINE is set: unset it to run `{DOWNLOAD_COMMAND}`")
     reason = _hub_unreachable_reason(LATENTSYNC_REPO, WHISPER_FILENAME)
@@ -301,6 +299,8 @@ def download_weights(checkpoint_dir: Path | None = None) -> WeightPaths:
             f"cannot download the weights ({reason}): run `{DOWNLOAD_COMMAND}` on a machine with network access "
             "and copy the folder here (--checkpoint-dir DIR)"
         )
+    from huggingface_hub import snapshot_download
+
     downloads = [
         (LATENTSYNC_REPO, [UNET_FILENAME, WHISPER_FILENAME], checkpoint_dir),
         (VAE_HUB_ID, list(VAE_FILES), Path(checkpoint_dir) / VAE_FOLDER if checkpoint_dir else None),

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,27 @@ def test_a_hub_that_accepts_but_never_answers_is_unreachable(monkeypatch, tmp_pa
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
         with pytest.raises(WeightsError, match="unreachable.*latentsync models download"):
             check_weights_available("checkpoint", None)
+
+
+def test_a_hub_probe_stuck_in_the_dns_lookup_is_given_up(monkeypatch, tmp_path):
+    """The request's own timeouts do not cover getaddrinfo; the probe's deadline does."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    released = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolver_that_never_answers(*args, **kwargs):
+        released.wait(timeout=60)  # without the deadline, the probe would wait here, then be refused
+        return real_getaddrinfo(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_that_never_answers)
+    try:
+        with pytest.raises(WeightsError, match=r"unreachable: no answer within .*latentsync models download"):
+            check_weights_available("checkpoint", None)
+    finally:
+        released.set()
 
 
 # --------------------------------------------------------------------------- bundles

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +110,19 @@ def test_download_without_network_fails_fast_with_one_line(capsys, monkeypatch, 
     assert len(errors) == 1 and "unreachable" in errors[0] and "`latentsync models download`" in errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "weights").exists()
+
+
+def test_download_offline_imports_neither_torch_nor_diffusers(tmp_path):
+    environment = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "from latentsync_cli.cli import main; main(['models', 'download'])"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 5
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "latentsync_cli.models.weight_files" in imported
+    assert not imported & {"torch", "diffusers", "safetensors", "huggingface_hub"}
+    assert _error_lines(done.stderr) == ["error: HF_HUB_OFFLINE is set: unset it to run `latentsync models download`"]

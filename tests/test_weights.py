@@ -7,7 +7,13 @@ formats; the full-size architecture is checked only through its expected shapes.
 from __future__ import annotations
 
 import ast
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,14 +25,8 @@ from latentsync_cli.models.checkpoint import expected_state_shapes
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
-from latentsync_cli.models.weights import (
-    Architecture,
-    find_weight_files,
-    load_models,
-    locate_weights,
-    read_state_shapes,
-    verify_weights,
-)
+from latentsync_cli.models.weight_files import check_weights_available, find_weight_files, locate_weights
+from latentsync_cli.models.weights import Architecture, load_models, read_state_shapes, verify_weights
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
 
 UNET_KEY = "conv_in.weight"
@@ -276,6 +276,111 @@ def test_a_checkpoint_dir_without_vae_takes_the_vae_from_the_hub_cache(tiny_dir,
     shutil.rmtree(tiny_dir / "vae")
     with pytest.raises(WeightsError, match=r"model weights not found \(stabilityai/sd-vae-ft-mse\)"):
         locate_weights(tiny_dir)
+
+
+# --------------------------------------------------------------------------- checking before loading
+
+# Runs check_weights_available in a fresh interpreter, then says which heavy modules it imported.
+CHECK_IN_A_FRESH_PROCESS = """
+import json, sys
+from latentsync_cli.errors import WeightsError
+from latentsync_cli.models.weight_files import check_weights_available
+try:
+    check_weights_available(sys.argv[1], None)
+    message = None
+except WeightsError as error:
+    message = error.message
+heavy = [name for name in ("torch", "diffusers", "safetensors") if name in sys.modules]
+print(json.dumps({"message": message, "heavy": heavy}))
+"""
+
+
+def _check_in_a_fresh_process(weights: str, **env: str | None) -> dict:
+    environment = {**os.environ, **{key: value for key, value in env.items() if value is not None}}
+    for key in [key for key, value in env.items() if value is None]:
+        environment.pop(key, None)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_IN_A_FRESH_PROCESS, weights],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_check_weights_available_offline_fails_before_importing_torch(tmp_path):
+    result = _check_in_a_fresh_process(
+        "checkpoint", HF_HOME=str(tmp_path), HF_HUB_CACHE=None, HF_HUB_OFFLINE="1", HF_ENDPOINT=None
+    )
+    assert result["heavy"] == []
+    assert "HF_HUB_OFFLINE is set" in result["message"]
+    assert "ByteDance/LatentSync-1.6: latentsync_unet.pt, whisper/tiny.pt" in result["message"]
+    assert "`latentsync models download`" in result["message"]
+
+
+def test_check_weights_available_with_an_unreachable_hub_fails_before_importing_torch(tmp_path):
+    result = _check_in_a_fresh_process(
+        "auto", HF_HOME=str(tmp_path), HF_HUB_CACHE=None, HF_HUB_OFFLINE=None, HF_ENDPOINT="http://127.0.0.1:9"
+    )
+    assert result["heavy"] == []
+    assert "unreachable" in result["message"] and "`latentsync models download`" in result["message"]
+
+
+def test_check_weights_available_gives_the_same_error_as_loading(offline_empty_hub):
+    with pytest.raises(WeightsError) as checked:
+        check_weights_available("auto", None)
+    with pytest.raises(WeightsError) as loaded:
+        load_models("auto")
+    assert str(checked.value) == str(loaded.value)
+    assert checked.value.exit_code == loaded.value.exit_code == 5
+
+
+def test_check_weights_available_names_the_file_missing_from_the_checkpoint_dir(tiny_dir):
+    check_weights_available("checkpoint", tiny_dir)
+    (tiny_dir / "whisper" / "tiny.pt").unlink()
+    with pytest.raises(WeightsError, match="tiny.pt not found"):
+        check_weights_available("checkpoint", tiny_dir)
+    with pytest.raises(WeightsError, match="is not a folder"):
+        check_weights_available("checkpoint", tiny_dir / "nope")
+
+
+def test_check_weights_available_needs_no_files_for_random_weights(offline_empty_hub, tmp_path):
+    for weights in ("random", "random-tiny"):
+        assert check_weights_available(weights, None) is None
+        assert check_weights_available(weights, tmp_path / "nope") is None
+
+
+def test_a_hub_that_accepts_but_never_answers_is_unreachable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; no one reads or replies
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(WeightsError, match="unreachable.*latentsync models download"):
+            check_weights_available("checkpoint", None)
+
+
+def test_a_hub_probe_stuck_in_the_dns_lookup_is_given_up(monkeypatch, tmp_path):
+    """The request's own timeouts do not cover getaddrinfo; the probe's deadline does."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    released = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolver_that_never_answers(*args, **kwargs):
+        released.wait(timeout=60)  # without the deadline, the probe would wait here, then be refused
+        return real_getaddrinfo(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_that_never_answers)
+    try:
+        with pytest.raises(WeightsError, match=r"unreachable: no answer within .*latentsync models download"):
+            check_weights_available("checkpoint", None)
+    finally:
+        released.set()
 
 
 # --------------------------------------------------------------------------- bundles

@@ -42,7 +42,8 @@ from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
-from latentsync_cli.models.weights import ModelBundle, load_models, locate_weights
+from latentsync_cli.models.weight_files import locate_weights
+from latentsync_cli.models.weights import ModelBundle, load_models
 from latentsync_cli.optimizers.precision import dtype_for
 from latentsync_cli.presets import PresetTable
 from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings

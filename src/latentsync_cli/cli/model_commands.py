@@ -9,9 +9,10 @@ from rich.markup import escape
 
 from latentsync_cli.cli.output import get_output
 from latentsync_cli.errors import UsageError, WeightsError
+from latentsync_cli.models.weight_files import download_weights, find_weight_files, hub_cache_dir, hub_offline
 
-# `latentsync_cli.models.weights` imports torch and diffusers (about 5 s), so each command imports it
-# when it runs, keeping `latentsync --help` and the other commands fast.
+# `latentsync_cli.models.weights` imports torch and diffusers (about 5 s), so `verify`, the one command
+# that reads tensors, imports it when it runs; weight_files imports only the standard library.
 
 app = typer.Typer(help="Download, verify and locate the model weights.", no_args_is_help=True)
 
@@ -44,8 +45,6 @@ def download(
     ),
 ) -> None:
     """Fetch the LatentSync 1.6 UNet, Whisper tiny and the sd-vae-ft-mse VAE (about 5.2 GB)."""
-    from latentsync_cli.models.weights import download_weights, find_weight_files, hub_cache_dir
-
     output = get_output(ctx)
     where = checkpoint_dir if checkpoint_dir is not None else hub_cache_dir()
     output.info(f"downloading the weights into {escape(str(where))}")
@@ -92,8 +91,6 @@ def path(
     as_json: bool = typer.Option(False, "--json", help="Print the locations as JSON on stdout."),
 ) -> None:
     """Show where each weight file is, or would be after `latentsync models download`."""
-    from latentsync_cli.models.weights import find_weight_files, hub_cache_dir, hub_offline
-
     output = get_output(ctx)
     files = find_weight_files(checkpoint_dir)
     if as_json:

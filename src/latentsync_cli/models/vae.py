@@ -14,12 +14,11 @@ import torch
 from diffusers import AutoencoderKL
 
 from latentsync_cli.errors import WeightsError
+from latentsync_cli.models.weight_files import VAE_FILES, VAE_HUB_ID
 
-VAE_HUB_ID = "stabilityai/sd-vae-ft-mse"
 LATENT_SCALE = 0.18215
 LATENT_CHANNELS = 4
 DOWNSAMPLE_FACTOR = 8  # 2 ** (number of blocks - 1)
-VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 def sd_vae_ft_mse_config() -> dict:

@@ -1,13 +1,7 @@
-"""Where the model weights come from, how they are checked, and the models a run uses.
+"""How the model weights are checked, and the models a run uses.
 
-Real weights come from the Hugging Face Hub (downloaded once into its normal
-cache, which honours HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE) or from a
-`--checkpoint-dir DIR` laid out like the Hub repo:
-
-    DIR/latentsync_unet.pt        (or DIR/latentsync_unet.safetensors)
-    DIR/whisper/tiny.pt
-    DIR/vae/config.json           optional: without DIR/vae/ the VAE comes
-    DIR/vae/diffusion_pytorch_model.safetensors   from the Hub cache
+Where the files are, and their download, is models/weight_files.py (no torch
+there, so a missing file is reported before torch and diffusers are imported).
 
 Random weights ("random": full-size architecture, "random-tiny": tiny
 architecture) are seeded and need no files; they are for timing and tests, and
@@ -17,13 +11,11 @@ their output is not a lip-sync.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download, try_to_load_from_cache
 from safetensors import safe_open
 
 from latentsync_cli.constants import WEIGHT_CHOICES
@@ -31,226 +23,18 @@ from latentsync_cli.errors import UsageError, WeightsError
 from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
-from latentsync_cli.models.vae import VAE_FILES, VAE_HUB_ID, load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
+from latentsync_cli.models.vae import load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
+from latentsync_cli.models.weight_files import (
+    DOWNLOAD_COMMAND,
+    REAL_WEIGHTS,
+    WeightFile,
+    find_weight_files,
+    locate_weights,
+)
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
-
-LATENTSYNC_REPO = "ByteDance/LatentSync-1.6"
-UNET_FILENAME = "latentsync_unet.pt"
-UNET_SAFETENSORS_FILENAME = "latentsync_unet.safetensors"
-WHISPER_FILENAME = "whisper/tiny.pt"
-VAE_FOLDER = "vae"
-DOWNLOAD_COMMAND = "latentsync models download"
-HUB_PROBE_TIMEOUT_S = 10  # one request, no retries: a sandbox without network fails in well under a second
 
 FULL_RESOLUTION = 512
 TINY_RESOLUTION = 256  # tiny VAE latents are 32x32
-
-SOURCE_HUB = "hub-cache"
-SOURCE_CHECKPOINT_DIR = "checkpoint-dir"
-
-
-# --------------------------------------------------------------------------- where the files are
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    """One weight file: which repo file it is and where it is (or would be) on this machine."""
-
-    role: str  # "unet", "whisper", "vae-config", "vae-weights"
-    repo_id: str
-    filename: str  # path inside the Hub repo
-    path: Path
-    present: bool
-    source: str  # SOURCE_HUB or SOURCE_CHECKPOINT_DIR
-
-    def describe(self) -> str:
-        """Its path in a checkpoint dir, or repo/filename on the Hub."""
-        return str(self.path) if self.source == SOURCE_CHECKPOINT_DIR else f"{self.repo_id}/{self.filename}"
-
-    @property
-    def size_bytes(self) -> int | None:
-        return self.path.stat().st_size if self.present else None
-
-    def to_dict(self) -> dict:
-        return {
-            "role": self.role,
-            "repo_id": self.repo_id,
-            "filename": self.filename,
-            "path": str(self.path),
-            "present": self.present,
-            "size_bytes": self.size_bytes,
-            "source": self.source,
-        }
-
-
-@dataclass(frozen=True)
-class WeightPaths:
-    unet: Path
-    whisper: Path
-    vae: Path  # a folder with config.json and diffusion_pytorch_model.safetensors
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face Hub cache, read from the environment now (HF_HUB_CACHE, else HF_HOME/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg_cache).expanduser() / "huggingface" / "hub"
-
-
-def hub_endpoint() -> str | None:
-    """HF_ENDPOINT as set now (None: huggingface_hub's default, https://huggingface.co)."""
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set to a true value."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_file(role: str, repo_id: str, filename: str) -> WeightFile:
-    cache_dir = hub_cache_dir()
-    cached = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache_dir))
-    if isinstance(cached, str):
-        return WeightFile(role, repo_id, filename, Path(cached), True, SOURCE_HUB)
-    repo_folder = "models--" + repo_id.replace("/", "--")
-    would_be = cache_dir / repo_folder / "snapshots" / "<revision>" / filename
-    return WeightFile(role, repo_id, filename, would_be, False, SOURCE_HUB)
-
-
-def _local_file(role: str, repo_id: str, folder: Path, filename: str) -> WeightFile:
-    path = folder / filename
-    return WeightFile(role, repo_id, filename, path, path.is_file(), SOURCE_CHECKPOINT_DIR)
-
-
-def find_weight_files(checkpoint_dir: Path | None = None) -> list[WeightFile]:
-    """Where each weight file is, or would be, on this machine. Never touches the network."""
-    files = []
-    if checkpoint_dir is None:
-        files.append(_hub_file("unet", LATENTSYNC_REPO, UNET_FILENAME))
-        files.append(_hub_file("whisper", LATENTSYNC_REPO, WHISPER_FILENAME))
-    else:
-        unet = _local_file("unet", LATENTSYNC_REPO, checkpoint_dir, UNET_FILENAME)
-        safetensors_unet = _local_file("unet", LATENTSYNC_REPO, checkpoint_dir, UNET_SAFETENSORS_FILENAME)
-        files.append(safetensors_unet if safetensors_unet.present and not unet.present else unet)
-        files.append(_local_file("whisper", LATENTSYNC_REPO, checkpoint_dir, WHISPER_FILENAME))
-
-    vae_dir = checkpoint_dir / VAE_FOLDER if checkpoint_dir is not None else None
-    for role, filename in zip(("vae-config", "vae-weights"), VAE_FILES):
-        if vae_dir is not None and vae_dir.is_dir():
-            files.append(_local_file(role, VAE_HUB_ID, vae_dir, filename))
-        else:
-            files.append(_hub_file(role, VAE_HUB_ID, filename))
-    return files
-
-
-def _paths(files: list[WeightFile]) -> WeightPaths:
-    by_role = {f.role: f.path for f in files}
-    return WeightPaths(unet=by_role["unet"], whisper=by_role["whisper"], vae=by_role["vae-config"].parent)
-
-
-def _missing_summary(files: list[WeightFile]) -> str:
-    """e.g. 'ByteDance/LatentSync-1.6: latentsync_unet.pt, whisper/tiny.pt; stabilityai/sd-vae-ft-mse'."""
-    parts = []
-    for repo_id in dict.fromkeys(f.repo_id for f in files):
-        names = [f.filename for f in files if f.repo_id == repo_id]
-        parts.append(f"{repo_id}: {', '.join(names)}" if repo_id == LATENTSYNC_REPO else repo_id)
-    return "; ".join(parts)
-
-
-def _cannot_download(missing: list[WeightFile], reason: str) -> WeightsError:
-    return WeightsError(
-        f"model weights not found ({_missing_summary(missing)}) and they cannot be downloaded here ({reason}): "
-        f"run `{DOWNLOAD_COMMAND}` on a machine with network access, or pass --checkpoint-dir DIR"
-    )
-
-
-def _hub_unreachable_reason(repo_id: str, filename: str) -> str | None:
-    """Why the Hub cannot serve `filename` now, or None when it can. One request with a short timeout."""
-    try:
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, endpoint=hub_endpoint()), timeout=HUB_PROBE_TIMEOUT_S)
-    except Exception as error:  # httpx, requests and huggingface_hub each raise their own types
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        return f"{repo_id} is unreachable: {type(error).__name__}: {first_line}".rstrip(": ")
-    return None
-
-
-def locate_weights(checkpoint_dir: Path | None = None, allow_download: bool = True) -> WeightPaths:
-    """Find the real weights: in `checkpoint_dir`, or in the Hub cache, downloading what is missing.
-
-    Raises WeightsError (one line: what is missing and the command that fetches it) when they
-    are not here and cannot be downloaded (HF_HUB_OFFLINE, no network, allow_download False).
-    """
-    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
-        raise WeightsError(f"--checkpoint-dir {checkpoint_dir} is not a folder")
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    files = find_weight_files(checkpoint_dir)
-
-    missing_local = [f for f in files if not f.present and f.source == SOURCE_CHECKPOINT_DIR]
-    if missing_local:
-        names = ", ".join(str(f.path) for f in missing_local)
-        raise WeightsError(
-            f"{names} not found: fetch the weights with `{DOWNLOAD_COMMAND} --checkpoint-dir {checkpoint_dir}` "
-            "or pass the folder that holds them"
-        )
-
-    missing = [f for f in files if not f.present]
-    if not missing:
-        return _paths(files)
-    if not allow_download:
-        raise _cannot_download(missing, "downloads are disabled")
-    if hub_offline():
-        raise _cannot_download(missing, "HF_HUB_OFFLINE is set")
-    reason = _hub_unreachable_reason(missing[0].repo_id, missing[0].filename)
-    if reason is not None:
-        raise _cannot_download(missing, reason)
-    for weight_file in missing:
-        _download_to_cache(weight_file)
-    return _paths(find_weight_files(checkpoint_dir))
-
-
-def _download_to_cache(weight_file: WeightFile) -> None:
-    try:
-        hf_hub_download(
-            weight_file.repo_id, weight_file.filename, cache_dir=str(hub_cache_dir()), endpoint=hub_endpoint()
-        )
-    except Exception as error:  # network, disk and Hub errors all end the same way for the user
-        raise WeightsError(
-            f"downloading {weight_file.repo_id}/{weight_file.filename} failed ({type(error).__name__}: {error}); "
-            f"run `{DOWNLOAD_COMMAND}` again"
-        ) from error
-
-
-def download_weights(checkpoint_dir: Path | None = None) -> WeightPaths:
-    """`latentsync models download`: fetch every file into the Hub cache, or into `checkpoint_dir`."""
-    if hub_offline():
-        raise WeightsError(f"HF_HUB_OFFLINE is set: unset it to run `{DOWNLOAD_COMMAND}`")
-    reason = _hub_unreachable_reason(LATENTSYNC_REPO, WHISPER_FILENAME)
-    if reason is not None:
-        raise WeightsError(
-            f"cannot download the weights ({reason}): run `{DOWNLOAD_COMMAND}` on a machine with network access "
-            "and copy the folder here (--checkpoint-dir DIR)"
-        )
-    downloads = [
-        (LATENTSYNC_REPO, [UNET_FILENAME, WHISPER_FILENAME], checkpoint_dir),
-        (VAE_HUB_ID, list(VAE_FILES), Path(checkpoint_dir) / VAE_FOLDER if checkpoint_dir else None),
-    ]
-    for repo_id, filenames, local_dir in downloads:
-        try:
-            if local_dir is None:
-                snapshot_download(
-                    repo_id, allow_patterns=filenames, cache_dir=str(hub_cache_dir()), endpoint=hub_endpoint()
-                )
-            else:
-                snapshot_download(repo_id, allow_patterns=filenames, local_dir=str(local_dir), endpoint=hub_endpoint())
-        except Exception as error:  # network, disk and Hub errors all end the same way for the user
-            raise WeightsError(
-                f"downloading {repo_id} failed ({type(error).__name__}: {error}); run `{DOWNLOAD_COMMAND}` again"
-            ) from error
-    return locate_weights(Path(checkpoint_dir) if checkpoint_dir else None, allow_download=False)
 
 
 # --------------------------------------------------------------------------- checking the files
@@ -448,7 +232,7 @@ def load_models(
     seed: int = 0,
 ) -> ModelBundle:
     """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny")."""
-    if weights in ("auto", "checkpoint"):
+    if weights in REAL_WEIGHTS:
         return _load_real_models(checkpoint_dir, device, dtype)
     if weights == "random":
         return _random_models(Architecture.latentsync_1_6(), FULL_RESOLUTION, device, dtype, seed, tiny=False)

@@ -31,6 +31,7 @@ from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.media.encode import ENCODER_CHOICES, EncoderChoice, choose_encoder
+from latentsync_cli.models.weight_files import check_weights_available
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import Progress
 from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
@@ -135,6 +136,7 @@ def prepare(
     if job.keep_output:
         wanted = job.output if job.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], job.overwrite)
+    check_weights_available(job.weights, _absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
     hardware = hardware if hardware is not None else probe_devices()
     resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
     speech, warnings = read_media(video, audio)
@@ -314,7 +316,7 @@ class ModelCache:
         from latentsync_cli.optimizers.precision import dtype_for
 
         job, settings = prepared.job, prepared.resolved.settings
-        checkpoint_dir = Path(job.checkpoint_dir).expanduser().absolute() if job.checkpoint_dir else None
+        checkpoint_dir = _absolute(job.checkpoint_dir)
         key = (job.weights, checkpoint_dir, settings.device, settings.precision)
         if key != self.key:
             self.models = None  # free the previous job's models before loading others
@@ -323,3 +325,7 @@ class ModelCache:
             )
             self.key = key
         return self.models
+
+
+def _absolute(folder: Path | None) -> Path | None:
+    return Path(folder).expanduser().absolute() if folder is not None else None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
+from latentsync_cli.face.restore_torch import restore_faces_torch
 from latentsync_cli.models.vae import decode_latents, encode_latents
 from latentsync_cli.models.weights import ModelBundle
 from latentsync_cli.optimizers.memory import MemorySettings, on_device
@@ -44,7 +45,9 @@ class FaceGenerator:
         timer: StageTimer,
         audio_features: torch.Tensor,
         paste_mask: torch.Tensor,
+        keep_on_device: bool = False,
     ):
+        self.keep_on_device = keep_on_device  # the faces are pasted back on the device (restore_on_device)
         self.models = models
         self.plan = plan
         self.seed = settings.seed
@@ -127,11 +130,32 @@ class FaceGenerator:
         return pasted.to(torch.float16)
 
     def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:
-        """Start copying the faces to the CPU; on CUDA the copy overlaps the next window's work."""
-        if self.device.type != "cuda":
-            return WindowOutput(window, faces.cpu())
-        host = torch.empty(faces.shape, dtype=faces.dtype, pin_memory=True)
-        host.copy_(faces, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
+        """Start copying the faces to the CPU (unless they are pasted back on the device, see restore_on_device)."""
+        if self.keep_on_device:
+            return WindowOutput(window, faces)
+        host, ready = copy_to_host(faces)
         return WindowOutput(window, host, ready)
+
+
+def copy_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A CPU copy of `tensor`; on CUDA into pinned memory without waiting, with the event that marks it done."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu(), None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
+def restore_on_device(output: WindowOutput, device: torch.device) -> WindowOutput:
+    """Paste a window's faces back into its frames on `device`; only the finished frames come back to the host."""
+    window = output.window
+    if window.face_count == 0:
+        return output
+    face_frames = np.stack([frame for frame, found in zip(window.frames, window.has_face) if found])
+    frames = torch.from_numpy(face_frames)
+    frames = frames.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else frames.to(device)
+    restored = restore_faces_torch(frames, output.faces.to(device), window.affines)
+    host, ready = copy_to_host(restored)
+    return WindowOutput(window, output.faces, ready, restored=host)

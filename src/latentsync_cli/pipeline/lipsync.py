@@ -28,6 +28,7 @@ from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.face.restore import restore_faces
+from latentsync_cli.face.restore_torch import restore_backend_for
 from latentsync_cli.face.track import FaceTrack
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder, mux
@@ -39,7 +40,7 @@ from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings
 from latentsync_cli.optimizers.run_plan import build_run_plan
 from latentsync_cli.optimizers.torch_switches import torch_switches
 from latentsync_cli.optimizers.vae_memory import set_vae_memory
-from latentsync_cli.pipeline.faces import FaceGenerator
+from latentsync_cli.pipeline.faces import FaceGenerator, restore_on_device
 from latentsync_cli.pipeline.overlap import run_overlapped
 from latentsync_cli.pipeline.windows import NoStore, WindowInput, WindowOutput, WindowStore, window_ranges
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB, NoProgress, Progress
@@ -85,6 +86,9 @@ class SyncJob:
     # shard_windows(num_windows): make only these windows, into the store, and write no video
     shard_windows: Callable[[int], range] | None = None
     finalize_only: bool = False  # every window must be in the store already (IncompleteWorkError otherwise)
+    # Where the faces are pasted back: "torch" on the model's device, "opencv" on the CPU, or
+    # "auto": the faster for the device (face.restore_torch.restore_backend_for).
+    restore: str = "auto"
 
 
 @dataclass
@@ -190,9 +194,10 @@ class LipsyncPipeline:
             with self.timer.stage("landmarks", MAIN):
                 track = job.face_track(num_frames)
         paste_mask = torch.from_numpy(mouth_mask(self.resolution, job.mask_feather_px))[None, None].to(self.device)
-        faces = self.face_generator(audio_features, paste_mask)
-
         make_video = job.shard_windows is None
+        restore = job.restore if job.restore != "auto" else restore_backend_for(self.device.type)
+        faces = self.face_generator(audio_features, paste_mask, on_device=make_video and restore == "torch")
+
         frames = sum(len(windows[index]) for index in selected)
         self.progress.start(TASK_JOB, frames)
         self.progress.start(TASK_DECODE, frames)
@@ -212,9 +217,12 @@ class LipsyncPipeline:
         self.timer.finish()
         return self.result(job, num_frames, len(windows), frames_without_face, faces)
 
-    def face_generator(self, audio_features: torch.Tensor, paste_mask: torch.Tensor) -> FaceGenerator:
+    def face_generator(
+        self, audio_features: torch.Tensor, paste_mask: torch.Tensor, on_device: bool = False
+    ) -> FaceGenerator:
         """The job's model work: windows of aligned faces -> generated faces (see faces.py)."""
-        return FaceGenerator(self.models, self.plan, self.settings, self.device, self.timer, audio_features, paste_mask)
+        models, plan, settings, device, timer = self.models, self.plan, self.settings, self.device, self.timer
+        return FaceGenerator(models, plan, settings, device, timer, audio_features, paste_mask, on_device)
 
     def check_for_a_face(self, job: SyncJob) -> None:
         """InputError unless one of the first frames (the whole video when it is short) has a face."""
@@ -258,7 +266,7 @@ class LipsyncPipeline:
             lane_busy_s=busy,
             critical_path=critical_path(busy, self.timer.lane_stages(), serial_lane=MAIN),
             verdict=bottleneck_verdict(totals, wall, self.settings),
-            optimizations=self.log.to_list() + [encoder_entry(job).to_dict()],
+            optimizations=self.log.to_list() + [restore_entry(faces, self.device), encoder_entry(job).to_dict()],
             memory_downgrades=list(self.ladder.downgrades),
             unet_full_steps=faces.full_steps,
             unet_cached_steps=faces.cached_steps,
@@ -356,8 +364,12 @@ class LipsyncPipeline:
             for output in self.ladder.run(lambda memory: faces.generate(to_generate, memory), where):
                 finished[output.window.index] = output
                 if not isinstance(store, NoStore):
-                    store.save(output.window.index, faces=output.wait().numpy(), flags=output.window.has_face)
+                    stored_faces = output.wait().cpu().numpy()
+                    store.save(output.window.index, faces=stored_faces, flags=output.window.has_face)
         self.progress.advance(TASK_GENERATE, len(windows))
+        if faces.keep_on_device:  # generated and stored windows alike, so a resumed video is the same
+            with self.timer.stage("restore", self.device.type, gpu=True):
+                return [restore_on_device(finished[window.index], self.device) for window in windows]
         return [finished[window.index] for window in windows]
 
     def load_stored(self, window: WindowInput, store: WindowStore) -> WindowOutput | None:
@@ -381,6 +393,18 @@ class LipsyncPipeline:
 
     # --- consumer thread: restore and encode -----------------------------------------------------
 
+    def restored_frames(self, output: WindowOutput) -> list[np.ndarray]:
+        """The window's frames that have a face, with the generated face pasted back (on the CPU unless done)."""
+        faces = output.wait()
+        if output.restored is not None:
+            return list(output.restored.numpy())
+        window = output.window
+        if not len(faces):
+            return []
+        with self.timer.stage("restore", CONSUMER):
+            face_frames = [frame for frame, found in zip(window.frames, window.has_face) if found]
+            return restore_faces(face_frames, faces.float().numpy(), window.affines)
+
     def count_frames_without_face(self, outputs: Iterator[WindowOutput]) -> int:
         """The consumer of a shard: no video is made, the windows are only counted."""
         frames_without_face = 0
@@ -396,10 +420,7 @@ class LipsyncPipeline:
         try:
             for output in outputs:
                 window = output.window
-                faces = output.wait().float().numpy()
-                with self.timer.stage("restore", CONSUMER):
-                    face_frames = [frame for frame, found in zip(window.frames, window.has_face) if found]
-                    restored = iter(restore_faces(face_frames, faces, window.affines)) if len(faces) else iter(())
+                restored = iter(self.restored_frames(output))
                 for frame, found in zip(window.frames, window.has_face):
                     frame = next(restored) if found else frame  # a frame without a face stays as it was
                     frames_without_face += int(not found)
@@ -449,6 +470,14 @@ def check_all_stored(store: WindowStore, num_windows: int) -> None:
         raise IncompleteWorkError(
             f"--finalize: windows {shown} of {num_windows} are not in the work dir yet; run their shards first"
         )
+
+
+def restore_entry(faces: FaceGenerator, device: torch.device) -> dict:
+    """The paste-back's row in the optimization table."""
+    if faces.keep_on_device:
+        detail = f"faces pasted back on {device.type} (torch); only finished frames are copied to the host"
+        return LogEntry("restore on device", APPLIED, detail).to_dict()
+    return LogEntry("restore on device", OFF, "faces pasted back on the CPU with OpenCV").to_dict()
 
 
 def encoder_entry(job: SyncJob) -> LogEntry:

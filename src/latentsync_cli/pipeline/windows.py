@@ -41,8 +41,10 @@ class WindowOutput:
     """One window's generated faces, on the way to restore and encode."""
 
     window: WindowInput
-    faces: torch.Tensor  # float16 (n, 3, R, R) in [-1, 1], on the CPU
-    ready: torch.cuda.Event | None = None  # set when `faces` is still being copied from the GPU
+    faces: torch.Tensor  # float16 (n, 3, R, R) in [-1, 1], on the CPU (or the model's device, see below)
+    ready: torch.cuda.Event | None = None  # set when `faces` or `restored` is still being copied from the GPU
+    # The faces already pasted back on the model's device: uint8 (n, H, W, 3) frames, on the CPU.
+    restored: torch.Tensor | None = None
 
     def wait(self) -> torch.Tensor:
         if self.ready is not None:

@@ -260,6 +260,10 @@ def test_profile_json_ranks_stages_and_writes_a_chrome_trace(media, tmp_path):
     assert report["critical_path"]["lanes"][0] == "main" and report["critical_path"]["seconds"] > 0
     assert report["peak_rss_bytes"] > 0 and report["peak_gpu_bytes"] is None  # CPU run
     assert report["output"] is None  # profile keeps no MP4 unless -o is given
+    shares = report["lane_busy_share"]
+    assert set(shares) == set(report["lane_busy_s"]) and all(0 < share <= 1.05 for share in shares.values())
+    overlapped = {lane: busy for lane, busy in report["lane_busy_s"].items() if lane != "main"}
+    assert report["limiting_lane"] == max(overlapped, key=overlapped.get)
 
     events = json.loads(trace.read_text())
     assert events and all(event["ph"] == "X" for event in events)
@@ -271,5 +275,5 @@ def test_profile_json_ranks_stages_and_writes_a_chrome_trace(media, tmp_path):
 def test_profile_prints_the_stage_table_and_a_verdict(media):
     code, stdout, stderr = run_cli("profile", media["short_clip"], media["short_voice"], *FAST_FLAGS, "--mode", "turbo")
     assert code == 0 and stdout == ""
-    assert "Stages by time" in stderr and "critical path:" in stderr
+    assert "Stages by time" in stderr and "critical path:" in stderr and "lanes busy: " in stderr
     assert "bottleneck: " in stderr.strip().splitlines()[-1]

@@ -40,6 +40,8 @@ def profile_json(finished: FinishedJob) -> dict:
     report = job_json(finished)
     wall = finished.result.wall_s
     ranked = sorted(finished.result.stage_seconds.items(), key=lambda item: item[1], reverse=True)
+    report["lane_busy_share"] = lane_shares(finished.result.lane_busy_s, wall)
+    report["limiting_lane"] = limiting_lane(finished.result.lane_busy_s)
     report["stage_table"] = [
         {"stage": stage, "seconds": round(seconds, 4), "share_of_wall": round(seconds / wall, 4) if wall else None}
         for stage, seconds in ranked
@@ -67,6 +69,11 @@ def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> No
     ranked = dict(sorted(result.stage_seconds.items(), key=lambda item: item[1], reverse=True))
     out.table(_stage_table(ranked, result.wall_s, "Stages by time"))
     _print_summary(out, finished)
+    shares = lane_shares(result.lane_busy_s, result.wall_s)
+    lanes = ", ".join(
+        f"{lane} {result.lane_busy_s[lane]:.2f} s ({100 * share:.0f} %)" for lane, share in shares.items()
+    )
+    out.info(f"lanes busy: {lanes}; the lane that limits the overlapped part: {limiting_lane(result.lane_busy_s)}")
     path = result.critical_path
     out.info(f"critical path: {' + '.join(path['lanes'])} lanes, {path['seconds']:.2f} s ({', '.join(path['stages'])})")
     out.info(f"peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB" + (
@@ -125,3 +132,14 @@ def batch_table(records: list[BatchRecord]) -> Table:
         table.add_row(str(record.job), record.status, f"{record.seconds:.1f}", escape(record.output or "-"),
                       escape(record.error or ""))  # fmt: skip
     return table
+
+
+def lane_shares(lane_busy_s: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Each lane's busy time as a share of the wall time (a lane near 1.0 is the one the others wait for)."""
+    return {lane: round(seconds / wall_s, 3) if wall_s > 0 else 0.0 for lane, seconds in lane_busy_s.items()}
+
+
+def limiting_lane(lane_busy_s: dict[str, float]) -> str | None:
+    """The busiest of the overlapped lanes (the serial "main" lane runs before and after them)."""
+    overlapped = {lane: seconds for lane, seconds in lane_busy_s.items() if lane != "main"}
+    return max(overlapped, key=overlapped.get, default=None)

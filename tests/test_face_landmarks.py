@@ -9,6 +9,7 @@ from skimage import data
 
 from latentsync_cli.errors import UsageError
 from latentsync_cli.face.landmarks import LandmarkDetector, MediapipeLandmarks, alignment_points
+from latentsync_cli.media.synthetic import face_photo
 
 ASTRONAUT_NOSE = np.array([224.0, 125.0])  # where the detector puts the nose centre in the 512 x 512 photo
 
@@ -96,3 +97,18 @@ def test_bad_settings_are_usage_errors():
         MediapipeLandmarks(stride=0)
     with pytest.raises(UsageError, match="largest"):
         MediapipeLandmarks(choose="biggest")
+
+
+def test_a_still_image_is_found_and_aligned_once():
+    """Every frame of a still is the same picture: one detection, one crop, one matrix for all of them."""
+    from latentsync_cli.face.track import FaceLocator
+
+    photo = face_photo()
+    locate = FaceLocator(256, stride=1, face="largest", still=True)
+    try:
+        affines = [locate.affine(number, photo.copy()) for number in range(6)]
+        faces = [locate.face(photo, affine) for affine in affines]
+        assert locate.detector.detector_runs == 1
+    finally:
+        locate.close()
+    assert all(affine is affines[0] for affine in affines) and all(face is faces[0] for face in faces)

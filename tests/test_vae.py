@@ -13,6 +13,7 @@ from latentsync_cli.models.vae import (
     LATENT_SCALE,
     decode_latents,
     encode_latents,
+    encode_repeated,
     load_vae,
     random_vae,
     sd_vae_ft_mse_config,
@@ -116,3 +117,13 @@ def test_load_vae_rejects_a_file(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(WeightsError, match="expected a folder"):
         load_vae(path)
+
+
+def test_a_repeated_image_encoded_once_samples_as_the_repeated_batch_would():
+    vae = random_vae(tiny_vae_config(), seed=0)
+    image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    batch = encode_latents(vae, image.repeat(5, 1, 1, 1), torch.Generator().manual_seed(7))
+    once = encode_repeated(vae, image, 5, torch.Generator().manual_seed(7))
+    assert once.shape == batch.shape
+    torch.testing.assert_close(once, batch, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(once[0], once[1])  # each frame has its own sample, as in the batch

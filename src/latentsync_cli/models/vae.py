@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from latentsync_cli.errors import WeightsError
 from latentsync_cli.models.weight_files import VAE_FILES, VAE_HUB_ID
@@ -58,7 +59,9 @@ def random_vae(
     return vae.eval().requires_grad_(False)
 
 
-def load_vae(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+def load_vae(
+    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> AutoencoderKL:
     """Load the VAE from a local folder (config.json + diffusion_pytorch_model.safetensors) or a Hub id."""
     folder = Path(source)
     if folder.exists() and not folder.is_dir():
@@ -68,7 +71,9 @@ def load_vae(source: str | Path, device: str | torch.device = "cpu", dtype: torc
             if not (folder / name).is_file():
                 raise WeightsError(f"VAE folder {folder} has no {name}: run `latentsync models download`")
     try:
-        vae = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype, use_safetensors=True, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(
+            str(source), torch_dtype=dtype, use_safetensors=True, low_cpu_mem_usage=False
+        )
     except Exception as error:  # diffusers raises OSError, ValueError, safetensors errors, ...
         raise WeightsError(
             f"cannot load the VAE from {source} ({type(error).__name__}: {error}); "
@@ -84,6 +89,20 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Ge
     images = images.to(device=vae.device, dtype=vae.dtype)
     with torch.no_grad():
         distribution = vae.encode(images).latent_dist
+        latents = distribution.sample(generator=generator)
+    return latents * LATENT_SCALE
+
+
+def encode_repeated(
+    vae: AutoencoderKL, image: torch.Tensor, count: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """`count` frames of one image (1, 3, H, W): the encoder runs once, and each frame's latent is
+    sampled from the same distribution with one draw of `generator`, as `encode_latents` of the repeated
+    image draws them."""
+    image = image.to(device=vae.device, dtype=vae.dtype)
+    with torch.no_grad():
+        parameters = vae.encode(image).latent_dist.parameters  # (1, 8, h, w): mean and log-variance
+        distribution = DiagonalGaussianDistribution(parameters.expand(count, -1, -1, -1))
         latents = distribution.sample(generator=generator)
     return latents * LATENT_SCALE
 

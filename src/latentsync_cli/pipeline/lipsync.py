@@ -29,7 +29,7 @@ from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.face.restore import restore_faces
 from latentsync_cli.face.restore_torch import restore_backend_for
-from latentsync_cli.face.track import FaceTrack
+from latentsync_cli.face.track import FaceLocator, FaceTrack
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import VideoEncoder, mux
 from latentsync_cli.media.video import probe_video, read_frames
@@ -281,7 +281,8 @@ class LipsyncPipeline:
         self, job: SyncJob, windows: list[range], num_frames: int, track: FaceTrack | None, selected: set[int]
     ) -> Iterator[WindowInput]:
         """The selected windows, decoded and aligned (faces found here, or read from the job's face track)."""
-        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, track)
+        still = probe_video(job.video).is_image
+        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, track, still)
         frames = read_frames(job.video, num_frames, loop=job.loop)
         try:
             for index, frame_numbers in enumerate(windows):
@@ -310,7 +311,7 @@ class LipsyncPipeline:
                 affines.append(affine)
                 if crops_needed:
                     with self.timer.stage("align", PRODUCER):
-                        faces.append(locate.aligner.warp(frame, affine).face)
+                        faces.append(locate.face(frame, affine))
             self.progress.advance(TASK_DECODE)
         return WindowInput(
             index=index,
@@ -319,6 +320,7 @@ class LipsyncPipeline:
             has_face=np.array(has_face, dtype=bool),
             faces=self.faces_to_tensor(faces),
             affines=affines,
+            same_face=locate.still,
         )
 
     def faces_to_tensor(self, faces: list[np.ndarray]) -> torch.Tensor:
@@ -440,26 +442,6 @@ class LipsyncPipeline:
                 encoder.abort()
             raise
         return frames_without_face
-
-
-class FaceLocator:
-    """Where the face is in each frame, in order: detected and aligned here, or read from a face track."""
-
-    def __init__(self, resolution: int, stride: int, face: str, track: FaceTrack | None):
-        self.aligner = FaceAligner(resolution)
-        self.track = track
-        self.detector = MediapipeLandmarks(stride=stride, choose=face) if track is None else None
-
-    def affine(self, frame_number: int, frame: np.ndarray) -> np.ndarray | None:
-        """The frame -> crop matrix of output frame `frame_number`, or None without a face."""
-        if self.track is not None:
-            return self.track.affine(frame_number)
-        found = self.detector.detect(frame)
-        return self.aligner.transform(found.points) if found is not None else None
-
-    def close(self) -> None:
-        if self.detector is not None:
-            self.detector.close()
 
 
 def check_all_stored(store: WindowStore, num_windows: int) -> None:

@@ -25,6 +25,7 @@ class WindowInput:
     has_face: np.ndarray  # bool (F,), which frames have a face
     faces: torch.Tensor  # uint8 (n, 3, R, R): the aligned faces of those frames (n = has_face.sum())
     affines: list[np.ndarray]  # (2, 3) frame -> face matrices, one per face
+    same_face: bool = False  # every face is the same picture (a still image): it is VAE-encoded once
 
     @property
     def face_count(self) -> int:

@@ -168,16 +168,20 @@ def with_flags(flag_class: type, parameter: str = "flags"):
 def accepting_message_flags(command):
     """`command` with --quiet and --debug of its own, so that they work after the subcommand too."""
     own = list(inspect.signature(command, eval_str=True).parameters.values())
+    # typer hands the context to one parameter typed Context: the command's own, or one added here.
+    context_name = next((p.name for p in own if p.annotation is typer.Context), None)
     extra = [
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOption),
         inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOption),
-        # typer passes the context to a parameter typed Context (the command may not take one itself)
-        inspect.Parameter("message_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
     ]
+    if context_name is None:
+        context_name = "message_context"
+        extra.append(inspect.Parameter(context_name, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     @functools.wraps(command)
-    def wrapper(*args, quiet: bool = False, debug: bool = False, message_context: typer.Context, **kwargs):
-        get_output(message_context).also(quiet, debug)
+    def wrapper(*args, quiet: bool = False, debug: bool = False, **kwargs):
+        context = kwargs[context_name] if context_name != "message_context" else kwargs.pop(context_name)
+        get_output(context).also(quiet, debug)
         return command(*args, **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own + extra)

@@ -201,17 +201,16 @@ def register(app: typer.Typer) -> None:
 
 def run_job(out: Output, job: Job, progress_kind: str, cache: ModelCache | None = None) -> FinishedJob:
     """Prepare (every check), load the weights, run; warnings and progress on stderr."""
-    with choose_progress(progress_kind, out.console, quiet=out.quiet) as display:
-        display.message("checking the flags and files")
-        prepared = prepare(job)
-        for warning in prepared.warnings:
-            out.warn(warning)
-        with claim_output(prepared) as scratch:
-            display.message(f"loading the {job.weights} weights")
-            models = (cache or ModelCache()).get(prepared)
-            if models.is_random:
-                out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-            finished = execute(prepared, models, scratch, display)
+    display = choose_progress(progress_kind, out.console, quiet=out.quiet)  # a bad --progress: before any work
+    prepared = prepare(job)  # a mistake ends here with its one line, before any progress is shown
+    for warning in prepared.warnings:
+        out.warn(warning)
+    with display, claim_output(prepared) as scratch:
+        display.message(f"loading the {job.weights} weights")
+        models = (cache or ModelCache()).get(prepared)
+        if models.is_random:
+            out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
+        finished = execute(prepared, models, scratch, display)
     if finished.result.resumed_windows:
         out.info(f"resumed {finished.result.resumed_windows} of {finished.result.windows} windows from {job.work_dir}")
     return finished

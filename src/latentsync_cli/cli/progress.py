@@ -64,7 +64,7 @@ from rich.progress import (
 from rich.text import Text
 
 from latentsync_cli.errors import UsageError
-from latentsync_cli.progress import TASK_GENERATE, TASK_JOB
+from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress
 
 PROGRESS_CHOICES = ("auto", "bar", "lines", "json", "none")
 
@@ -98,8 +98,8 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-class SilentProgress:
-    """The protocol, doing nothing (--progress none, --quiet)."""
+class SilentProgress(NoProgress):
+    """The protocol, doing nothing (--progress none, --quiet), as a display: a context manager."""
 
     def __enter__(self) -> SilentProgress:
         return self
@@ -108,15 +108,6 @@ class SilentProgress:
         pass
 
     def close(self) -> None:
-        pass
-
-    def start(self, task: str, total: int) -> None:
-        pass
-
-    def advance(self, task: str, amount: int = 1) -> None:
-        pass
-
-    def message(self, text: str) -> None:
         pass
 
 

@@ -16,6 +16,8 @@ process is left as it was found.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,9 @@ import torch
 
 from latentsync_cli.constants import FPS
 from latentsync_cli.errors import IncompleteWorkError, InputError
-from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.face.restore import restore_faces
+from latentsync_cli.face.restore import paste_thread_count, restore_faces
 from latentsync_cli.face.restore_torch import restore_backend_for
 from latentsync_cli.face.track import FaceLocator, FaceTrack
 from latentsync_cli.media.audio import load_audio
@@ -158,6 +159,7 @@ class LipsyncPipeline:
         self.plan = build_run_plan(models.unet, models.vae, settings, self.device, models.resolution, compile_backend)
         self.ladder = MemoryLadder(self.plan.memory, self.device, self.plan.log, self._use_memory_settings)
         self.resumed_windows = 0
+        self.paste_pool: ThreadPoolExecutor | None = None  # the CPU paste's threads, for the run in progress
 
     @property
     def log(self) -> OptimizationLog:
@@ -169,7 +171,9 @@ class LipsyncPipeline:
         self.timer.restart()
         reset_peak_gpu_memory(self.device)
         self.resumed_windows = 0
-        with torch_switches(self.settings, self.device):
+        threads = paste_thread_count()  # 1 on a 2-core machine: there a pool only slowed the paste
+        with torch_switches(self.settings, self.device), ExitStack() as stack:
+            self.paste_pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
             return self.sync(job)
 
     def sync(self, job: SyncJob) -> SyncResult:
@@ -405,7 +409,7 @@ class LipsyncPipeline:
             return []
         with self.timer.stage("restore", CONSUMER):
             face_frames = [frame for frame, found in zip(window.frames, window.has_face) if found]
-            return restore_faces(face_frames, faces.float().numpy(), window.affines)
+            return restore_faces(face_frames, faces.float().numpy(), window.affines, self.paste_pool)
 
     def count_frames_without_face(self, outputs: Iterator[WindowOutput]) -> int:
         """The consumer of a shard: no video is made, the windows are only counted."""

@@ -7,6 +7,12 @@ ffmpeg processes together (Linux /proc) every 0.1 s and reports the peak.
 
     python3 scripts/measure_streaming_memory.py                 # 1 and 10 minutes at 1080p
     python3 scripts/measure_streaming_memory.py --minutes 1 2   # quicker
+    python3 scripts/measure_streaming_memory.py --minutes --still-4k 1 10 60   # a whole sync of a 4K still
+
+`--still-4k S...` runs the real `latentsync sync` (random-tiny weights, turbo, one
+step) on a generated 3840x2160 still portrait with S seconds of speech, and
+reports its peak RSS: what must stay flat in the output length is the frames in
+flight, not the frames of the video.
 """
 
 from __future__ import annotations
@@ -145,17 +151,53 @@ def measured(job: list[str]) -> dict:
     return result
 
 
+def still_4k_rows(workdir: Path, lengths: list[float]) -> list[dict]:
+    from latentsync_cli.media.synthetic import make_speech, make_still_image
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    still = make_still_image(workdir / "portrait_4k.png", size=(3840, 2160))
+    rows = []
+    for seconds in lengths:
+        voice = make_speech(workdir / f"voice_{seconds:g}.wav", seconds, use_espeak=False)
+        command = [sys.executable, "-m", "latentsync_cli", "sync", str(still), str(voice), "-o",
+                   str(workdir / "still_out.mp4"), "--overwrite", "--weights", "random-tiny", "--device", "cpu",
+                   "--mode", "turbo", "--steps", "1", "--progress", "none", "--quiet"]  # fmt: skip
+        started = time.monotonic()
+        peak = peak_rss_of(command)
+        rows.append({"seconds": seconds, "peak_rss_mb": peak / 2**20, "wall_s": time.monotonic() - started})
+    return rows
+
+
+def peak_rss_of(command: list[str]) -> int:
+    """Run `command`; the peak RSS of it and its children together, sampled every 0.1 s."""
+    process = subprocess.Popen(command)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, process_tree_rss_bytes(process.pid))
+        time.sleep(0.1)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit status {process.returncode}")
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10], help="lengths of the 1080p memory runs")
+    parser.add_argument("--minutes", type=float, nargs="*", default=[1, 10], help="lengths of the 1080p memory runs")
     parser.add_argument("--preset", default="ultrafast", help="x264 preset of the memory runs (default: ultrafast)")
     parser.add_argument("--speed-seconds", type=float, default=10, help="clip length for the fps measurements")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/latentsync-media-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the generated clips")
+    parser.add_argument("--still-4k", type=float, nargs="*", default=[], metavar="S",
+                        help="seconds of speech for whole `sync` runs of a 4K still (e.g. 1 10 60)")  # fmt: skip
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child)
+        return
+    if args.still_4k:
+        for row in still_4k_rows(args.workdir, args.still_4k):
+            print(f"sync of a 4K still, {row['seconds']:g} s of speech: peak RSS {row['peak_rss_mb']:.0f} MB "
+                  f"({row['wall_s']:.0f} s wall)")  # fmt: skip
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     write_wav(folder / "zero.wav", np.zeros(0, dtype=np.float32))
     write_wav(folder / "silence.wav", np.zeros(int(16000 * SECONDS), dtype=np.float32))
     write_wav(folder / "blip.wav", np.full(160, 0.1, dtype=np.float32))  # 10 ms: shorter than one frame
+    (folder / "steps.toml").write_text("[modes.turbo]\nsteps = 5000\n")
     write_clip(folder / "no face.mp4", [np.full((240, 320, 3), level, np.uint8) for level in range(40, 90, 5)])
     write_clip(folder / "tiny face.mp4", tiny_face_frames(10))
     checkpoints = folder / "checkpoints"
@@ -131,6 +132,13 @@ def error_cases(corpus: dict[str, Path]) -> dict[str, tuple[list, int, list[str]
         case("window too long", [clip, voice, "--window", "30"], usage, ["--window"]),
         case("batch with a video", [clip, "--batch", f / "jobs.csv"], usage, ["--batch", "VIDEO"]),
         case("unknown loop", [clip, voice, "--loop", "sideways"], usage, ["--loop", "sideways"]),
+        case("steps past the schedulers' range", [clip, voice, "--steps", "1001", "--scheduler", "ddim"], usage,
+             ["--steps 1001", "998"]),
+        case("a huge steps value", [clip, voice, "--steps", "99999999999999999999"], usage, ["--steps", "998"]),
+        case("steps past the range in a presets file", [clip, voice, "--presets", f / "steps.toml"], usage,
+             ["steps.toml", "modes.turbo.steps", "998"]),
+        case("nvenc where it does not open", [clip, voice, "--encoder", "h264_nvenc"], usage, ["h264_nvenc"]),
+        case("unknown encoder", [clip, voice, "--encoder", "x265"], usage, ["--encoder", "x265"]),
         case("speech shorter than a frame", [clip, f / "blip.wav"], bad_input, ["blip.wav", "10 ms", "40 ms"]),
         # User text is printed as typed: no emoji codes, no markup.
         case("emoji code in a flag", [clip, voice, "--device", "cuda:-1"], usage, ["--device cuda:-1"]),

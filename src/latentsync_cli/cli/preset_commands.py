@@ -32,8 +32,8 @@ from latentsync_cli.cli.settings_options import (
     WindowOption,
     make_request,
 )
-from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.device_record import auto_precision, classify
+from latentsync_cli.errors import OutputError, UsageError
 from latentsync_cli.hardware import probe_devices
 from latentsync_cli.presets import (
     SECTIONS,

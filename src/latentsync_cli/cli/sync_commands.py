@@ -1,9 +1,9 @@
 """`latentsync sync` and `latentsync profile`: build a job from the flags, run it with the job API, print.
 
-The work is in latentsync_cli.jobs: `prepare` checks everything that needs no
-model (flags, files, output path, settings), the model cache loads the
-weights, `execute` runs the pipeline. Humans read stderr (progress, tables);
-`--json` prints one object on stdout.
+The work is in latentsync_cli.jobs: `run` checks everything that needs no model
+(flags, files, output path, settings), claims the output, loads the weights
+(through a model cache that a batch shares) and runs the pipeline. Humans read
+stderr (progress, tables); `--json` prints one object on stdout.
 """
 
 from __future__ import annotations
@@ -30,14 +30,7 @@ from latentsync_cli.cli.reports import (
 )
 from latentsync_cli.errors import LatentsyncError, OutputError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, BatchRow, raise_if_failed, run_batch
-from latentsync_cli.jobs.run import (
-    FinishedJob,
-    Job,
-    ModelCache,
-    claim_output,
-    execute,
-    prepare,
-)
+from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.signals import stop_on_signals
 
@@ -200,17 +193,10 @@ def register(app: typer.Typer) -> None:
 
 
 def run_job(out: Output, job: Job, progress_kind: str, cache: ModelCache | None = None) -> FinishedJob:
-    """Prepare (every check), load the weights, run; warnings and progress on stderr."""
+    """One job through the job API, with its warnings and progress on stderr."""
     display = choose_progress(progress_kind, out.console, quiet=out.quiet)  # a bad --progress: before any work
-    prepared = prepare(job)  # a mistake ends here with its one line, before any progress is shown
-    for warning in prepared.warnings:
-        out.warn(warning)
-    with display, claim_output(prepared) as scratch:
-        display.message(f"loading the {job.weights} weights")
-        models = (cache or ModelCache()).get(prepared)
-        if models.is_random:
-            out.warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-        finished = execute(prepared, models, scratch, display)
+    with display:
+        finished = run(job, cache, display, warn=out.warn)
     if finished.result.resumed_windows:
         out.info(f"resumed {finished.result.resumed_windows} of {finished.result.windows} windows from {job.work_dir}")
     return finished

@@ -15,7 +15,7 @@ job succeeds.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.media.encode import ENCODER_CHOICES, EncoderChoice, choose_encoder
 from latentsync_cli.models.weight_files import check_weights_available
 from latentsync_cli.presets import PresetTable, load_presets
-from latentsync_cli.progress import Progress
+from latentsync_cli.progress import NoProgress, Progress
 from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
 from latentsync_cli.settings import ResolvedSettings, SettingsRequest, check_request
 
@@ -107,11 +107,24 @@ class FinishedJob:
 # --- the job ---------------------------------------------------------------------------------
 
 
-def run(job: Job, cache: ModelCache | None = None, progress: Progress | None = None) -> FinishedJob:
-    """Check, claim the output, load, run."""
+def run(
+    job: Job,
+    cache: ModelCache | None = None,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> FinishedJob:
+    """Check, claim the output, load the weights, run. `warn(text)` hears what the user should know
+    (silent speech, random weights, ...); `progress` is started only once every check has passed."""
+    warn = warn or (lambda text: None)
+    progress = progress or NoProgress()
     prepared = prepare(job)
+    for warning in prepared.warnings:
+        warn(warning)
     with claim_output(prepared) as scratch:
+        progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
+        if models.is_random:
+            warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
         return execute(prepared, models, scratch, progress)
 
 
@@ -197,7 +210,6 @@ def execute(
 def _stored_track(store, prepared: PreparedJob, resolution: int):
     """The face track from the work dir, computed there by the first task that needs it."""
     from latentsync_cli.face.track import track_faces
-
     from latentsync_cli.media.video import probe_video
 
     job, stride = prepared.job, prepared.resolved.settings.face_detect_stride

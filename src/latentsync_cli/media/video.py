@@ -74,8 +74,9 @@ def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") 
     """Yield exactly `n_frames` RGB uint8 frames (H, W, 3) at 25 fps.
 
     A longer video is cut to its first `n_frames`; a shorter one is continued
-    as `loop` says; a still image is repeated. Every frame is a new writable
-    array that the caller owns. Bad input raises here, before the first frame.
+    as `loop` says; a still image is repeated. Every video frame is a new writable
+    array that the caller owns; a still's frames are one read-only array, the same
+    each time (copy it to change it). Bad input raises here, before the first frame.
     """
     if loop not in LOOP_MODES:
         raise UsageError(f"unknown loop mode {loop!r}: use one of {', '.join(LOOP_MODES)}")
@@ -134,8 +135,10 @@ def is_image_path(path: Path) -> bool:
 
 
 def _repeated_image(image: np.ndarray, n_frames: int) -> Iterator[np.ndarray]:
+    # One read-only array for every frame: a 4K still would otherwise cost 25 MB per frame in flight.
+    image.setflags(write=False)
     for _ in range(n_frames):
-        yield image.copy()
+        yield image
 
 
 def _continued_video(info: VideoInfo, n_frames: int, loop: str) -> Iterator[np.ndarray]:

@@ -268,3 +268,38 @@ def test_source_tree_loads_checkpoints_as_weights_only_and_never_uses_a_shell():
                 flag = keywords.get("weights_only")
                 assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
     assert torch_loads >= 1  # the scan found the loaders
+
+
+def test_the_job_api_runs_a_job_without_the_cli(tmp_path):
+    """What a Ray worker or another program calls: no typer, no rich, warnings and progress by callback."""
+    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.media.synthetic import make_face_clip, make_speech
+    from latentsync_cli.settings import SettingsRequest
+
+    clip = make_face_clip(tmp_path / "clip.mp4", 0.3, size=(320, 240), preset="ultrafast")
+    voice = make_speech(tmp_path / "voice.wav", 0.3, use_espeak=False)
+    settings = SettingsRequest(mode="turbo", steps=1, device="cpu")
+    job = Job(video=clip, audio=voice, output=tmp_path / "out.mp4", settings=settings, weights="random-tiny")
+    warnings, messages = [], []
+
+    class Messages:
+        def start(self, task, total): ...
+        def advance(self, task, amount=1): ...
+        def message(self, text):
+            messages.append(text)
+
+    finished = run(job, ModelCache(), Messages(), warn=warnings.append)
+    assert finished.prepared.output == tmp_path / "out.mp4" and (tmp_path / "out.mp4").stat().st_size > 0
+    assert finished.result.frames > 0 and finished.weights.is_random
+    assert any("random weights" in warning for warning in warnings)
+    assert messages[0] == "loading the random-tiny weights" and "checking for a face" in messages
+    assert finished.prepared.speech.dtype == np.float32  # decoded once, in prepare, and handed down
+
+
+def test_the_job_api_imports_neither_typer_nor_rich():
+    code = (
+        "import sys; import latentsync_cli.jobs.run, latentsync_cli.jobs.batch, latentsync_cli.jobs.cluster; "
+        "import latentsync_cli.pipeline; print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -60,7 +60,18 @@ def measure_shards(folder: Path, clip: Path, voice: Path, shards: int) -> dict:
     finalize_s = cli("sync", clip, voice, "-o", target, *FLAGS, "--work-dir", work, "--finalize")
     # The face-track pass alone: in a fresh work dir, a shard with no window computes only the track;
     # the same again finds the track stored and measures the start-up (models, audio features) alone.
-    track_only = ["sync", clip, voice, "-o", target, *FLAGS, "--work-dir", folder / "track-only", "--shard", EMPTY]
+    track_only = [
+        "sync",
+        clip,
+        voice,
+        "-o",
+        folder / "unused.mp4",
+        *FLAGS,
+        "--work-dir",
+        folder / "track-only",
+        "--shard",
+        EMPTY,
+    ]
     track_s = cli(*track_only)
     idle_s = cli(*track_only)
     return {

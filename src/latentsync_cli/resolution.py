@@ -17,7 +17,6 @@ from latentsync_cli.settings import (
     DEFAULT_QUALITY,
     ResolvedSettings,
     SettingsRequest,
-    check_request,
     choose_device,
     resolve_settings,
 )

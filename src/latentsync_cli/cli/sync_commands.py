@@ -150,7 +150,7 @@ def sync(
                   shard=Shard.parse(farm.shard) if farm.shard is not None else None)  # fmt: skip
     with stop_on_signals():
         if farm.ray is not None:
-            return run_one_on_ray(out, job, farm, json_output)
+            return run_one_on_ray(out, job, farm, progress, json_output)
         finished = run_job(out, job, progress)
     if job.shard is not None:
         return out.info(f"shard {job.shard}: {finished.result.windows} windows in {job.work_dir}")
@@ -209,7 +209,8 @@ def run_manifest(out: Output, manifest: Path, base: Job, farm: FarmFlags, progre
         from latentsync_cli.jobs.cluster import ClusterOptions, run_manifest_on_ray
 
         options = ClusterOptions(farm.ray, farm.ray_workers, farm.shards, work_root=base.work_dir)
-        records = run_manifest_on_ray(manifest, replace(base, work_dir=None), options, on_record)
+        with choose_progress(progress_kind, out.console, quiet=out.quiet) as display:
+            records = run_manifest_on_ray(manifest, replace(base, work_dir=None), options, on_record, display)
     elif base.work_dir is not None:
         raise UsageError(
             f"--batch runs the jobs of {manifest}: --work-dir goes with --ray (a folder for every job's work)"
@@ -226,12 +227,13 @@ def run_manifest(out: Output, manifest: Path, base: Job, farm: FarmFlags, progre
     raise_if_failed(manifest, records)
 
 
-def run_one_on_ray(out: Output, job: Job, farm: FarmFlags, json_output: bool) -> None:
+def run_one_on_ray(out: Output, job: Job, farm: FarmFlags, progress_kind: str, json_output: bool) -> None:
     """One job split into shards over the workers of a Ray cluster."""
     from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
 
     options = ClusterOptions(farm.ray, farm.ray_workers, farm.shards)
-    [record] = run_on_ray([(1, job)], options, _record_printer(out, json_output))
+    with choose_progress(progress_kind, out.console, quiet=out.quiet) as display:
+        [record] = run_on_ray([(1, job)], options, _record_printer(out, json_output), progress=display)
     if record.status == "failed":
         raise LatentsyncError.with_code(record.error, record.exit_code)
     out.info(f"wrote {escape(record.output)} ({record.frames} frames in {record.seconds:.1f} s)")

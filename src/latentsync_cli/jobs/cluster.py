@@ -27,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from latentsync_cli.constants import FPS
 from latentsync_cli.errors import LatentsyncError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
 from latentsync_cli.jobs.outputs import default_output_path
 from latentsync_cli.jobs.run import Job, ModelCache, prepare, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
+from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress, Progress
 
 SECONDS_PER_SHARD = 8.0  # a long video is split so that each worker gets at least this much of it
 WORK_DIR_PREFIX = ".latentsync-work-"
@@ -75,7 +77,9 @@ class PlannedJob:
     job: Job  # with its work dir
     shards_left: set[int]
     started: float
-    owns_work_dir: bool  # made by the driver: removed when the job is done
+    owns_work_dir: bool  # chosen by the driver (named after the output): removed when the job is done
+    frames: int = 0  # output frames, from the speech length (for the driver's progress)
+    shard_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,18 @@ class Task:
 
 
 def run_manifest_on_ray(
-    manifest: Path, base: Job, options: ClusterOptions, on_record: Callable[[BatchRecord], None] | None = None
+    manifest: Path,
+    base: Job,
+    options: ClusterOptions,
+    on_record: Callable[[BatchRecord], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[BatchRecord]:
     """Every row of `manifest` on the cluster (checked first, as `sync --batch` does); records in row order."""
     ray = import_ray()  # before anything else: without the extra, say so at once
     rows = read_manifest(manifest)
     folder = Path(manifest).parent.absolute()
     check_rows(manifest, rows, base, folder)
-    return run_on_ray([(row.number, row_job(base, row, folder)) for row in rows], options, on_record, ray)
+    return run_on_ray([(row.number, row_job(base, row, folder)) for row in rows], options, on_record, ray, progress)
 
 
 def run_on_ray(
@@ -100,20 +108,71 @@ def run_on_ray(
     options: ClusterOptions,
     on_record: Callable[[BatchRecord], None] | None = None,
     ray=None,
+    progress: Progress | None = None,
 ) -> list[BatchRecord]:
-    """Each (number, job) on the cluster, split into shards; one BatchRecord per job, in the order given."""
+    """Each (number, job) on the cluster, split into shards; one BatchRecord per job, in the order given.
+
+    `progress` follows the whole run: output frames of every job (a shard's share when it is done).
+    """
     ray = ray or import_ray()
     _connect(ray, options.address)
     pool = WorkerPool(ray, options.workers)
-    planned, tasks = {}, deque()
+    driver = Driver(on_record, progress or NoProgress())
     for number, job in jobs:
-        plan = planned[number] = plan_job(number, job, options, pool.size)
+        driver.add(plan_job(number, job, options, pool.size))
+    driver.start_progress()
+    pool.run(driver.tasks, driver.done)
+    return [driver.planned[number].record for number, _job in jobs]
+
+
+class Driver:
+    """The driver's books: the planned jobs, the queue of their tasks, and what to do when one comes back."""
+
+    def __init__(self, on_record: Callable[[BatchRecord], None] | None, progress: Progress):
+        self.planned: dict[int, PlannedJob] = {}
+        self.tasks: deque[Task] = deque()
+        self.on_record = on_record or (lambda record: None)
+        self.progress = progress
+
+    def add(self, plan: PlannedJob) -> None:
+        number = plan.record.job
+        self.planned[number] = plan
         if plan.record.status == "ok":
-            tasks.extend(Task(number, replace(plan.job, shard=Shard(k, n))) for k, n in _shards(plan))
-        elif on_record is not None:
-            on_record(plan.record)
-    pool.run(tasks, lambda task, outcome: _on_task_done(task, outcome, planned, tasks, on_record))
-    return [planned[number].record for number, _job in jobs]
+            self.tasks.extend(Task(number, replace(plan.job, shard=Shard(k, n))) for k, n in _shards(plan))
+        else:
+            self.on_record(plan.record)
+
+    def start_progress(self) -> None:
+        running = [plan for plan in self.planned.values() if plan.record.status == "ok"]
+        self.progress.start(TASK_JOB, sum(plan.frames for plan in running))
+        self.progress.start(TASK_GENERATE, len(self.tasks))
+
+    def done(self, task: Task, outcome) -> None:
+        """A shard or finalize came back (a summary dict, or the LatentsyncError it raised)."""
+        plan = self.planned[task.row]
+        if plan.record.status != "ok":
+            return  # the job already failed: its other shards' results do not matter
+        if isinstance(outcome, LatentsyncError):
+            plan.record.status, plan.record.error = "failed", outcome.message
+            plan.record.exit_code = int(outcome.exit_code)
+        elif task.job.finalize:
+            plan.record.frames = outcome["frames"]
+            plan.record.resumed_windows = outcome["resumed_windows"]
+            if plan.owns_work_dir:
+                shutil.rmtree(plan.job.work_dir, ignore_errors=True)
+            self.progress.message(f"job {task.row} written: {plan.record.output}")
+        else:
+            self.shard_done(task, plan)
+            return
+        plan.record.seconds = round(time.monotonic() - plan.started, 3)
+        self.on_record(plan.record)
+
+    def shard_done(self, task: Task, plan: PlannedJob) -> None:
+        plan.shards_left.discard(task.job.shard.number)
+        self.progress.advance(TASK_GENERATE)
+        self.progress.advance(TASK_JOB, plan.frames // plan.shard_count)
+        if not plan.shards_left:
+            self.tasks.append(Task(task.row, replace(plan.job, finalize=True)))
 
 
 def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> PlannedJob:
@@ -131,9 +190,12 @@ def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> Plann
     except LatentsyncError as error:
         record.status, record.error, record.exit_code = "failed", error.message, int(error.exit_code)
         return planned
-    count = options.shards or shard_count_for(prepared.speech.size / SAMPLE_RATE, workers)
+    seconds = prepared.speech.size / SAMPLE_RATE
+    count = options.shards or shard_count_for(seconds, workers)
     planned.shards_left = set(range(1, count + 1))
-    planned.owns_work_dir = job.work_dir is None and not work_dir.exists()
+    planned.shard_count = count
+    planned.frames = round(seconds * FPS)
+    planned.owns_work_dir = job.work_dir is None  # (a restarted driver finds it again, and removes it when done)
     return planned
 
 
@@ -147,29 +209,6 @@ def _work_dir_for(output: Path, work_root: Path | None) -> Path:
     digest = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:12]
     root = work_root if work_root is not None else output.parent
     return root / f"{WORK_DIR_PREFIX}{output.stem}-{digest}"
-
-
-def _on_task_done(task: Task, outcome, planned: dict, tasks: deque, on_record) -> None:
-    """A shard or finalize came back (a summary dict, or the LatentsyncError it raised)."""
-    plan = planned[task.row]
-    if plan.record.status != "ok":
-        return  # the job already failed: its other shards' results do not matter
-    if isinstance(outcome, LatentsyncError):
-        plan.record.status, plan.record.error = "failed", outcome.message
-        plan.record.exit_code = int(outcome.exit_code)
-    elif task.job.finalize:
-        plan.record.frames = outcome["frames"]
-        plan.record.resumed_windows = outcome["resumed_windows"]
-        if plan.owns_work_dir:
-            shutil.rmtree(plan.job.work_dir, ignore_errors=True)
-    else:
-        plan.shards_left.discard(task.job.shard.number)
-        if not plan.shards_left:
-            tasks.append(Task(task.row, replace(plan.job, finalize=True)))
-        return
-    plan.record.seconds = round(time.monotonic() - plan.started, 3)
-    if on_record is not None:
-        on_record(plan.record)
 
 
 def _connect(ray, address: str) -> None:

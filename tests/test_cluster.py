@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, leftovers, run_cli, video_stream_bytes
+from clitools import FAST, cli_env, leftovers, run_cli, start_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
@@ -114,3 +114,25 @@ def test_a_bad_row_fails_alone_on_the_cluster(cluster, media, tmp_path):
     records = run_on_ray([(1, good), (2, bad)], ClusterOptions(workers=1))
     assert [(record.job, record.status) for record in records] == [(1, "ok"), (2, "failed")]
     assert records[1].exit_code == ExitCode.BAD_INPUT and "missing.mp4" in records[1].error
+
+
+def test_a_driver_killed_and_started_again_resumes_from_the_work_dir(cluster, media, tmp_path):
+    target = tmp_path / "out.mp4"
+    command = ["sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--ray", "auto", "--shards", "2",
+               "--ray-workers", "2"]  # fmt: skip
+    driver = start_cli(*command)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob(".latentsync-work-*/window-*.npz")):
+        assert driver.poll() is None and time.monotonic() < deadline, "no window was stored"
+        time.sleep(0.1)
+    driver.kill()  # the driver dies; its workers go with it
+    driver.communicate(timeout=60)
+    assert not target.exists()
+    kept = len(list(tmp_path.glob(".latentsync-work-*/window-*.npz")))
+
+    again = run_cli(*command, "--json", timeout=600)
+    assert again.code == 0, again.stderr
+    assert video_stream_bytes(target) == video_stream_bytes(media["single"])
+    # The windows stored before the kill were taken as they were, not computed again.
+    assert json.loads(again.stdout.splitlines()[-1])["resumed_windows"] >= kept >= 1
+    assert not list(tmp_path.glob(".latentsync-work-*"))  # the finished job's work dir is gone

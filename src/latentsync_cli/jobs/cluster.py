@@ -157,18 +157,18 @@ class Driver:
             plan.record.exit_code = int(outcome.exit_code)
         elif task.job.finalize:
             plan.record.frames = outcome["frames"]
-            plan.record.resumed_windows = outcome["resumed_windows"]
             if plan.owns_work_dir:
                 shutil.rmtree(plan.job.work_dir, ignore_errors=True)
             self.progress.message(f"job {task.row} written: {plan.record.output}")
         else:
-            self.shard_done(task, plan)
+            self.shard_done(task, plan, outcome)
             return
         plan.record.seconds = round(time.monotonic() - plan.started, 3)
         self.on_record(plan.record)
 
-    def shard_done(self, task: Task, plan: PlannedJob) -> None:
+    def shard_done(self, task: Task, plan: PlannedJob, outcome: dict) -> None:
         plan.shards_left.discard(task.job.shard.number)
+        plan.record.resumed_windows += outcome["resumed_windows"]  # windows found already finished
         self.progress.advance(TASK_GENERATE)
         self.progress.advance(TASK_JOB, plan.frames // plan.shard_count)
         if not plan.shards_left:

@@ -292,6 +292,8 @@ class LipsyncPipeline:
             for index, frame_numbers in enumerate(windows):
                 stored = track is not None and job.store.has(index)  # (a track makes stored windows valid)
                 wanted = index in selected and not (stored and job.shard_windows is not None)
+                if index in selected and not wanted:
+                    self.resumed_windows += 1  # a shard run again: its finished windows stay as they are
                 # A window already in the store needs no new crops, only its affines (to paste it back).
                 window = self.decode_window(frames, locate, index, frame_numbers, crops_needed=wanted and not stored)
                 if wanted:

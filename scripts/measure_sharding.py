@@ -30,6 +30,7 @@ from latentsync_cli.media.synthetic import make_face_clip, make_speech
 
 FLAGS = ["--weights", "random-tiny", "--device", "cpu", "--mode", "turbo", "--steps", "2", "--window", "8",
          "--seed", "7", "--progress", "none"]  # fmt: skip
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this Python
 EMPTY = "10000/10000"  # a shard with no window to compute on any short clip
 
 
@@ -87,7 +88,7 @@ def measure_shards(folder: Path, clip: Path, voice: Path, shards: int) -> dict:
 
 
 def measure_ray(folder: Path, clip: Path, voice: Path) -> dict:
-    subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
+    subprocess.run([*RAY, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
                     "--disable-usage-stats"], check=True, capture_output=True)  # fmt: skip
     try:
         rates = {}
@@ -99,7 +100,7 @@ def measure_ray(folder: Path, clip: Path, voice: Path) -> dict:
             rates[f"{workers}_workers_jobs_per_minute"] = round(2 * 60 / seconds, 2)
         return rates
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        subprocess.run([*RAY, "stop", "--force"], capture_output=True)
 
 
 def main() -> None:

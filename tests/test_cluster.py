@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,13 +35,14 @@ JOB_FLAGS = [*FAST, "--window", "8", "--seed", "7"]
 def cluster(tmp_path_factory):
     """A local cluster for the whole module, stopped afterwards."""
     temp_dir = tmp_path_factory.mktemp("ray")
-    start = ["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command, whatever is on PATH
+    start = [*ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
              "--disable-usage-stats", f"--temp-dir={temp_dir}"]  # fmt: skip
     subprocess.run(start, check=True, capture_output=True, env=cli_env(), timeout=300)
     ray.init(address="auto", log_to_driver=False)
     yield
     ray.shutdown()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,16 @@ def stream_summary(path: Path) -> tuple[int, int, int]:
     frame_lines = [line for line in report.replace("\r", "\n").splitlines() if line.startswith("frame=")]
     frames = int(frame_lines[-1].split("=")[1].split()[0]) if frame_lines else 0
     return videos, audios, frames
+
+
+def clip_with_reference(folder: Path, seconds: float, flags: list) -> dict[str, Path]:
+    """A face clip and speech of `seconds`, and the video one uninterrupted `sync` with `flags` makes of them
+    (what a resumed, sharded or clustered run must reproduce)."""
+    from latentsync_cli.media.synthetic import make_face_clip, make_speech
+
+    clip = make_face_clip(folder / "clip.mp4", seconds, size=(320, 240), preset="ultrafast")
+    voice = make_speech(folder / "voice.wav", seconds, use_espeak=False)
+    single = folder / "single.mp4"
+    ran = run_cli("sync", clip, voice, "-o", single, *flags)
+    assert ran.code == 0, ran.stderr
+    return {"clip": clip, "voice": voice, "single": single, "folder": folder}

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, leftovers, run_cli, start_cli, video_stream_bytes
+from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, start_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
 from latentsync_cli.jobs.run import Job
-from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.settings import SettingsRequest
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra `latentsync[ray]`")
@@ -47,13 +46,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("cluster")
-    clip = make_face_clip(folder / "clip.mp4", SECONDS, size=(320, 240), preset="ultrafast")
-    voice = make_speech(folder / "voice.wav", SECONDS, use_espeak=False)
-    single = folder / "single.mp4"
-    ran = run_cli("sync", clip, voice, "-o", single, *JOB_FLAGS)
-    assert ran.code == 0, ran.stderr
-    return {"clip": clip, "voice": voice, "single": single}
+    return clip_with_reference(tmp_path_factory.mktemp("cluster"), SECONDS, JOB_FLAGS)
 
 
 def tiny_job(media, output: Path) -> Job:

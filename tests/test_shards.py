@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, leftovers, run_cli, video_stream_bytes
+from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
-from latentsync_cli.media.synthetic import make_face_clip, make_speech
 
 SECONDS = 1.6
 JOB_FLAGS = [*FAST, "--window", "8", "--seed", "7"]
@@ -24,13 +23,7 @@ JOB_FLAGS = [*FAST, "--window", "8", "--seed", "7"]
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("shards")
-    clip = make_face_clip(folder / "clip.mp4", SECONDS, size=(320, 240), preset="ultrafast")
-    voice = make_speech(folder / "voice.wav", SECONDS, use_espeak=False)
-    single = folder / "single.mp4"
-    ran = run_cli("sync", clip, voice, "-o", single, *JOB_FLAGS)
-    assert ran.code == 0, ran.stderr
-    return {"clip": clip, "voice": voice, "single": single, "folder": folder}
+    return clip_with_reference(tmp_path_factory.mktemp("shards"), SECONDS, JOB_FLAGS)
 
 
 def sync(media, target: Path, *extra):

@@ -30,11 +30,10 @@ from latentsync_cli.cli.reports import (
 )
 from latentsync_cli.errors import LatentsyncError, OutputError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, BatchRow, raise_if_failed, run_batch
+from latentsync_cli.jobs.cluster import RAY_EXTRA_HINT
 from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.signals import stop_on_signals
-
-RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
 OptionalVideoArgument = Annotated[

@@ -38,13 +38,14 @@ from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress, Progres
 
 SECONDS_PER_SHARD = 8.0  # a long video is split so that each worker gets at least this much of it
 WORK_DIR_PREFIX = ".latentsync-work-"
+RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
 
 
 def import_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError("--ray needs Ray, an optional extra: pip install 'latentsync[ray]'") from None
+        raise UsageError(f"--ray needs Ray, an optional extra: {RAY_EXTRA_HINT}") from None
     return ray
 
 

@@ -99,16 +99,24 @@ def test_bad_settings_are_usage_errors():
         MediapipeLandmarks(choose="biggest")
 
 
-def test_a_still_image_is_found_and_aligned_once():
-    """Every frame of a still is the same picture: one detection, one crop, one matrix for all of them."""
+def test_a_repeated_picture_is_found_and_aligned_once():
+    """Identical frames (a still's, or a frozen stretch of a video, even as separate arrays) share one
+    detection, one matrix and one crop; a changed frame is detected and cut again."""
     from latentsync_cli.face.track import FaceLocator
 
     photo = face_photo()
-    locate = FaceLocator(256, stride=1, face="largest", still=True)
+    moved = np.roll(photo, 3, axis=1)
+    moved[:, :3] = 0
+    pictures = [photo, photo.copy(), photo.copy(), moved, moved, photo]
+    locate = FaceLocator(256, stride=1, face="largest")
     try:
-        affines = [locate.affine(number, photo.copy()) for number in range(6)]
-        faces = [locate.face(photo, affine) for affine in affines]
-        assert locate.detector.detector_runs == 1
+        affines = [locate.affine(number, picture) for number, picture in enumerate(pictures)]
+        faces = [locate.face(picture, affine) for picture, affine in zip(pictures, affines)]
+        assert locate.detector.detector_runs == 3  # stride 1: once per new picture, not once per frame
     finally:
         locate.close()
-    assert all(affine is affines[0] for affine in affines) and all(face is faces[0] for face in faces)
+    assert affines[1] is affines[0] and affines[2] is affines[0] and affines[4] is affines[3]
+    assert faces[1] is faces[0] and faces[2] is faces[0] and faces[4] is faces[3]
+    assert faces[3] is not faces[0] and faces[5] is not faces[4]
+    # the moved picture's face sits 3 px further right in the frame, so its matrix moved with it
+    assert affines[3][0, 2] != affines[0][0, 2]

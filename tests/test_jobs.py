@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from latentsync_cli.errors import OutputError, UsageError
+from latentsync_cli.face.track import FaceTrack
 from latentsync_cli.jobs.batch import read_manifest
 from latentsync_cli.jobs.outputs import check_output_path
 from latentsync_cli.jobs.scratch import (
@@ -24,7 +25,6 @@ from latentsync_cli.jobs.scratch import (
     job_scratch_dir,
     remove_stale_scratch,
 )
-from latentsync_cli.face.track import FaceTrack
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
@@ -303,3 +303,38 @@ def test_the_job_api_imports_neither_typer_nor_rich():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_still_and_a_frozen_video_of_it_give_the_same_frames(tmp_path):
+    """A repeated picture is found, aligned and VAE-encoded once, whether it comes as a still image or as
+    identical decoded frames of a video: the same computation, so the same output."""
+    import imageio_ffmpeg
+
+    from latentsync_cli.bench.fidelity import read_video_frames
+    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.media.synthetic import make_speech, make_still_image
+    from latentsync_cli.media.video import read_frames
+    from latentsync_cli.progress import NoProgress
+    from latentsync_cli.settings import SettingsRequest
+
+    still = make_still_image(tmp_path / "portrait.png", size=(256, 320))
+    frozen = tmp_path / "frozen.mkv"  # lossless RGB: its decoded frames are the PNG's pixels
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-loop", "1", "-i", str(still),
+         "-t", "0.6", "-r", "25", "-c:v", "ffv1", "-pix_fmt", "bgr0", str(frozen)],
+        check=True,
+    )
+    first_frames = read_frames(frozen, 3, loop="loop")
+    decoded = [frame.copy() for frame in first_frames]
+    first_frames.close()
+    assert decoded[0] is not decoded[1] and np.array_equal(decoded[0], next(read_frames(still, 1, loop="loop")))
+
+    voice = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
+    settings = SettingsRequest(mode="turbo", steps=1, device="cpu", window=8)
+    cache, outputs = ModelCache(), []
+    for source in (still, frozen):
+        output = tmp_path / f"{source.stem}-synced.mp4"
+        run(Job(video=source, audio=voice, output=output, settings=settings, weights="random-tiny"), cache, NoProgress())
+        outputs.append(read_video_frames(output))
+    assert len(outputs[0]) == len(outputs[1]) >= 15  # 0.6 s of speech at 25 fps
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -13,7 +14,6 @@ from latentsync_cli.models.vae import (
     LATENT_SCALE,
     decode_latents,
     encode_latents,
-    encode_repeated,
     load_vae,
     random_vae,
     sd_vae_ft_mse_config,
@@ -119,11 +119,16 @@ def test_load_vae_rejects_a_file(tmp_path):
         load_vae(path)
 
 
-def test_a_repeated_image_encoded_once_samples_as_the_repeated_batch_would():
+def test_repeated_images_are_encoded_once_and_sampled_as_the_whole_batch_would():
     vae = random_vae(tiny_vae_config(), seed=0)
-    image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(1)) * 2 - 1
-    batch = encode_latents(vae, image.repeat(5, 1, 1, 1), torch.Generator().manual_seed(7))
-    once = encode_repeated(vae, image, 5, torch.Generator().manual_seed(7))
-    assert once.shape == batch.shape
-    torch.testing.assert_close(once, batch, rtol=1e-4, atol=1e-4)
+    pictures = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    images = pictures[[0, 0, 0, 1, 1, 0]]  # a still's run, a new picture's run, the first picture again
+    sources = np.array([0, 0, 0, 3, 3, 5])
+    every_row = encode_latents(vae, images, torch.Generator().manual_seed(7))
+    calls = []
+    vae.encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    once = encode_latents(vae, images, torch.Generator().manual_seed(7), sources)
+    assert calls == [3]  # the three distinct runs, not six rows
+    assert once.shape == every_row.shape
+    torch.testing.assert_close(once, every_row, rtol=1e-4, atol=1e-4)
     assert not torch.equal(once[0], once[1])  # each frame has its own sample, as in the batch

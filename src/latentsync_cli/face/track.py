@@ -46,52 +46,69 @@ class FaceTrack:
             return cls(has_face=data["has_face"].astype(bool), affines=data["affines"].astype(np.float64))
 
 
+def same_picture(previous: np.ndarray | None, frame: np.ndarray) -> bool:
+    """Whether `frame` is exactly the picture `previous` is (a still's frames are one array).
+
+    A sparse sample is compared first: different frames almost always differ
+    there, so a video pays a few microseconds per frame, not a full comparison.
+    """
+    if previous is None:
+        return False
+    if previous is frame:
+        return True
+    if previous.shape != frame.shape:
+        return False
+    return np.array_equal(previous[::16, ::16], frame[::16, ::16]) and np.array_equal(previous, frame)
+
+
 class FaceLocator:
     """Where the face is in each output frame, in order: found here, or read from a stored face track.
 
-    A still image is found and aligned once: every frame is the same picture,
-    and MediaPipe's tracking mesh would otherwise drift (by up to 0.7 px
-    measured) between identical frames, making a still portrait jitter.
+    Repeated pictures are found and aligned once: a frame identical to the one
+    before it (every frame of a still image, a frozen stretch of a video) takes
+    that frame's matrix and face crop. Running the detector again would not
+    give the same answer: MediaPipe's tracking mesh moves on an unchanged
+    picture (6.5 px from the first frame of a still to the second, then
+    0.01-0.1 px a frame, measured), which made a still portrait jump and jitter.
     """
 
-    def __init__(self, resolution: int, stride: int, face: str, track: FaceTrack | None = None, still: bool = False):
+    def __init__(self, resolution: int, stride: int, face: str, track: FaceTrack | None = None):
         self.aligner = FaceAligner(resolution)
         self.track = track
-        self.still = still
         self.detector = MediapipeLandmarks(stride=stride, choose=face) if track is None else None
-        self.still_affine: np.ndarray | None = None
-        self.still_face: np.ndarray | None = None
+        self.previous_frame: np.ndarray | None = None
+        self.previous_affine: np.ndarray | None = None
+        self.cropped: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (frame, affine, face) of the last crop
 
     def affine(self, frame_number: int, frame: np.ndarray) -> np.ndarray | None:
         """The frame -> crop matrix of output frame `frame_number`, or None without a face."""
         if self.track is not None:
             return self.track.affine(frame_number)
-        if self.still and frame_number > 0:
-            return self.still_affine
-        found = self.detector.detect(frame)
-        affine = self.aligner.transform(found.points) if found is not None else None
-        self.still_affine = affine
-        return affine
+        if not same_picture(self.previous_frame, frame):
+            found = self.detector.detect(frame)
+            self.previous_affine = self.aligner.transform(found.points) if found is not None else None
+            self.previous_frame = frame
+        return self.previous_affine
 
     def face(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """The aligned face (R, R, 3) uint8 of `frame`; a still's is cut once."""
-        if not self.still:
-            return self.aligner.warp(frame, affine).face
-        if self.still_face is None:
-            self.still_face = self.aligner.warp(frame, affine).face
-        return self.still_face
+        """The aligned face (R, R, 3) uint8 of `frame`; the same array as last time for the same picture and matrix."""
+        if self.cropped is not None:
+            cropped_frame, cropped_affine, cropped_face = self.cropped
+            if np.array_equal(cropped_affine, affine) and same_picture(cropped_frame, frame):
+                return cropped_face
+        face = self.aligner.warp(frame, affine).face
+        self.cropped = (frame, affine, face)
+        return face
 
     def close(self) -> None:
         if self.detector is not None:
             self.detector.close()
 
 
-def track_faces(
-    video: Path, num_frames: int, loop: str, face: str, stride: int, resolution: int, still: bool = False
-) -> FaceTrack:
+def track_faces(video: Path, num_frames: int, loop: str, face: str, stride: int, resolution: int) -> FaceTrack:
     """Find and align the face in each of the `num_frames` output frames (the video looped as `loop`),
     exactly as the pipeline does while decoding."""
-    locate = FaceLocator(resolution, stride, face, still=still)
+    locate = FaceLocator(resolution, stride, face)
     has_face = np.zeros(num_frames, dtype=bool)
     affines = np.zeros((num_frames, 2, 3), dtype=np.float64)
     frames = read_frames(video, num_frames, loop=loop)

@@ -210,15 +210,11 @@ def execute(
 def _stored_track(store, prepared: PreparedJob, resolution: int):
     """The face track from the work dir, computed there by the first task that needs it."""
     from latentsync_cli.face.track import track_faces
-    from latentsync_cli.media.video import probe_video
 
     job, stride = prepared.job, prepared.resolved.settings.face_detect_stride
-    still = probe_video(prepared.video).is_image
 
     def face_track(num_frames: int):
-        return store.face_track(
-            lambda: track_faces(prepared.video, num_frames, job.loop, job.face, stride, resolution, still)
-        )
+        return store.face_track(lambda: track_faces(prepared.video, num_frames, job.loop, job.face, stride, resolution))
 
     return face_track
 

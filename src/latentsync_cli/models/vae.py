@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -84,25 +85,25 @@ def load_vae(
     return vae.to(device).eval().requires_grad_(False)
 
 
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Images (F, 3, H, W) in [-1, 1] -> scaled latents (F, 4, H/8, W/8), sampled from the latent distribution."""
+def encode_latents(
+    vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None, sources: np.ndarray | None = None
+) -> torch.Tensor:
+    """Images (F, 3, H, W) in [-1, 1] -> scaled latents (F, 4, H/8, W/8), sampled from the latent distribution.
+
+    `sources` (F,) says which rows repeat an image: row i is the same picture as
+    row sources[i]. Each distinct picture is encoded once, and every row still
+    draws its own sample with one draw of `generator`, as encoding all F rows
+    would (the encoder's numbers may differ in the last float bits, since the
+    batch is smaller).
+    """
     images = images.to(device=vae.device, dtype=vae.dtype)
     with torch.no_grad():
-        distribution = vae.encode(images).latent_dist
-        latents = distribution.sample(generator=generator)
-    return latents * LATENT_SCALE
-
-
-def encode_repeated(
-    vae: AutoencoderKL, image: torch.Tensor, count: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """`count` frames of one image (1, 3, H, W): the encoder runs once, and each frame's latent is
-    sampled from the same distribution with one draw of `generator`, as `encode_latents` of the repeated
-    image draws them."""
-    image = image.to(device=vae.device, dtype=vae.dtype)
-    with torch.no_grad():
-        parameters = vae.encode(image).latent_dist.parameters  # (1, 8, h, w): mean and log-variance
-        distribution = DiagonalGaussianDistribution(parameters.expand(count, -1, -1, -1))
+        if sources is None or len(np.unique(sources)) == len(images):
+            distribution = vae.encode(images).latent_dist
+        else:
+            distinct, rows = np.unique(sources, return_inverse=True)
+            parameters = vae.encode(images[torch.from_numpy(distinct)]).latent_dist.parameters  # mean, log-variance
+            distribution = DiagonalGaussianDistribution(parameters[torch.from_numpy(rows).to(images.device)])
         latents = distribution.sample(generator=generator)
     return latents * LATENT_SCALE
 

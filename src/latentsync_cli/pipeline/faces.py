@@ -19,7 +19,7 @@ import torch
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.face.restore_torch import restore_faces_torch
-from latentsync_cli.models.vae import decode_latents, encode_latents, encode_repeated
+from latentsync_cli.models.vae import decode_latents, encode_latents
 from latentsync_cli.models.weights import ModelBundle
 from latentsync_cli.optimizers.memory import MemorySettings, on_device
 from latentsync_cli.optimizers.run_plan import RunPlan
@@ -95,13 +95,9 @@ class FaceGenerator:
         masked_latents, reference_latents = [], []
         for window, faces in zip(batch, pixels):
             generator = window_generator(self.seed, window.index)  # masked first, then reference, as upstream
-            if window.same_face:  # one picture: encode it once, draw each frame's sample as a batch would
-                count, face = len(faces), faces[:1]
-                masked_latents.append(encode_repeated(self.models.vae, face * self.image_mask, count, generator))
-                reference_latents.append(encode_repeated(self.models.vae, face, count, generator))
-            else:
-                masked_latents.append(encode_latents(self.models.vae, faces * self.image_mask, generator))
-                reference_latents.append(encode_latents(self.models.vae, faces, generator))
+            sources = window.face_sources  # a repeated picture is encoded once
+            masked_latents.append(encode_latents(self.models.vae, faces * self.image_mask, generator, sources))
+            reference_latents.append(encode_latents(self.models.vae, faces, generator, sources))
         return masked_latents, reference_latents
 
     def denoise(

@@ -285,8 +285,7 @@ class LipsyncPipeline:
         self, job: SyncJob, windows: list[range], num_frames: int, track: FaceTrack | None, selected: set[int]
     ) -> Iterator[WindowInput]:
         """The selected windows, decoded and aligned (faces found here, or read from the job's face track)."""
-        still = probe_video(job.video).is_image
-        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, track, still)
+        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, track)
         frames = read_frames(job.video, num_frames, loop=job.loop)
         try:
             for index, frame_numbers in enumerate(windows):
@@ -305,7 +304,7 @@ class LipsyncPipeline:
     def decode_window(
         self, frames: Iterator[np.ndarray], locate: FaceLocator, index: int, frame_numbers: range, crops_needed: bool
     ) -> WindowInput:
-        window_frames, has_face, faces, affines = [], [], [], []
+        window_frames, has_face, faces, affines, face_sources = [], [], [], [], []
         for number in frame_numbers:
             with self.timer.stage("decode", PRODUCER):
                 frame = next(frames)
@@ -317,7 +316,10 @@ class LipsyncPipeline:
                 affines.append(affine)
                 if crops_needed:
                     with self.timer.stage("align", PRODUCER):
-                        faces.append(locate.face(frame, affine))
+                        face = locate.face(frame, affine)
+                    # The same crop as the face before it (a repeated picture): that face's row.
+                    face_sources.append(face_sources[-1] if faces and face is faces[-1] else len(faces))
+                    faces.append(face)
             self.progress.advance(TASK_DECODE)
         return WindowInput(
             index=index,
@@ -326,7 +328,7 @@ class LipsyncPipeline:
             has_face=np.array(has_face, dtype=bool),
             faces=self.faces_to_tensor(faces),
             affines=affines,
-            same_face=locate.still,
+            face_sources=np.array(face_sources, dtype=np.int64),
         )
 
     def faces_to_tensor(self, faces: list[np.ndarray]) -> torch.Tensor:

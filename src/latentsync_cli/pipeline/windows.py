@@ -25,7 +25,9 @@ class WindowInput:
     has_face: np.ndarray  # bool (F,), which frames have a face
     faces: torch.Tensor  # uint8 (n, 3, R, R): the aligned faces of those frames (n = has_face.sum())
     affines: list[np.ndarray]  # (2, 3) frame -> face matrices, one per face
-    same_face: bool = False  # every face is the same picture (a still image): it is VAE-encoded once
+    # int (n,): for each face, the first face of the window with the same crop (a repeated picture,
+    # VAE-encoded once); arange(n) when every face is new; None: not known, every face is encoded.
+    face_sources: np.ndarray | None = None
 
     @property
     def face_count(self) -> int:

@@ -30,7 +30,7 @@ from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
-from latentsync_cli.media.encode import ENCODER_CHOICES, EncoderChoice, choose_encoder
+from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice, choose_encoder
 from latentsync_cli.models.weight_files import check_weights_available
 from latentsync_cli.presets import PresetTable, load_presets
 from latentsync_cli.progress import NoProgress, Progress
@@ -59,7 +59,7 @@ class Job:
     loop: str = "pingpong"  # how a video shorter than the speech continues
     face: str = "largest"  # which face when there are several
     mask_feather: float = 0.0
-    crf: int = 18
+    crf: int = DEFAULT_CRF
     encoder: str = "auto"  # auto | libx264 | h264_nvenc (auto: NVENC where it opens on a CUDA machine)
     overwrite: bool = False
     work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
@@ -155,7 +155,7 @@ def prepare(
     speech, warnings = read_media(video, audio)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
-    encoder = pick_encoder(job.encoder, resolved.settings.device)
+    encoder = choose_encoder(job.encoder, device=resolved.settings.device)
     return PreparedJob(job, video, audio, output, speech, resolved, encoder, tuple(resolved.notes) + warnings)
 
 
@@ -256,13 +256,6 @@ def check_shard_flags(job: Job) -> None:
         raise UsageError(f"{flag} needs --work-dir: a folder that every task of the job can reach")
     if (job.shard is not None or job.finalize) and not job.keep_output:
         raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
-
-
-def pick_encoder(requested: str, device: str) -> EncoderChoice:
-    """`auto` asks ffmpeg whether NVENC opens only on a CUDA machine (NVENC is an NVIDIA GPU's)."""
-    if requested == "auto" and not device.startswith("cuda"):
-        return EncoderChoice("libx264", f"libx264: NVENC needs an NVIDIA GPU, this job runs on {device}")
-    return choose_encoder(requested)
 
 
 def check_choices(job: Job) -> None:

@@ -32,7 +32,7 @@ from latentsync_cli.face.restore import paste_thread_count, restore_faces
 from latentsync_cli.face.restore_torch import restore_backend_for
 from latentsync_cli.face.track import FaceLocator, FaceTrack
 from latentsync_cli.media.audio import load_audio
-from latentsync_cli.media.encode import VideoEncoder, mux
+from latentsync_cli.media.encode import DEFAULT_CRF, DEFAULT_X264_PRESET, VideoEncoder, mux
 from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor
 from latentsync_cli.models.weights import ModelBundle
@@ -71,10 +71,8 @@ class SyncJob:
     loop: str = "pingpong"  # how a video shorter than the speech continues
     face: str = "largest"  # which face when there are several: largest | center
     mask_feather_px: float = 0.0  # soften the paste-back edge (the UNet still sees upstream's mask)
-    crf: int = 18
-    # x264 "medium" (upstream's) encodes 1080p at a few frames per second on a small CPU and
-    # becomes the bottleneck of the CPU lanes; "veryfast" is 2.3x faster at the same CRF.
-    encoder_preset: str = "veryfast"
+    crf: int = DEFAULT_CRF
+    encoder_preset: str = DEFAULT_X264_PRESET
     store: WindowStore = field(default_factory=NoStore)
     # The speech, already decoded (float32 mono 16 kHz, as media.audio.load_audio returns it);
     # None: the pipeline decodes `audio` (or the video's track) itself.

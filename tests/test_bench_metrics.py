@@ -60,6 +60,10 @@ def test_clip_metrics(face_crop):
     assert metrics.clip_ssim(clip, darker) < 1.0
     with pytest.raises(ValueError):
         metrics.clip_ssim(clip, clip[:-1])
+    # Frame by frame, the clip's PSNR is the PSNR of all its values at once.
+    assert metrics.clip_psnr(clip, darker) == pytest.approx(metrics.psnr(np.stack(clip), np.stack(darker)))
+    with pytest.raises(ValueError, match="length"):
+        metrics.clip_psnr(clip, clip[:-1])
 
 
 def test_temporal_consistency_is_one_for_the_same_motion_and_drops_for_flicker(face_crop):

@@ -107,3 +107,18 @@ def test_default_report_dir_names_date_and_device():
     folder = report.default_report_dir(_entry(True))
     assert folder.name == "2026-11-22-nvidia-h100-80gb-hbm3"
     assert folder.parent.name == "benchmarks"
+
+
+@pytest.mark.parametrize(
+    "encoders, expected",
+    [
+        ({"chosen": "h264_nvenc", "reason": "h264_nvenc opened", "frames": 125, "psnr_db": 43.18,
+          "fps": {"libx264": 58.2, "h264_nvenc": 410.0}},
+         "encoder: h264_nvenc; NVENC vs libx264 PSNR 43.18 dB over 125 frames (libx264 58 fps, h264_nvenc 410 fps)"),
+        ({"chosen": "libx264", "reason": "h264_nvenc did not open: No NVENC capable devices found"},
+         "encoder: libx264 (h264_nvenc did not open: No NVENC capable devices found); NVENC vs libx264 not compared"),
+    ],
+)
+def test_summary_reports_the_encoder_comparison(encoders, expected):
+    entry = BenchmarkEntry.from_dict({**_entry(True).to_dict(), "encoders": encoders})
+    assert expected in report.summary_text(entry).splitlines()

@@ -49,7 +49,18 @@ def _measured(name: str, mode: str, **extra) -> dict:
     return config
 
 
-def _entry(configs: list[dict], stress: dict | None = None, source: dict | None = None) -> dict:
+NVENC_AGAINST_X264 = {
+    "chosen": "h264_nvenc",
+    "reason": "h264_nvenc opened",
+    "frames": 125,
+    "psnr_db": 43.18,
+    "fps": {"libx264": 58.2, "h264_nvenc": 410.0},
+}
+
+
+def _entry(
+    configs: list[dict], stress: dict | None = None, source: dict | None = None, encoders: dict | None = None
+) -> dict:
     return {
         "key": {
             "device": H100.name,
@@ -69,6 +80,7 @@ def _entry(configs: list[dict], stress: dict | None = None, source: dict | None 
         "input": source or {"source": "synthetic", "duration_s": 10.0, "frames": 250, "seed": 1247},
         "configs": configs,
         "stress": stress,
+        "encoders": encoders or NVENC_AGAINST_X264,
     }
 
 
@@ -119,11 +131,20 @@ def test_an_old_entry_without_the_newer_fields_still_loads():
     for newer in ("memory_downgrades", "stage_seconds", "peak_rss_gb"):
         del old[newer]
     data = _entry([old])
-    del data["device"], data["input"]
+    del data["device"], data["input"], data["encoders"]
     entry = BenchmarkEntry.from_dict(data)
     (config,) = entry.configs
     assert config.measured.seconds_per_output_second == 0.91 and config.measured.memory_downgrades == []
     assert config.mode_steps is None and entry.device is None and entry.has_fidelity
+    assert entry.encoders is None
+
+
+def test_an_entry_without_nvenc_records_why_and_no_psnr():
+    encoders = {"chosen": "libx264", "reason": "h264_nvenc did not open: No NVENC capable devices found",
+                "frames": 0, "psnr_db": None, "fps": {}}
+    data = _entry([_measured("normal", "normal", first_run_s=None, mode_steps=20)], encoders=encoders)
+    _same_json(data)
+    assert BenchmarkEntry.from_dict(data).encoders.psnr_db is None
 
 
 def test_a_failed_case_has_no_measurements():

@@ -70,6 +70,9 @@ def summary_text(entry: BenchmarkEntry, gpu_price: float | None = None, video_s:
     lines.extend(_config_table(entry.configs))
     lines.append("")
     lines.extend(_mode_table(entry))
+    if entry.encoders is not None:
+        lines.append("")
+        lines.append(entry.encoders.describe())
     if gpu_price is not None:
         lines.append("")
         lines.extend(cost_lines(entry, gpu_price, video_s or (entry.input and entry.input.duration_s) or 60.0))

@@ -237,6 +237,37 @@ class BenchmarkInput:
 
 
 @dataclass(frozen=True)
+class EncoderParity:
+    """Which encoder `auto` takes here and, where both ran, NVENC's PSNR against libx264."""
+
+    chosen: str  # what `--encoder auto` takes on this machine
+    reason: str  # why (the NVENC probe's answer)
+    frames: int = 0  # frames encoded by each encoder (0: nothing was compared)
+    psnr_db: float | None = None  # h264_nvenc's frames against libx264's; None where NVENC did not run
+    fps: dict[str, float] = field(default_factory=dict)  # encoder -> frames per second, writing the clip
+
+    def describe(self) -> str:
+        if self.psnr_db is None:
+            return f"encoder: {self.chosen} ({self.reason}); NVENC vs libx264 not compared"
+        speeds = ", ".join(f"{name} {fps:.0f} fps" for name, fps in self.fps.items())
+        return f"encoder: {self.chosen}; NVENC vs libx264 PSNR {self.psnr_db:.2f} dB over {self.frames} frames ({speeds})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "reason": self.reason, "frames": self.frames, "psnr_db": self.psnr_db,
+                "fps": dict(self.fps)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EncoderParity:
+        return cls(
+            chosen=str(values.get("chosen", "")),
+            reason=str(values.get("reason", "")),
+            frames=int(values.get("frames", 0)),
+            psnr_db=values.get("psnr_db"),
+            fps=dict(values.get("fps") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class BenchmarkEntry:
     """One benchmark run on one device: what the cache stores and the report reads."""
 
@@ -252,6 +283,7 @@ class BenchmarkEntry:
     input: BenchmarkInput | None
     configs: list[CaseResult]
     stress: StressSummary | None = None
+    encoders: EncoderParity | None = None  # None: an entry from before the encoder comparison
 
     @property
     def has_fidelity(self) -> bool:
@@ -272,6 +304,7 @@ class BenchmarkEntry:
             "input": None if self.input is None else self.input.to_dict(),
             "configs": [config.to_dict() for config in self.configs],
             "stress": None if self.stress is None else self.stress.to_dict(),
+            "encoders": None if self.encoders is None else self.encoders.to_dict(),
         }
 
     @classmethod
@@ -281,6 +314,7 @@ class BenchmarkEntry:
         weights = values.get("weights") or {}
         source = values.get("input")
         stress = values.get("stress")
+        encoders = values.get("encoders")
         return cls(
             key=CacheKey.from_dict(values["key"]),
             date=str(values.get("date", "")),
@@ -296,4 +330,5 @@ class BenchmarkEntry:
             input=BenchmarkInput.from_dict(source) if source else None,
             configs=[CaseResult.from_dict(config) for config in values.get("configs") or []],
             stress=StressSummary.from_dict(stress) if stress else None,
+            encoders=EncoderParity.from_dict(encoders) if encoders else None,
         )

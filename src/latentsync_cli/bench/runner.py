@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 
 from latentsync_cli.bench import cache, metrics
+from latentsync_cli.bench.encoders import measure_encoder_parity
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
 from latentsync_cli.bench.results import (
     BenchmarkEntry,
     BenchmarkInput,
     CaseResult,
+    EncoderParity,
     Measurements,
     StressSummary,
     UNetSteps,
@@ -41,6 +43,7 @@ from latentsync_cli.constants import FPS
 from latentsync_cli.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
 from latentsync_cli.media.audio import audio_duration_s
+from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.models.weight_files import locate_weights
 from latentsync_cli.models.weights import ModelBundle, load_models
@@ -116,6 +119,7 @@ def run_benchmark(
             progress("warming up")
             warm_up(cases[0], bases[cases[0].mode], models, workspace, device)
         results = measure_cases(cases, bases, models, video, audio, workspace, device, request.level, progress)
+        encoders = compare_encoders(video, workspace, device, progress)
         # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
         results = [replace(result, mode_steps=mode_steps[result.mode]) for result in results]
         frames = next((result.measured.frames for result in results if result.measured is not None), source.frames)
@@ -137,6 +141,7 @@ def run_benchmark(
         input=replace(source, frames=frames),
         configs=results,
         stress=results[0].stress if request.level == "stress" else None,
+        encoders=encoders,
     )
 
 
@@ -189,6 +194,15 @@ def measure_cases(
         else:
             progress(f"    {result.measured.seconds_per_output_second:.2f} s per output second")
     return results
+
+
+def compare_encoders(
+    video: Path, workspace: Path, device: DeviceRecord, progress: Callable[[str], None]
+) -> EncoderParity:
+    """NVENC's PSNR against libx264 on the benchmark's clip, where `--encoder auto` takes NVENC here."""
+    parity = measure_encoder_parity(video, workspace, choose_encoder("auto", device=device.torch_device))
+    progress(parity.describe())
+    return parity
 
 
 def warm_up(case: BenchCase, settings: RunSettings, models: ModelCache, workspace: Path, device: DeviceRecord) -> None:

@@ -102,6 +102,8 @@ def test_bad_settings_are_usage_errors():
 def test_a_repeated_picture_is_found_and_aligned_once():
     """Identical frames (a still's, or a frozen stretch of a video, even as separate arrays) share one
     detection, one matrix and one crop; a changed frame is detected and cut again."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from latentsync_cli.face.track import FaceLocator
 
     photo = face_photo()
@@ -111,8 +113,10 @@ def test_a_repeated_picture_is_found_and_aligned_once():
     locate = FaceLocator(256, stride=1, face="largest")
     try:
         affines = [locate.affine(number, picture) for number, picture in enumerate(pictures)]
-        faces = [locate.face(picture, affine) for picture, affine in zip(pictures, affines)]
         assert locate.detector.detector_runs == 3  # stride 1: once per new picture, not once per frame
+        faces = locate.faces(pictures, affines)
+        with ThreadPoolExecutor(3) as pool:
+            pooled = locate.faces(pictures, affines, pool)
     finally:
         locate.close()
     assert affines[1] is affines[0] and affines[2] is affines[0] and affines[4] is affines[3]
@@ -120,3 +124,6 @@ def test_a_repeated_picture_is_found_and_aligned_once():
     assert faces[3] is not faces[0] and faces[5] is not faces[4]
     # the moved picture's face sits 3 px further right in the frame, so its matrix moved with it
     assert affines[3][0, 2] != affines[0][0, 2]
+    # cut on threads: the same crops, the same sharing
+    assert all(np.array_equal(a, b) for a, b in zip(faces, pooled)) and pooled[1] is pooled[0]
+    assert not np.array_equal(faces[0], faces[3])

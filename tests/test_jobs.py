@@ -338,3 +338,38 @@ def test_a_still_and_a_frozen_video_of_it_give_the_same_frames(tmp_path):
         outputs.append(read_video_frames(output))
     assert len(outputs[0]) == len(outputs[1]) >= 15  # 0.6 s of speech at 25 fps
     assert all(np.array_equal(a, b) for a, b in zip(*outputs))
+
+
+def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypatch):
+    """Where the machine has cores to spare, faces are cut and pasted on a pool: the output must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latentsync_cli.bench.fidelity import read_video_frames
+    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.media.synthetic import make_face_clip, make_speech
+    from latentsync_cli.pipeline import lipsync
+    from latentsync_cli.progress import NoProgress
+    from latentsync_cli.settings import SettingsRequest
+
+    pooled_calls = []
+
+    class CountingPool(ThreadPoolExecutor):
+        def map(self, function, *iterables, **options):
+            pooled_calls.append(function.__name__)
+            return super().map(function, *iterables, **options)
+
+    monkeypatch.setattr(lipsync, "ThreadPoolExecutor", CountingPool)
+    clip = make_face_clip(tmp_path / "clip.mp4", 0.6, size=(320, 240), preset="ultrafast")
+    voice = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
+    settings = SettingsRequest(mode="turbo", steps=1, device="cpu", window=8)
+    cache, outputs = ModelCache(), []
+    for threads in (1, 3):
+        monkeypatch.setattr(lipsync, "paste_thread_count", lambda threads=threads: threads)
+        output = tmp_path / f"threads-{threads}.mp4"
+        run(Job(video=clip, audio=voice, output=output, settings=settings, weights="random-tiny"), cache, NoProgress())
+        outputs.append(read_video_frames(output))
+        if threads == 1:
+            assert pooled_calls == []  # one thread: no pool at all
+    assert {"cut", "paste_crop"} <= set(pooled_calls)  # both lanes ran on the pool
+    assert len(outputs[0]) == len(outputs[1]) >= 15
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))

@@ -11,6 +11,7 @@ finalize step to read.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,6 @@ class FaceLocator:
         self.detector = MediapipeLandmarks(stride=stride, choose=face) if track is None else None
         self.previous_frame: np.ndarray | None = None
         self.previous_affine: np.ndarray | None = None
-        self.cropped: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (frame, affine, face) of the last crop
 
     def affine(self, frame_number: int, frame: np.ndarray) -> np.ndarray | None:
         """The frame -> crop matrix of output frame `frame_number`, or None without a face."""
@@ -90,15 +90,29 @@ class FaceLocator:
             self.previous_frame = frame
         return self.previous_affine
 
-    def face(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """The aligned face (R, R, 3) uint8 of `frame`; the same array as last time for the same picture and matrix."""
-        if self.cropped is not None:
-            cropped_frame, cropped_affine, cropped_face = self.cropped
-            if np.array_equal(cropped_affine, affine) and same_picture(cropped_frame, frame):
-                return cropped_face
-        face = self.aligner.warp(frame, affine).face
-        self.cropped = (frame, affine, face)
-        return face
+    def faces(
+        self, frames: list[np.ndarray], affines: list[np.ndarray], pool: Executor | None = None
+    ) -> list[np.ndarray]:
+        """The aligned faces (R, R, 3) uint8 of `frames` with their matrices, in order.
+
+        A frame that repeats the one before it with the same matrix gets the
+        same array. The others are cut on `pool`'s threads when there is one
+        (OpenCV's warp and resize release the GIL); the result is the same.
+        """
+        sources = []  # for each face, the index of the first face of its run
+        for index, (frame, affine) in enumerate(zip(frames, affines)):
+            repeated = (
+                index > 0 and np.array_equal(affines[index - 1], affine) and same_picture(frames[index - 1], frame)
+            )
+            sources.append(sources[-1] if repeated else index)
+        distinct = sorted(set(sources))
+
+        def cut(index: int) -> np.ndarray:
+            return self.aligner.warp(frames[index], affines[index]).face
+
+        crops = list(pool.map(cut, distinct)) if pool is not None else [cut(index) for index in distinct]
+        crop_of = dict(zip(distinct, crops))
+        return [crop_of[source] for source in sources]
 
     def close(self) -> None:
         if self.detector is not None:

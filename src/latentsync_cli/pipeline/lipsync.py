@@ -157,7 +157,8 @@ class LipsyncPipeline:
         self.plan = build_run_plan(models.unet, models.vae, settings, self.device, models.resolution, compile_backend)
         self.ladder = MemoryLadder(self.plan.memory, self.device, self.plan.log, self._use_memory_settings)
         self.resumed_windows = 0
-        self.paste_pool: ThreadPoolExecutor | None = None  # the CPU paste's threads, for the run in progress
+        # Threads for the per-frame CPU work of the run in progress: cutting the aligned faces, the CPU paste.
+        self.cpu_pool: ThreadPoolExecutor | None = None
 
     @property
     def log(self) -> OptimizationLog:
@@ -171,7 +172,7 @@ class LipsyncPipeline:
         self.resumed_windows = 0
         threads = paste_thread_count()  # 1 on a 2-core machine: there a pool only slowed the paste
         with torch_switches(self.settings, self.device), ExitStack() as stack:
-            self.paste_pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
+            self.cpu_pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
             return self.sync(job)
 
     def sync(self, job: SyncJob) -> SyncResult:
@@ -302,7 +303,7 @@ class LipsyncPipeline:
     def decode_window(
         self, frames: Iterator[np.ndarray], locate: FaceLocator, index: int, frame_numbers: range, crops_needed: bool
     ) -> WindowInput:
-        window_frames, has_face, faces, affines, face_sources = [], [], [], [], []
+        window_frames, has_face, face_frames, affines = [], [], [], []
         for number in frame_numbers:
             with self.timer.stage("decode", PRODUCER):
                 frame = next(frames)
@@ -311,14 +312,17 @@ class LipsyncPipeline:
             window_frames.append(frame)
             has_face.append(affine is not None)
             if affine is not None:
+                face_frames.append(frame)
                 affines.append(affine)
-                if crops_needed:
-                    with self.timer.stage("align", PRODUCER):
-                        face = locate.face(frame, affine)
-                    # The same crop as the face before it (a repeated picture): that face's row.
-                    face_sources.append(face_sources[-1] if faces and face is faces[-1] else len(faces))
-                    faces.append(face)
             self.progress.advance(TASK_DECODE)
+        faces = []
+        if crops_needed:  # a stored window needs no new crops, only its affines (to paste it back)
+            with self.timer.stage("align", PRODUCER):
+                faces = locate.faces(face_frames, affines, self.cpu_pool)
+        # For each face, the first face of its run of identical crops (a repeated picture is encoded once).
+        face_sources = []
+        for number, face in enumerate(faces):
+            face_sources.append(face_sources[-1] if number > 0 and face is faces[number - 1] else number)
         return WindowInput(
             index=index,
             first_frame=frame_numbers.start,
@@ -411,7 +415,7 @@ class LipsyncPipeline:
             return []
         with self.timer.stage("restore", CONSUMER):
             face_frames = [frame for frame, found in zip(window.frames, window.has_face) if found]
-            return restore_faces(face_frames, faces.float().numpy(), window.affines, self.paste_pool)
+            return restore_faces(face_frames, faces.float().numpy(), window.affines, self.cpu_pool)
 
     def count_frames_without_face(self, outputs: Iterator[WindowOutput]) -> int:
         """The consumer of a shard: no video is made, the windows are only counted."""

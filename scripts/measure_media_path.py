@@ -10,6 +10,13 @@ when there are none) this measures, in the same run:
 - each lane alone (decode, landmarks, align, restore, encode), on frames held
   in memory so that no lane waits for another.
 
+It also counts the CPU time each of these takes per frame (this process's
+threads and its ffmpeg children together). Where the transcode alone keeps
+every core busy, as x264 does on a small machine, no threading can hide the
+face work: the ratio is at best floor CPU / (floor CPU + face CPU). The
+per-clip line gives the face lanes' CPU milliseconds a frame, what the goal
+ratio allows, and the lane that costs the most.
+
 It prints one line per clip and last `ratio to transcode floor: R`, R being
 the worst clip's media path fps / transcode floor fps (1.0: the face work
 costs nothing; the GPU can only be starved by the media path below that).
@@ -40,9 +47,27 @@ from latentsync_cli.face.restore_torch import restore_faces_torch
 from latentsync_cli.media.encode import ENCODER_CHOICES, VideoEncoder, choose_encoder
 from latentsync_cli.media.synthetic import make_face_clip
 from latentsync_cli.media.video import probe_video, read_frames
+from latentsync_cli.pipeline.lipsync import READ_AHEAD_FRAMES
+from latentsync_cli.pipeline.overlap import ReadAhead
 
 RESTORE_BATCH = 16  # faces pasted per call: the pipeline's default window
 LANES = ("decode", "landmarks", "align", "restore", "encode")
+FACE_LANES = ("landmarks", "align", "restore")  # the work the transcode floor does not do
+GOAL_RATIO = 0.7
+
+
+def cpu_seconds() -> float:
+    """CPU time so far of this process (all its threads) and of its children that have exited."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@dataclass
+class Measured:
+    """Frames per second and CPU milliseconds per frame of one run or lane."""
+
+    fps: float
+    cpu_ms: float
 
 
 @dataclass
@@ -99,11 +124,15 @@ def aligned_frames(clip: Path, setup: Setup):
     """Decode -> landmarks -> align, streaming: (frame, aligned face or None)."""
     detector = MediapipeLandmarks(stride=setup.stride)
     aligner = FaceAligner(512)
+    frames = read_frames(clip, setup.n_frames)
+    if setup.pool is not None:  # as the pipeline does where there are cores to spare
+        frames = ReadAhead(frames, READ_AHEAD_FRAMES)
     try:
-        for frame in read_frames(clip, setup.n_frames):
+        for frame in frames:
             points = detector.detect(frame)
             yield frame, (aligner.align(frame, points.points) if points is not None else None)
     finally:
+        frames.close()
         detector.close()
 
 
@@ -119,7 +148,7 @@ def restored_frames(items, setup: Setup):
         yield from restore_batch([frame for frame, _ in batch], [face for _, face in batch], setup)
 
 
-def media_path_fps(clip: Path, out: Path, setup: Setup) -> float:
+def media_path(clip: Path, out: Path, setup: Setup) -> Measured:
     """The whole path on two threads, as the pipeline overlaps it."""
     handoff: queue.Queue = queue.Queue(maxsize=2 * RESTORE_BATCH)
     done = object()
@@ -129,67 +158,84 @@ def media_path_fps(clip: Path, out: Path, setup: Setup) -> float:
             handoff.put(item)
         handoff.put(done)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     thread = threading.Thread(target=producer)
     thread.start()
     count = encode_all(restored_frames(iter(handoff.get, done), setup), out, setup)
     thread.join()
-    return count / (time.perf_counter() - start)
+    return measured(count, start, cpu_start)
 
 
-def transcode_floor_fps(clip: Path, out: Path, setup: Setup) -> float:
-    start = time.perf_counter()
+def transcode_floor(clip: Path, out: Path, setup: Setup) -> Measured:
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     count = encode_all(read_frames(clip, setup.n_frames), out, setup)
-    return count / (time.perf_counter() - start)
+    return measured(count, start, cpu_start)
 
 
-def lane_fps(clip: Path, out: Path, setup: Setup) -> dict[str, float]:
+def measured(count: int, start: float, cpu_start: float) -> Measured:
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    return Measured(fps=count / wall, cpu_ms=1e3 * cpu / count)
+
+
+def lanes_alone(clip: Path, out: Path, setup: Setup) -> dict[str, Measured]:
     """Each lane alone, on the previous lane's output held in memory."""
-    seconds = {}
-    start = time.perf_counter()
+    marks = [(time.perf_counter(), cpu_seconds())]
+
+    def lane_done() -> None:
+        marks.append((time.perf_counter(), cpu_seconds()))
+
     frames = list(read_frames(clip, setup.n_frames))
-    seconds["decode"] = time.perf_counter() - start
+    lane_done()
 
     detector = MediapipeLandmarks(stride=setup.stride)
-    start = time.perf_counter()
     points = [detector.detect(frame) for frame in frames]
-    seconds["landmarks"] = time.perf_counter() - start
+    lane_done()
     detector.close()
 
     aligner = FaceAligner(512)
-    start = time.perf_counter()
+    marks[-1] = (time.perf_counter(), cpu_seconds())  # not the detector's close
     aligned = [aligner.align(frame, found.points) if found else None for frame, found in zip(frames, points)]
-    seconds["align"] = time.perf_counter() - start
+    lane_done()
 
-    start = time.perf_counter()
     restored = []
     for first in range(0, len(frames), RESTORE_BATCH):
         batch = slice(first, first + RESTORE_BATCH)
         restored += restore_batch(frames[batch], aligned[batch], setup)
-    seconds["restore"] = time.perf_counter() - start
+    lane_done()
     del frames  # only the restored frames stay in memory
 
-    start = time.perf_counter()
+    marks[-1] = (time.perf_counter(), cpu_seconds())
     encode_all(restored, out, setup)
-    seconds["encode"] = time.perf_counter() - start
-    return {lane: len(restored) / seconds[lane] for lane in LANES}
+    lane_done()
+    count = len(restored)
+    return {
+        lane: Measured(fps=count / (end[0] - begin[0]), cpu_ms=1e3 * (end[1] - begin[1]) / count)
+        for lane, begin, end in zip(LANES, marks, marks[1:])
+    }
 
 
-def measure_clip(clip: Path, scratch: Path, setup: Setup) -> dict[str, float]:
+def measure_clip(clip: Path, scratch: Path, setup: Setup) -> dict[str, Measured]:
     out = scratch / f"{clip.stem}-out.mp4"
-    result = {"media path": media_path_fps(clip, out, setup), "transcode floor": transcode_floor_fps(clip, out, setup)}
-    result.update(lane_fps(clip, out, setup))
+    result = {"media path": media_path(clip, out, setup), "transcode floor": transcode_floor(clip, out, setup)}
+    result.update(lanes_alone(clip, out, setup))
     return result
 
 
-def report_line(name: str, size: str, fps: dict[str, float]) -> str:
-    ratio = fps["media path"] / fps["transcode floor"]
-    lanes = ", ".join(f"{lane} {fps[lane]:.1f}" for lane in LANES)
-    slowest = min(LANES, key=fps.get)
+def report_line(name: str, size: str, runs: dict[str, Measured]) -> str:
+    path, floor = runs["media path"], runs["transcode floor"]
+    lanes = ", ".join(f"{lane} {runs[lane].fps:.1f}" for lane in LANES)
+    slowest = min(LANES, key=lambda lane: runs[lane].fps)
+    costliest = max(FACE_LANES, key=lambda lane: runs[lane].cpu_ms)
+    face_ms = sum(runs[lane].cpu_ms for lane in FACE_LANES)
+    # With every core busy, ratio = floor CPU / (floor CPU + face CPU): the face work that allows the goal.
+    allowed_ms = floor.cpu_ms * (1 / GOAL_RATIO - 1)
     return (
-        f"{name} {size}: media path {fps['media path']:.1f} fps, transcode floor {fps['transcode floor']:.1f} fps,"
-        f" ratio {ratio:.2f}; lanes alone (fps): {lanes}; slowest lane: {slowest}"
-        f" ({fps[slowest] / fps['transcode floor']:.2f}x the floor)"
+        f"{name} {size}: media path {path.fps:.1f} fps, transcode floor {floor.fps:.1f} fps,"
+        f" ratio {path.fps / floor.fps:.2f}; lanes alone (fps): {lanes}; slowest lane: {slowest}"
+        f" ({runs[slowest].fps / floor.fps:.2f}x the floor); CPU ms a frame: floor {floor.cpu_ms:.1f},"
+        f" media path {path.cpu_ms:.1f}, face lanes alone {face_ms:.1f}"
+        f" ({', '.join(f'{lane} {runs[lane].cpu_ms:.1f}' for lane in FACE_LANES)}); with every core busy"
+        f" {GOAL_RATIO} allows {allowed_ms:.1f} ms of face work, {costliest} costs the most"
     )
 
 
@@ -228,9 +274,9 @@ def main() -> None:
                       pool if threads > 1 else None)  # fmt: skip
         for clip in clips_to_measure(args.clips, scratch, args.frames):
             info = probe_video(clip)
-            fps = measure_clip(clip, scratch, setup)
-            print(report_line(clip.stem, f"{info.width}x{info.height}", fps), flush=True)
-            ratio = fps["media path"] / fps["transcode floor"]
+            runs = measure_clip(clip, scratch, setup)
+            print(report_line(clip.stem, f"{info.width}x{info.height}", runs), flush=True)
+            ratio = runs["media path"].fps / runs["transcode floor"].fps
             worst = ratio if worst is None else min(worst, ratio)
     print(f"ratio to transcode floor: {worst:.2f}")
 

@@ -341,7 +341,8 @@ def test_a_still_and_a_frozen_video_of_it_give_the_same_frames(tmp_path):
 
 
 def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypatch):
-    """Where the machine has cores to spare, faces are cut and pasted on a pool: the output must not change."""
+    """Where the machine has cores to spare, frames are decoded ahead and faces cut and pasted on a pool:
+    the output must not change."""
     from concurrent.futures import ThreadPoolExecutor
 
     from latentsync_cli.bench.fidelity import read_video_frames
@@ -358,7 +359,13 @@ def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypat
             pooled_calls.append(function.__name__)
             return super().map(function, *iterables, **options)
 
+    class CountingReadAhead(lipsync.ReadAhead):
+        def __init__(self, items, depth):
+            pooled_calls.append("read-ahead")
+            super().__init__(items, depth)
+
     monkeypatch.setattr(lipsync, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(lipsync, "ReadAhead", CountingReadAhead)
     clip = make_face_clip(tmp_path / "clip.mp4", 0.6, size=(320, 240), preset="ultrafast")
     voice = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
     settings = SettingsRequest(mode="turbo", steps=1, device="cpu", window=8)
@@ -370,6 +377,6 @@ def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypat
         outputs.append(read_video_frames(output))
         if threads == 1:
             assert pooled_calls == []  # one thread: no pool at all
-    assert {"cut", "paste_crop"} <= set(pooled_calls)  # both lanes ran on the pool
+    assert {"cut", "paste_crop", "read-ahead"} <= set(pooled_calls)  # both lanes on the pool, decoding ahead
     assert len(outputs[0]) == len(outputs[1]) >= 15
     assert all(np.array_equal(a, b) for a, b in zip(*outputs))

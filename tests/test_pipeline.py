@@ -24,7 +24,7 @@ from latentsync_cli.media.video import read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor
 from latentsync_cli.models.weights import load_models
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
-from latentsync_cli.pipeline.overlap import run_overlapped
+from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
 from latentsync_cli.pipeline.windows import WindowInput, batches_of_equal_length, window_ranges, window_seed
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB
 from latentsync_cli.settings import RunSettings
@@ -337,6 +337,51 @@ def test_a_consumer_error_stops_an_endless_producer():
     with pytest.raises(OSError, match="disk full"):
         run_overlapped(lambda: itertools.count(), lambda items: items, consume)
     assert stage_threads_alive() == []
+
+
+def read_ahead_alive() -> bool:
+    return any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_read_ahead_gives_every_item_in_order_and_stays_within_its_depth():
+    taken = []
+
+    def items():
+        for item in range(20):
+            taken.append(item)
+            yield item
+
+    ahead = ReadAhead(items(), depth=3)
+    assert next(ahead) == 0
+    time.sleep(0.2)  # let it fill: the queue holds 3, the thread holds one more waiting to be put
+    assert len(taken) <= 1 + 3 + 1
+    assert [0, *ahead] == list(range(20))
+    ahead.close()
+    assert not read_ahead_alive()
+
+
+def test_read_ahead_raises_the_decoders_error_and_closing_it_early_closes_the_decoder():
+    def broken():
+        yield 1
+        raise ValueError("decoder broke")
+
+    ahead = ReadAhead(broken(), depth=2)
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(ahead)
+    ahead.close()
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    ahead = ReadAhead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # the reader stops early (another stage failed): the decoder is closed, the thread ends
+    assert closed.is_set() and not read_ahead_alive()
 
 
 def test_keyboard_interrupt_in_the_gpu_stage_stops_the_threads():

@@ -131,3 +131,47 @@ def _wait_for(thread: threading.Thread) -> None:
 def _stop_all(threads: tuple[StageThread, ...], timeout_s: float = 30.0) -> None:
     for thread in threads:
         thread.join(timeout_s)
+
+
+class ReadAhead:
+    """An iterator that runs `items` on a thread of its own, up to `depth` items ahead of its reader.
+
+    For the decoder: ffmpeg can only decode the next frame once the last one
+    has been read from its pipe, so without this decoding and face tracking
+    take turns on one thread. `close()` stops the thread and closes `items`
+    (a generator's `finally` runs there); an exception in `items` is raised
+    to the reader.
+    """
+
+    def __init__(self, items: Iterator[Any], depth: int):
+        self.items = items
+        self.stop = threading.Event()
+        self.queue = StageQueue(self.stop, depth)
+        self.stream = iter(self.queue)
+        self.thread = StageThread("read-ahead", self._fill, self.stop)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for item in self.items:
+                self.queue.put(item)
+        finally:
+            close = getattr(self.items, "close", None)
+            if close is not None:
+                close()
+        self.queue.put(_DONE)
+
+    def __iter__(self) -> ReadAhead:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.stream)
+        except Stopped:
+            if self.thread.error is not None:
+                raise self.thread.error from None
+            raise
+
+    def close(self) -> None:
+        self.stop.set()
+        _stop_all((self.thread,))

@@ -67,7 +67,7 @@ def choose_encoder(
     if requested == "libx264":
         return EncoderChoice("libx264", "libx264 requested")
     if requested == "auto" and device is not None and not device.startswith("cuda"):
-        return EncoderChoice("libx264", f"libx264: NVENC needs an NVIDIA GPU, this job runs on {device}")
+        return EncoderChoice("libx264", f"NVENC needs an NVIDIA GPU, this job runs on {device}")
     error = (nvenc_error or nvenc_open_error)()
     if error is None:
         return EncoderChoice("h264_nvenc", "h264_nvenc requested" if requested == "h264_nvenc" else "h264_nvenc opened")

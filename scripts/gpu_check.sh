@@ -12,6 +12,7 @@
 #   profile_<mode>   `latentsync profile --weights random` for normal, fast, turbo, ultra
 #   benchmark        `latentsync benchmark --quick --weights random` (2-second clips)
 #   profile_encoder_auto    profile normal with --encoder auto (a flag that may not exist yet)
+#   media_path       scripts/measure_media_path.py with the restore on the device: fps, transcode floor, ratio
 #   compile_<a>_graphs_<b>  profile normal with torch.compile and CUDA graphs on/off
 #                    (--optimization-level aggressive turns the graphs on, balanced off)
 #
@@ -58,10 +59,12 @@ if [ "$DRY_RUN" = 1 ]; then
     # 2 denoising steps per profile: normal mode's 20 take minutes even with the tiny model here.
     WEIGHTS=random-tiny DEVICE=cpu SECONDS_OF_CLIP=1 CLIP_SIZE="640,480" FEWER_STEPS=(--steps 2)
     BENCH=(--duration 0.5 --modes normal)
+    MEDIA_FRAMES=20
     export OMP_WAIT_POLICY=PASSIVE  # idle OpenMP threads would spin against the pipeline's own threads
 else
     WEIGHTS=random DEVICE=auto SECONDS_OF_CLIP=2 CLIP_SIZE="1080,1920" FEWER_STEPS=()
     BENCH=(--duration 2)
+    MEDIA_FRAMES=100
 fi
 CLIP=$WORK/face.mp4
 SPEECH=$WORK/speech.wav
@@ -182,6 +185,9 @@ done
 step benchmark 150 "${LATENTSYNC[@]}" benchmark --quick --weights "$WEIGHTS" --device "$DEVICE" --json \
     --report "$WORK/benchmark-report" "${BENCH[@]}"
 step profile_encoder_auto 75 "${PROFILE[@]}" --mode normal --encoder auto
+# The media path with the restore on the model's device, against the transcode floor (a generated 1080x1920 clip).
+step media_path 120 python3 "$REPO/scripts/measure_media_path.py" --clips "$WORK/no-clips" --frames "$MEDIA_FRAMES" \
+    --restore torch --device "$DEVICE"
 # Compiling takes longest, so it comes last: whatever the budget leaves.
 step compile_off_graphs_off 75 "${PROFILE[@]}" --mode normal --optimization-level balanced --no-compile
 step compile_off_graphs_on 75 "${PROFILE[@]}" --mode normal --optimization-level aggressive --no-compile

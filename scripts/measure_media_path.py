@@ -22,7 +22,7 @@ the worst clip's media path fps / transcode floor fps (1.0: the face work
 costs nothing; the GPU can only be starved by the media path below that).
 
     PYTHONPATH=src python3 scripts/measure_media_path.py [--clips DIR] [--frames 100]
-        [--encoder auto] [--restore opencv|torch] [--restore-threads N]
+        [--encoder auto] [--restore opencv|torch] [--restore-threads N] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Setup:
     crf: int
     restore: str  # "opencv" or "torch"
     pool: ThreadPoolExecutor | None
+    device: torch.device  # where the torch restore runs (the pipeline's: the model's device)
 
 
 def model_input(aligned: AlignedFace) -> np.ndarray:
@@ -94,8 +95,8 @@ def restore_batch(frames: list[np.ndarray], aligned: list[AlignedFace | None], s
     faces = torch.from_numpy(np.stack([model_input(aligned[index]) for index in found]))
     affines = [aligned[index].affine for index in found]
     if setup.restore == "torch":
-        stacked = torch.from_numpy(np.stack([frames[index] for index in found]))
-        restored = list(restore_faces_torch(stacked, faces, affines).numpy())
+        stacked = torch.from_numpy(np.stack([frames[index] for index in found])).to(setup.device)
+        restored = list(restore_faces_torch(stacked, faces.to(setup.device), affines).cpu().numpy())
     else:
         restored = restore_faces([frames[index] for index in found], faces, affines, pool=setup.pool)
     result = list(frames)
@@ -247,6 +248,12 @@ def clips_to_measure(folder: Path, scratch: Path, n_frames: int) -> list[Path]:
     return [make_face_clip(scratch / "generated_video.mp4", n_frames / 25 + 0.2, size=(1080, 1920))]
 
 
+def restore_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = Path(__file__).resolve().parents[1]
@@ -258,6 +265,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--crf", type=int, default=18)
     parser.add_argument("--restore", default="opencv", choices=("opencv", "torch"))
     parser.add_argument("--restore-threads", type=int, default=0, help="paste threads; 0: one per core (capped)")
+    parser.add_argument("--device", default="cpu", help="device of --restore torch: cpu, cuda, mps or auto")
     return parser.parse_args()
 
 
@@ -265,13 +273,13 @@ def main() -> None:
     args = parse_arguments()
     choice = choose_encoder(args.encoder)
     threads = args.restore_threads or paste_thread_count()
-    print(f"encoder {choice.name} ({choice.reason}); restore {args.restore}, {threads} paste thread(s);"
+    print(f"encoder {choice.name} ({choice.reason}); restore {args.restore} on {args.device}, {threads} paste thread(s);"
           f" {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     worst = None
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(threads) as pool:
         scratch = Path(folder)
         setup = Setup(args.frames, args.stride, choice.name, args.preset, args.crf, args.restore,
-                      pool if threads > 1 else None)  # fmt: skip
+                      pool if threads > 1 else None, restore_device(args.device))  # fmt: skip
         for clip in clips_to_measure(args.clips, scratch, args.frames):
             info = probe_video(clip)
             runs = measure_clip(clip, scratch, setup)

@@ -60,8 +60,15 @@ class ClusterOptions:
 class ShardWorker:
     """Runs shards and finalizes on one device, keeping the models of the last job (made a Ray actor)."""
 
-    def __init__(self):
+    def __init__(self, on_cpu: bool = False):
         self.cache = ModelCache()
+        if on_cpu:
+            # Ray gives a one-CPU actor OMP_NUM_THREADS=1, and a CPU kernel's numbers can depend on its
+            # thread count (the VAE encoder's do for some batch sizes): use the threads a `latentsync sync`
+            # process would, so that a shard computes what the single run does.
+            import torch
+
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
     def pid(self) -> int:
         return os.getpid()
@@ -236,7 +243,8 @@ class WorkerPool:
         self.size = count or max(gpus, 1)
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         self.actor_class = ray.remote(max_restarts=0, **resources)(ShardWorker)
-        self.idle = [self.actor_class.remote() for _ in range(self.size)]
+        self.on_cpu = not gpus
+        self.idle = [self.actor_class.remote(self.on_cpu) for _ in range(self.size)]
 
     def run(self, tasks: deque, on_done: Callable[[Task, object], None]) -> None:
         """Until the queue and every worker are empty; `on_done` may queue more tasks."""
@@ -251,7 +259,7 @@ class WorkerPool:
                 outcome = self.ray.get(ready[0])
             except self.ray.exceptions.RayActorError:  # the worker died: a new one takes the shard again
                 tasks.appendleft(task)
-                self.idle.append(self.actor_class.remote())
+                self.idle.append(self.actor_class.remote(self.on_cpu))
                 continue
             except self.ray.exceptions.RayTaskError as error:
                 outcome = _job_error(error)

@@ -114,14 +114,15 @@ def test_a_repeated_picture_is_found_and_aligned_once():
     try:
         affines = [locate.affine(number, picture) for number, picture in enumerate(pictures)]
         assert locate.detector.detector_runs == 3  # stride 1: once per new picture, not once per frame
-        faces = locate.faces(pictures, affines)
+        faces, sources = locate.faces(pictures, affines)
         with ThreadPoolExecutor(3) as pool:
-            pooled = locate.faces(pictures, affines, pool)
+            pooled, pooled_sources = locate.faces(pictures, affines, pool)
     finally:
         locate.close()
     assert affines[1] is affines[0] and affines[2] is affines[0] and affines[4] is affines[3]
     assert faces[1] is faces[0] and faces[2] is faces[0] and faces[4] is faces[3]
     assert faces[3] is not faces[0] and faces[5] is not faces[4]
+    assert sources == pooled_sources == [0, 0, 0, 3, 3, 5]  # each face's first face of its run
     # the moved picture's face sits 3 px further right in the frame, so its matrix moved with it
     assert affines[3][0, 2] != affines[0][0, 2]
     # cut on threads: the same crops, the same sharing

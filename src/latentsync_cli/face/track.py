@@ -92,8 +92,9 @@ class FaceLocator:
 
     def faces(
         self, frames: list[np.ndarray], affines: list[np.ndarray], pool: Executor | None = None
-    ) -> list[np.ndarray]:
-        """The aligned faces (R, R, 3) uint8 of `frames` with their matrices, in order.
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """The aligned faces (R, R, 3) uint8 of `frames` with their matrices, in order, and for each
+        face the index of the first face of its run of repeats.
 
         A frame that repeats the one before it with the same matrix gets the
         same array. The others are cut on `pool`'s threads when there is one
@@ -112,7 +113,7 @@ class FaceLocator:
 
         crops = list(pool.map(cut, distinct)) if pool is not None else [cut(index) for index in distinct]
         crop_of = dict(zip(distinct, crops))
-        return [crop_of[source] for source in sources]
+        return [crop_of[source] for source in sources], sources
 
     def close(self) -> None:
         if self.detector is not None:

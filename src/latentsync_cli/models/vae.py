@@ -97,11 +97,11 @@ def encode_latents(
     batch is smaller).
     """
     images = images.to(device=vae.device, dtype=vae.dtype)
+    distinct, rows = np.unique(sources, return_inverse=True) if sources is not None else (None, None)
     with torch.no_grad():
-        if sources is None or len(np.unique(sources)) == len(images):
+        if distinct is None or len(distinct) == len(images):
             distribution = vae.encode(images).latent_dist
         else:
-            distinct, rows = np.unique(sources, return_inverse=True)
             parameters = vae.encode(images[torch.from_numpy(distinct)]).latent_dist.parameters  # mean, log-variance
             distribution = DiagonalGaussianDistribution(parameters[torch.from_numpy(rows).to(images.device)])
         latents = distribution.sample(generator=generator)

@@ -318,14 +318,10 @@ class LipsyncPipeline:
                 face_frames.append(frame)
                 affines.append(affine)
             self.progress.advance(TASK_DECODE)
-        faces = []
+        faces, face_sources = [], []  # face_sources: a repeated picture is VAE-encoded once
         if crops_needed:  # a stored window needs no new crops, only its affines (to paste it back)
             with self.timer.stage("align", PRODUCER):
-                faces = locate.faces(face_frames, affines, self.cpu_pool)
-        # For each face, the first face of its run of identical crops (a repeated picture is encoded once).
-        face_sources = []
-        for number, face in enumerate(faces):
-            face_sources.append(face_sources[-1] if number > 0 and face is faces[number - 1] else number)
+                faces, face_sources = locate.faces(face_frames, affines, self.cpu_pool)
         return WindowInput(
             index=index,
             first_frame=frame_numbers.start,

@@ -7,7 +7,8 @@ the wall time and seconds per output second, then the turbo/normal ratios.
     python3 scripts/compare_modes.py                          # random-tiny weights on the CPU, 0.5 s clip
     python3 scripts/compare_modes.py --device cuda --weights auto --seconds 10 --json
 
-Both modes share the loaded models; they run in the order given by --modes,
+Each mode is a `sync` job run through the job API (prepare, claim, execute), as the
+command line runs it. The modes share the loaded models; they run in the order given by --modes,
 after one untimed warm-up run of the first mode (first-call costs would
 otherwise land on whichever mode runs first).
 """
@@ -19,21 +20,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from latentsync_cli.cli.settings_options import make_request
+from latentsync_cli.jobs.job import Job
+from latentsync_cli.jobs.models import ModelCache
+from latentsync_cli.jobs.run import run
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
-from latentsync_cli.models.weights import load_models
-from latentsync_cli.optimizers.precision import dtype_for
-from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
-from latentsync_cli.resolution import resolve_here
-from latentsync_cli.timing import StageTimer
+from latentsync_cli.settings.request import SettingsRequest
 
 
-def run_mode(models, mode: str, device: str, video: Path, audio: Path, folder: Path) -> dict:
-    settings = resolve_here(make_request(mode=mode, device=device), duration_s=None).settings
-    pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device))
+def run_mode(cache: ModelCache, mode: str, device: str, weights: str, video: Path, audio: Path, folder: Path) -> dict:
+    """One `sync` job of `mode`, through the job API as the command line runs it."""
     output = folder / f"{mode}.mp4"
-    output.unlink(missing_ok=True)
-    result = pipeline.run(SyncJob(video, audio, output, folder))
+    job = Job(video, audio, output, SettingsRequest(mode=mode, device=device), weights=weights, overwrite=True)
+    finished = run(job, cache)
+    settings, result = finished.prepared.resolved.settings, finished.result
     return {
         "mode": mode,
         "steps": settings.steps,
@@ -46,6 +45,7 @@ def run_mode(models, mode: str, device: str, video: Path, audio: Path, folder: P
         "stage_sum_s": round(result.stage_sum_s, 3),
         "seconds_per_output_second": round(result.seconds_per_output_second, 3),
         "frames": result.frames,
+        "weights": finished.weights.description,
     }
 
 
@@ -62,18 +62,17 @@ def main() -> None:
         folder = Path(name)
         video = make_face_clip(folder / "clip.mp4", args.seconds, size=(320, 240))
         audio = make_speech(folder / "voice.wav", args.seconds, use_espeak=False)
-        first = resolve_here(make_request(mode=args.modes[0], device=args.device)).settings
-        models = load_models(args.weights, None, first.device, dtype_for(first.precision), seed=0)
-        run_mode(models, args.modes[0], args.device, video, audio, folder)  # warm-up, not reported
-        rows = [run_mode(models, mode, args.device, video, audio, folder) for mode in args.modes]
+        cache = ModelCache()  # the models are loaded once and shared by the modes, as in a batch
+        run_mode(cache, args.modes[0], args.device, args.weights, video, audio, folder)  # warm-up, not reported
+        rows = [run_mode(cache, mode, args.device, args.weights, video, audio, folder) for mode in args.modes]
 
     baseline = rows[0]
     for row in rows:
         row["denoise_vs_first"] = round(row["denoise_s"] / baseline["denoise_s"], 3) if baseline["denoise_s"] else None
     if args.json:
-        print(json.dumps({"weights": models.description, "device": first.device, "runs": rows}, indent=2))
+        print(json.dumps({"weights": rows[0]["weights"], "device": args.device, "runs": rows}, indent=2))
         return
-    print(f"weights: {models.description}; device {first.device}")
+    print(f"weights: {rows[0]['weights']}; device {args.device}")
     header = ("mode", "steps", "scheduler", "guidance", "deepcache", "denoise_s", "wall_s", "s/out s", "denoise x")
     print("  ".join(f"{title:>10}" for title in header))
     for row in rows:

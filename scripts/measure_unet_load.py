@@ -44,8 +44,8 @@ def memory_now() -> dict:
 def child(step: str, path: str, dtype_name: str) -> dict:
     from safetensors.torch import save_file
 
-    from latentsync_cli.models.checkpoint import build_meta_unet, build_random_unet, load_unet
     from latentsync_cli.models.unet_config import UNetConfig
+    from latentsync_cli.weights.checkpoint import build_meta_unet, build_random_unet, load_unet
 
     config = UNetConfig.latentsync_1_6()
     dtype = DTYPES[dtype_name]

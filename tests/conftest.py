@@ -57,3 +57,23 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(name, str(home / name.lower()))
     monkeypatch.setenv("LATENTSYNC_CACHE_DIR", str(home / "latentsync-cache"))
     monkeypatch.delenv("LATENTSYNC_PRESETS", raising=False)
+
+
+class FrameList:
+    """A frame sink (pipeline.windows.FrameSink) that keeps the output frames in memory, before any encoding."""
+
+    def __init__(self):
+        self.frames: list = []
+        self.finished = self.aborted = False
+
+    def write(self, frame) -> None:
+        self.frames.append(frame.copy())
+
+    def end_of_frames(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        self.aborted = True

@@ -2,12 +2,13 @@ from dataclasses import replace
 
 import pytest
 
-from latentsync_cli.bench import cache
-from latentsync_cli.bench.auto import pick_from_benchmark
-from latentsync_cli.bench.results import BenchmarkEntry
-from latentsync_cli.device_record import DeviceRecord
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
+from latentsync_cli.benchmark_data import cache
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry
+from latentsync_cli.settings.benchmark_pick import pick_from_benchmark
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
 
 H100 = DeviceRecord(
     backend="cuda",

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from latentsync_cli import __version__
-from latentsync_cli.bench import cache
-from latentsync_cli.bench.results import BenchmarkEntry, CacheKey, CaseResult, StressSummary, WeightsInfo
-from latentsync_cli.device_record import DeviceRecord
+from latentsync_cli.benchmark_data import cache
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, CacheKey, CaseResult, StressSummary, WeightsInfo
+from latentsync_cli.settings.device_record import DeviceRecord
 
 
 @pytest.fixture

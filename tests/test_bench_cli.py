@@ -9,13 +9,14 @@ from dataclasses import dataclass
 import pytest
 
 from latentsync_cli import __version__
-from latentsync_cli.bench import cache
-from latentsync_cli.bench.auto import pick_from_benchmark
 from latentsync_cli.bench.runner import CPU_LABEL
+from latentsync_cli.benchmark_data import cache
 from latentsync_cli.cli import main
-from latentsync_cli.hardware import probe_devices
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import SettingsRequest, choose_device, resolve_settings
+from latentsync_cli.settings.benchmark_pick import pick_from_benchmark
+from latentsync_cli.settings.hardware import probe_devices
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import choose_device, resolve_settings
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 
 from latentsync_cli.bench.encoders import encode_and_read_back, first_frames, measure_encoder_parity
 from latentsync_cli.bench.metrics import clip_psnr
-from latentsync_cli.bench.results import EncoderParity
+from latentsync_cli.benchmark_data.entries import EncoderParity
 from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.media.synthetic import face_frames, make_face_clip
 

@@ -2,8 +2,8 @@ import pytest
 
 from latentsync_cli.bench.matrix import FULL_WINDOWS, plan_cases
 from latentsync_cli.constants import SCHEDULERS
-from latentsync_cli.device_record import Capabilities
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.device_record import Capabilities
+from latentsync_cli.settings.run_settings import RunSettings
 
 CPU = Capabilities(fp16=False, bf16=False, tf32=False, cuda_graphs=False, compile=False)
 H100 = Capabilities(fp16=True, bf16=True, tf32=True, cuda_graphs=True, compile=True)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from latentsync_cli.bench import report
-from latentsync_cli.bench.results import BenchmarkEntry, CaseResult
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, CaseResult
 
 
 def _config(name, mode, speed, ssim=None, full=20, cached=0):

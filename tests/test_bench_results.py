@@ -2,9 +2,9 @@
 
 import json
 
-from latentsync_cli.bench.results import BenchmarkEntry, CaseResult
-from latentsync_cli.device_record import DeviceRecord
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, CaseResult
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.run_settings import RunSettings
 
 H100 = DeviceRecord(
     backend="cuda",

@@ -2,17 +2,28 @@
 
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from clitools import leftovers
 
 from latentsync_cli.bench import runner
 from latentsync_cli.bench.matrix import plan_cases
-from latentsync_cli.bench.results import Measurements, UNetSteps
-from latentsync_cli.device_record import DeviceRecord, capabilities_of
+from latentsync_cli.benchmark_data.entries import Measurements, UNetSteps
 from latentsync_cli.errors import InputError, UsageError
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.jobs.job import Job
+from latentsync_cli.jobs.run import prepare
+from latentsync_cli.media.audio import load_audio
+from latentsync_cli.media.encode import choose_encoder
+from latentsync_cli.media.synthetic import make_face_clip, make_speech
+from latentsync_cli.models.audio_features import output_frame_count
+from latentsync_cli.settings.device_record import DeviceRecord, capabilities_of
+from latentsync_cli.settings.hardware import HardwareReport
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
 
 CPU = DeviceRecord(backend="cpu", name="Test CPU (2 cores)", total_memory_bytes=24_000_000_000)
@@ -112,9 +123,39 @@ def test_memory_watcher_and_stress_summary():
             time.sleep(0.001)
     measured = Measurements(4.0, 64, 4, 2.0, 0.5, 2.0, {}, {}, "denoise", UNetSteps(4, 0), None, 0.1)
     settings = RunSettings(window=16, windows_per_call=1)
-    summary = runner.stress_summary("normal", measured, settings, timer, watcher)
+    run = SimpleNamespace(trace=timer.chrome_trace())  # a SyncResult's spans
+    summary = runner.stress_summary("normal", measured, settings, run, watcher)
     assert summary.unet_calls == 4 and summary.throughput_drift is not None
     # A ragged last window is left out of the drift (4 calls -> 3 compared: too few for quarters).
-    ragged = runner.stress_summary("normal", replace(measured, frames=60), settings, timer, watcher)
+    ragged = runner.stress_summary("normal", replace(measured, frames=60), settings, run, watcher)
     assert ragged.throughput_drift is None
     assert summary.memory_growth_gb is not None
+
+
+def test_a_case_is_the_sync_job_of_its_flags_through_the_job_api(tmp_path, table, monkeypatch):
+    """The benchmark times what `sync` runs: each case is prepared, claimed and executed by the job API,
+    with the encoder and the speech a `sync` job with the same flags gets."""
+    video = make_face_clip(tmp_path / "clip.mp4", 0.2, size=(320, 240), preset="ultrafast")
+    audio = make_speech(tmp_path / "voice.wav", 0.2, use_espeak=False)
+    prepared_jobs = []
+
+    def recording_prepare(job, *args, **kwargs):
+        prepared_jobs.append(prepare(job, *args, **kwargs))
+        return prepared_jobs[-1]
+
+    monkeypatch.setattr(runner, "prepare", recording_prepare)
+    bases = {mode: replace(s, steps=runner.cpu_steps(s.steps)) for mode, s in runner.mode_settings(table, CPU, 7, ("turbo",)).items()}
+    [case] = [c for c in plan_cases("quick", bases, capabilities_of(CPU)) if c.name == "turbo+deepcache"]
+    case_runner = runner.CaseRunner(table, CPU, "random-tiny", None, 7, True, tmp_path)
+    result = case_runner.run(case, bases["turbo"], video, audio, tmp_path / "case.mp4")
+
+    [prepared] = prepared_jobs
+    flags = SettingsRequest(mode="turbo", quality="balanced", seed=7, device="cpu", steps=bases["turbo"].steps)
+    as_sync = prepare(Job(video, audio, tmp_path / "sync.mp4", flags, weights="random-tiny"), table,
+                      HardwareReport((CPU,)))  # fmt: skip
+    assert prepared.encoder == as_sync.encoder == choose_encoder("auto", device="cpu")
+    assert np.array_equal(prepared.speech, load_audio(audio)) and np.array_equal(prepared.speech, as_sync.speech)
+    assert prepared.resolved.settings == as_sync.resolved.settings
+    assert result.error is None and result.settings == prepared.resolved.settings.to_dict()
+    assert result.measured.frames == output_frame_count(prepared.speech.size)
+    assert (tmp_path / "case.mp4").is_file() and leftovers(tmp_path) == []  # written through a claim, none left

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from latentsync_cli.errors import ExitCode, WeightsError
-from latentsync_cli.models.checkpoint import (
+from latentsync_cli.models.motion import sinusoid_table
+from latentsync_cli.models.unet_config import UNetConfig
+from latentsync_cli.weights.checkpoint import (
     build_meta_unet,
     build_random_unet,
     compare_state_shapes,
@@ -16,8 +18,6 @@ from latentsync_cli.models.checkpoint import (
     load_unet,
     read_state_dict,
 )
-from latentsync_cli.models.motion import sinusoid_table
-from latentsync_cli.models.unet_config import UNetConfig
 
 TINY = UNetConfig.tiny()
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from test_weights import UNET_KEY, offline_empty_hub, tiny_dir, tiny_dir_template  # noqa: F401 (fixtures)
 
 from latentsync_cli.cli import main
-from test_weights import UNET_KEY, offline_empty_hub, tiny_dir, tiny_dir_template  # noqa: F401 (fixtures)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -123,6 +123,6 @@ def test_download_offline_imports_neither_torch_nor_diffusers(tmp_path):
     )
     assert done.returncode == 5
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "latentsync_cli.models.weight_files" in imported
+    assert "latentsync_cli.weights.files" in imported
     assert not imported & {"torch", "diffusers", "safetensors", "huggingface_hub"}
     assert _error_lines(done.stderr) == ["error: HF_HUB_OFFLINE is set: unset it to run `latentsync models download`"]

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from latentsync_cli.cli import main
-from latentsync_cli.hardware import probe_devices
-from latentsync_cli.presets import load_presets
+from latentsync_cli.settings.hardware import probe_devices
+from latentsync_cli.settings.presets import load_presets
 
 BROKEN = "[modes.fast]\nwindow = 30\n"
 

@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from latentsync_cli.cli import main
-from latentsync_cli.cli.settings_options import make_request
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.face.align import FaceAligner, crop_size
 from latentsync_cli.face.landmarks import MediapipeLandmarks
@@ -35,7 +34,8 @@ from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers.run_plan import build_run_plan
 from latentsync_cli.pipeline import SyncJob
-from latentsync_cli.resolution import resolve_here
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.resolution import resolve_here
 
 CLIP_SECONDS = 2.0
 FACELESS = (0.8, 1.2)  # seconds of the clip with no face: frames 20-29
@@ -231,8 +231,8 @@ def test_missing_weights_stop_with_the_weights_error_and_write_nothing(media, tm
 
 
 def test_turbo_and_normal_differ_in_steps_scheduler_and_deepcache():
-    normal = resolve_here(make_request(mode="normal", device="cpu")).settings
-    turbo = resolve_here(make_request(mode="turbo", device="cpu")).settings
+    normal = resolve_here(SettingsRequest(mode="normal", device="cpu")).settings
+    turbo = resolve_here(SettingsRequest(mode="turbo", device="cpu")).settings
     assert normal.steps > turbo.steps and normal.scheduler != turbo.scheduler
     assert (normal.deepcache, turbo.deepcache) == (False, True)
     unet, vae = UNet3DConditionModel(UNetConfig.tiny()), random_vae(tiny_vae_config(), seed=0)

@@ -21,8 +21,8 @@ from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, sta
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
-from latentsync_cli.jobs.run import Job
-from latentsync_cli.settings import SettingsRequest
+from latentsync_cli.jobs.job import Job
+from latentsync_cli.settings.request import SettingsRequest
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra `latentsync[ray]`")
 

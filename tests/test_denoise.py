@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentsync_cli.models.checkpoint import load_unet
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise
+from latentsync_cli.weights.checkpoint import load_unet
 
 ATOL = 2e-3
 GUIDANCE = 1.5

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
+from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
 
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.restore import faces_to_crops, paste_crop, paste_thread_count, restore_face, restore_faces
 from latentsync_cli.face.restore_torch import restore_backend_for, restore_faces_torch
-from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
 
 
 def restore_one_with_torch(frame: np.ndarray, face, affine) -> np.ndarray:

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from latentsync_cli.device_record import DeviceRecord, auto_precision, capabilities_of, classify
-from latentsync_cli.hardware import probe_devices, visible_nvml_indices
-from latentsync_cli.presets import load_presets
+from latentsync_cli.settings.device_record import DeviceRecord, auto_precision, capabilities_of, classify
+from latentsync_cli.settings.hardware import probe_devices, visible_nvml_indices
+from latentsync_cli.settings.presets import load_presets
 
 MIB = 1024 * 1024
 

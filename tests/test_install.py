@@ -8,11 +8,11 @@ mediapipe requires opencv-contrib-python, so the project depends on that one too
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "src" / "latentsync_cli"

@@ -28,7 +28,6 @@ from latentsync_cli.jobs.scratch import (
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
-OPTIONS = frozenset({"mode", "quality", "steps"})
 
 
 def test_check_output_refuses_existing_without_overwrite(tmp_path):
@@ -85,7 +84,7 @@ def test_the_claim_of_a_killed_job_is_taken_over(tmp_path):
 def test_read_batch_csv_resolves_paths_and_keeps_options(tmp_path):
     manifest = tmp_path / "jobs.csv"
     manifest.write_text("video,audio,output,mode\nclips/a.mp4,a.wav,out/a.mp4,turbo\n/abs/b.mp4,,,\n")
-    jobs = read_manifest(manifest, OPTIONS)
+    jobs = read_manifest(manifest)
     assert [job.number for job in jobs] == [1, 2]
     assert jobs[0].video == tmp_path / "clips" / "a.mp4"
     assert jobs[0].audio == tmp_path / "a.wav"
@@ -99,7 +98,7 @@ def test_read_batch_jsonl(tmp_path):
     manifest = tmp_path / "jobs.jsonl"
     lines = [{"video": "a.mp4", "steps": 4}, {"video": "b.mp4", "output": "b_out.mp4"}]
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
-    jobs = read_manifest(manifest, OPTIONS)
+    jobs = read_manifest(manifest)
     assert jobs[0].options == {"steps": "4"}
     assert jobs[1].output == tmp_path / "b_out.mp4"
 
@@ -108,31 +107,29 @@ def test_read_batch_refuses_escaping_outputs_unknown_columns_and_bad_json(tmp_pa
     escaping = tmp_path / "escape.csv"
     escaping.write_text("video,output\na.mp4,../../elsewhere.mp4\n")
     with pytest.raises(UsageError, match="leaves the batch folder"):
-        read_manifest(escaping, OPTIONS)
+        read_manifest(escaping)
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("video,colour\na.mp4,red\n")
     with pytest.raises(UsageError, match="unknown column 'colour'"):
-        read_manifest(unknown, OPTIONS)
+        read_manifest(unknown)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"video": "a.mp4"}\n{not json\n')
     with pytest.raises(UsageError, match="line 2"):
-        read_manifest(broken, OPTIONS)
+        read_manifest(broken)
     text_file = tmp_path / "jobs.txt"
     text_file.write_text("video\n")
     with pytest.raises(UsageError, match="unknown batch file type"):
-        read_manifest(text_file, OPTIONS)
+        read_manifest(text_file)
 
 
-def test_store_round_trip_and_resume_count(tmp_path):
-    faces = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+def test_store_round_trip(tmp_path):
+    faces = np.arange(2 * 3 * 4 * 4, dtype=np.float16).reshape(2, 3, 4, 4)
     with WorkDirStore(tmp_path / "work", fingerprint="abc") as store:
-        store.save(0, faces=faces, has_face=np.array([True, False]))
+        store.save_window(0, faces, np.array([True, False, True]))
         assert store.has(0) and not store.has(1)
     again = WorkDirStore(tmp_path / "work", fingerprint="abc")
-    loaded = again.load(0)
-    np.testing.assert_array_equal(loaded["faces"], faces)
-    assert loaded["has_face"].tolist() == [True, False]
-    assert again.resumed_windows == 1
+    np.testing.assert_array_equal(again.load_faces(0), faces)
+    assert again.load_flags(0).tolist() == [True, False, True]
 
 
 def test_store_clears_windows_of_another_job(tmp_path):
@@ -272,9 +269,11 @@ def test_source_tree_loads_checkpoints_as_weights_only_and_never_uses_a_shell():
 
 def test_the_job_api_runs_a_job_without_the_cli(tmp_path):
     """What a Ray worker or another program calls: no typer, no rich, warnings and progress by callback."""
-    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.jobs.job import Job
+    from latentsync_cli.jobs.models import ModelCache
+    from latentsync_cli.jobs.run import run
     from latentsync_cli.media.synthetic import make_face_clip, make_speech
-    from latentsync_cli.settings import SettingsRequest
+    from latentsync_cli.settings.request import SettingsRequest
 
     clip = make_face_clip(tmp_path / "clip.mp4", 0.3, size=(320, 240), preset="ultrafast")
     voice = make_speech(tmp_path / "voice.wav", 0.3, use_espeak=False)
@@ -311,11 +310,13 @@ def test_a_still_and_a_frozen_video_of_it_give_the_same_frames(tmp_path):
     import imageio_ffmpeg
 
     from latentsync_cli.bench.fidelity import read_video_frames
-    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.jobs.job import Job
+    from latentsync_cli.jobs.models import ModelCache
+    from latentsync_cli.jobs.run import run
     from latentsync_cli.media.synthetic import make_speech, make_still_image
     from latentsync_cli.media.video import read_frames
     from latentsync_cli.progress import NoProgress
-    from latentsync_cli.settings import SettingsRequest
+    from latentsync_cli.settings.request import SettingsRequest
 
     still = make_still_image(tmp_path / "portrait.png", size=(256, 320))
     frozen = tmp_path / "frozen.mkv"  # lossless RGB: its decoded frames are the PNG's pixels
@@ -346,11 +347,13 @@ def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypat
     from concurrent.futures import ThreadPoolExecutor
 
     from latentsync_cli.bench.fidelity import read_video_frames
-    from latentsync_cli.jobs.run import Job, ModelCache, run
+    from latentsync_cli.jobs.job import Job
+    from latentsync_cli.jobs.models import ModelCache
+    from latentsync_cli.jobs.run import run
     from latentsync_cli.media.synthetic import make_face_clip, make_speech
     from latentsync_cli.pipeline import lipsync
     from latentsync_cli.progress import NoProgress
-    from latentsync_cli.settings import SettingsRequest
+    from latentsync_cli.settings.request import SettingsRequest
 
     pooled_calls = []
 

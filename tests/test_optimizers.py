@@ -18,22 +18,23 @@ from diffusers import (
 )
 from torch._dynamo.utils import counters
 
+from latentsync_cli.advice import bottleneck_verdict
 from latentsync_cli.errors import DeviceMemoryError
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
-from latentsync_cli.models.weights import load_models
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, OptimizationLog
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings
 from latentsync_cli.optimizers.run_plan import build_run_plan
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.optimizers.torch_switches import torch_switches
-from latentsync_cli.pipeline import LipsyncPipeline, NoStore
+from latentsync_cli.pipeline import LipsyncPipeline
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
-from latentsync_cli.pipeline.windows import WindowInput
-from latentsync_cli.settings import RunSettings
-from latentsync_cli.timing import StageTimer, bottleneck_verdict, critical_path
+from latentsync_cli.pipeline.windows import WindowInput, WindowPlan
+from latentsync_cli.settings.run_settings import RunSettings
+from latentsync_cli.timing import StageTimer, critical_path
+from latentsync_cli.weights.load import load_models
 
 CPU = torch.device("cpu")
 
@@ -124,7 +125,7 @@ def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], Li
         affines=[np.eye(2, 3)],
     )
     try:
-        pipeline.generate_windows([window], faces, NoStore())
+        pipeline.generate_windows([window], faces, WindowPlan.everything([range(1)]))
     finally:
         hook.remove()
     return seen, pipeline

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import tomllib
 
-import pytest
-
-from latentsync_cli import presets as presets_module
 from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
 from latentsync_cli.errors import ConfigError, ExitCode
-from latentsync_cli.presets import build_table, deep_merge, load_presets, locate_preset_files
+from latentsync_cli.settings import presets as presets_module
+from latentsync_cli.settings.presets import build_table, deep_merge, load_presets, locate_preset_files
 
 
 @pytest.fixture
@@ -203,9 +202,9 @@ def test_a_folder_named_as_the_presets_file_is_a_config_error(tmp_path, no_user_
 
 def test_the_range_checks_match_the_unet(builtin):
     """deepcache_branch names a skip tensor: the limit is the real UNet's, 0 .. num_skips - 1."""
-    from latentsync_cli.limits import LIMITS
-    from latentsync_cli.models.checkpoint import build_meta_unet
     from latentsync_cli.models.unet_config import UNetConfig
+    from latentsync_cli.settings.limits import LIMITS
+    from latentsync_cli.weights.checkpoint import build_meta_unet
 
     unet = build_meta_unet(UNetConfig.latentsync_1_6())
     assert (LIMITS["deepcache_branch"].minimum, LIMITS["deepcache_branch"].maximum) == (0, unet.num_skips - 1)

@@ -14,7 +14,7 @@ import threading
 import pytest
 from rich.console import Console
 
-from latentsync_cli.cli.progress import (
+from latentsync_cli.cli.displays import (
     LINE_PATTERN,
     JsonProgress,
     LineProgress,
@@ -56,7 +56,7 @@ def parsed(line: str) -> dict:
 
 
 def test_the_documented_pattern_is_the_one_in_the_module_and_its_docstring():
-    import latentsync_cli.cli.progress as progress
+    import latentsync_cli.cli.displays as progress
 
     assert LINE_PATTERN.pattern == DOCUMENTED_LINE.pattern
     assert DOCUMENTED_LINE.pattern in progress.__doc__

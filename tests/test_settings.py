@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 
 import pytest
+import tomllib
 
-from latentsync_cli import presets as presets_module
-
-from latentsync_cli.errors import ExitCode, UsageError
 from latentsync_cli.constants import SCHEDULERS
-from latentsync_cli.device_record import DeviceRecord, capabilities_of
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import (
+from latentsync_cli.errors import ExitCode, UsageError
+from latentsync_cli.settings import presets as presets_module
+from latentsync_cli.settings.device_record import DeviceRecord, capabilities_of
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.run_settings import (
     NO_BENCHMARK_NOTE,
     SOURCE_BENCHMARK,
     SOURCE_DEFAULT,
@@ -238,8 +237,8 @@ def test_the_most_steps_allowed_resolve_for_every_scheduler(scheduler):
 def test_the_steps_bound_is_the_most_every_scheduler_can_place():
     """At the bound every scheduler's timesteps are trained ones (0..999); one step more and one is not."""
     from latentsync_cli.constants import TRAIN_TIMESTEPS
-    from latentsync_cli.limits import MAX_STEPS
     from latentsync_cli.optimizers.schedulers import make_scheduler
+    from latentsync_cli.settings.limits import MAX_STEPS
 
     def highest_timestep(steps: int) -> int:
         return max(int(make_scheduler(name, steps).timesteps.max()) for name in SCHEDULERS)

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from latentsync_cli.errors import WeightsError
-from latentsync_cli.models.checkpoint import build_meta_unet, build_random_unet, load_unet
 from latentsync_cli.models.motion import sinusoid_table
 from latentsync_cli.models.unet import FeatureCache, UNet3DConditionModel
 from latentsync_cli.models.unet_blocks import FrameGroupNorm
 from latentsync_cli.models.unet_config import UNetConfig
+from latentsync_cli.weights.checkpoint import build_meta_unet, build_random_unet, load_unet
 
 TINY = UNetConfig.tiny()
 

@@ -21,13 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.checkpoint import expected_state_shapes
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
-from latentsync_cli.models.weight_files import check_weights_available, find_weight_files, locate_weights
-from latentsync_cli.models.weights import Architecture, load_models, read_state_shapes, verify_weights
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
+from latentsync_cli.weights.checkpoint import expected_state_shapes
+from latentsync_cli.weights.files import check_weights_available, find_weight_files, locate_weights
+from latentsync_cli.weights.load import load_models
+from latentsync_cli.weights.verify import Architecture, read_state_shapes, verify_weights
 
 UNET_KEY = "conv_in.weight"
 VAE_ATTENTION = "encoder.mid_block.attentions.0"
@@ -284,7 +285,7 @@ def test_a_checkpoint_dir_without_vae_takes_the_vae_from_the_hub_cache(tiny_dir,
 CHECK_IN_A_FRESH_PROCESS = """
 import json, sys
 from latentsync_cli.errors import WeightsError
-from latentsync_cli.models.weight_files import check_weights_available
+from latentsync_cli.weights.files import check_weights_available
 try:
     check_weights_available(sys.argv[1], None)
     message = None

@@ -21,3 +21,11 @@ FPS = 25
 # Where the weights come from: the real checkpoint (found or downloaded), or seeded random weights
 # of the full-size or the tiny architecture (timing and tests only).
 WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
+
+# The seed of a run when none is given (upstream's inference scripts use it too).
+DEFAULT_SEED = 1247
+
+# How a video shorter than the speech continues (media/video.py), and which face is taken when a frame
+# has several (face/landmarks.py).
+LOOP_MODES = ("pingpong", "loop", "freeze")
+FACE_CHOICES = ("largest", "center")

@@ -18,7 +18,7 @@ import numpy as np
 
 from latentsync_cli.bench.fidelity import read_video_frames
 from latentsync_cli.bench.metrics import clip_psnr
-from latentsync_cli.bench.results import EncoderParity
+from latentsync_cli.benchmark_data.entries import EncoderParity
 from latentsync_cli.constants import FPS
 from latentsync_cli.media.encode import DEFAULT_CRF, DEFAULT_X264_PRESET, EncoderChoice, VideoEncoder
 from latentsync_cli.media.video import read_frames

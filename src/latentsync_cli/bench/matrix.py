@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
-from latentsync_cli.device_record import Capabilities
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.device_record import Capabilities
+from latentsync_cli.settings.run_settings import RunSettings
 
 LEVELS = ("quick", "full", "stress")
 FULL_WINDOWS = (8, 12, 16, 20, 24)

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from latentsync_cli.bench import metrics
-from latentsync_cli.bench.results import BenchmarkEntry, BenchmarkInput, CaseResult, StressSummary
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, BenchmarkInput, CaseResult, StressSummary
 from latentsync_cli.errors import OutputError
 
 STAGES = ("landmarks", "vae", "denoise", "restore", "encode")

@@ -2,9 +2,13 @@
 
 The inputs are made here (a real face photo moving over frames and a
 speech-like signal, in a temporary folder removed afterwards) unless the user
-gives a clip. The models are loaded once per precision. The first case is
-the reference (`normal` at this device's settings); with real weights every
-other case's output is compared with its output in the mouth region.
+gives a clip. Every case is a `sync` job run through the job API, exactly as
+`latentsync sync` runs it (prepare -> claim_output -> execute: the job's own
+encoder choice, its speech decoded once, its output claimed), with the one
+model cache of jobs/models.py, which loads the models once per precision and
+hands each case its models in a known state. The first case is the reference
+(`normal` at this device's settings); with trained weights every other case's
+output is compared with its output in the mouth region.
 
 The result is one `BenchmarkEntry` (bench/results.py), which the cache stores
 and the report reads.
@@ -12,7 +16,6 @@ and the report reads.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -22,14 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from latentsync_cli.bench import cache, metrics
+from latentsync_cli.bench import metrics
 from latentsync_cli.bench.encoders import measure_encoder_parity
 from latentsync_cli.bench.fidelity import ReferenceOutput
 from latentsync_cli.bench.matrix import BenchCase, plan_cases
-from latentsync_cli.bench.results import (
+from latentsync_cli.benchmark_data import cache
+from latentsync_cli.benchmark_data.entries import (
     BenchmarkEntry,
     BenchmarkInput,
     CaseResult,
@@ -37,20 +42,25 @@ from latentsync_cli.bench.results import (
     Measurements,
     StressSummary,
     UNetSteps,
-    WeightsInfo,
 )
-from latentsync_cli.constants import FPS
-from latentsync_cli.device_record import DeviceRecord, capabilities_of
+from latentsync_cli.constants import DEFAULT_SEED, FPS
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
+from latentsync_cli.jobs.job import Job
+from latentsync_cli.jobs.models import ModelCache
+from latentsync_cli.jobs.run import claim_output, execute, prepare
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
-from latentsync_cli.models.weight_files import locate_weights
-from latentsync_cli.models.weights import ModelBundle, load_models
-from latentsync_cli.optimizers.precision import dtype_for
-from latentsync_cli.presets import PresetTable
-from latentsync_cli.settings import RunSettings, SettingsRequest, resolve_settings
-from latentsync_cli.timing import StageTimer
+from latentsync_cli.settings.device_record import DeviceRecord, capabilities_of
+from latentsync_cli.settings.hardware import HardwareReport
+from latentsync_cli.settings.presets import PresetTable
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
+from latentsync_cli.weights.files import locate_weights
+from latentsync_cli.weights.info import WeightsInfo
+
+if TYPE_CHECKING:
+    from latentsync_cli.pipeline import SyncResult
 
 CPU_LABEL = "CPU, tiny model: not representative"
 RANDOM_WEIGHTS_NOTE = (
@@ -60,11 +70,9 @@ RANDOM_WEIGHTS_NOTE = (
 )
 DEFAULT_DURATION_S = {"gpu": 10.0, "cpu": 0.5}  # CPU: one 16-frame window per mode
 STRESS_DURATION_S = {"gpu": 120.0, "cpu": 4.0}
-# On a CPU even the tiny model is slow: the steps are scaled down (keeping the modes'
-# order) and the faces are made at 128 px (16 x 16 latents) instead of the tiny model's 256.
+# On a CPU even the tiny model is slow: the steps are scaled down (keeping the modes' order).
 CPU_STEP_SCALE = 0.15
 CPU_MIN_STEPS = 2
-CPU_FACE_RESOLUTION = 128
 MEMORY_SAMPLE_INTERVAL_S = 0.25
 WARM_UP_DURATION_S = 0.3
 
@@ -87,7 +95,7 @@ class BenchmarkRequest:
     checkpoint_dir: Path | None = None
     video: Path | None = None
     audio: Path | None = None
-    seed: int = 1247
+    seed: int = DEFAULT_SEED
     modes: tuple[str, ...] = ()  # () = every mode of the table; the reference mode is always measured
 
 
@@ -111,21 +119,21 @@ def run_benchmark(
     duration_s = request.duration_s or _default_duration(request.level, on_cpu)
 
     workspace = Path(tempfile.mkdtemp(prefix="latentsync-benchmark-"))
-    models = ModelCache(weights, request.checkpoint_dir, device, request.seed, on_cpu)
+    runner = CaseRunner(table, device, weights, request.checkpoint_dir, request.seed, on_cpu, workspace)
     try:
         video, audio, source = prepare_inputs(workspace, request, duration_s)
         progress(f"input: {source.describe()}")
         if on_cpu:
             progress("warming up")
-            warm_up(cases[0], bases[cases[0].mode], models, workspace, device)
-        results = measure_cases(cases, bases, models, video, audio, workspace, device, request.level, progress)
+            warm_up(cases[0], bases, runner)
+        results = measure_cases(cases, bases, runner, video, audio, request.level, progress)
         encoders = compare_encoders(video, workspace, device, progress)
         # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
         results = [replace(result, mode_steps=mode_steps[result.mode]) for result in results]
         frames = next((result.measured.frames for result in results if result.measured is not None), source.frames)
-        weights_info = models.info()
+        weights_info = runner.weights_info or WeightsInfo(weights, weights, "", weights != "checkpoint")
     finally:
-        models.release()
+        runner.models.release()
         shutil.rmtree(workspace, ignore_errors=True)
 
     return BenchmarkEntry(
@@ -148,36 +156,32 @@ def run_benchmark(
 def measure_cases(
     cases: list[BenchCase],
     bases: dict[str, RunSettings],
-    models: ModelCache,
+    runner: CaseRunner,
     video: Path,
     audio: Path,
-    workspace: Path,
-    device: DeviceRecord,
     level: str,
     progress: Callable[[str], None],
 ) -> list[CaseResult]:
     """Run every case; on a GPU each one runs twice and the second run is measured.
 
-    The first case is the reference: with real weights, every output is
+    The first case is the reference: with trained weights, every output is
     compared with its output.
     """
-    warm_each = device.backend != "cpu"  # first GPU runs pay for kernel selection and compilation
+    warm_each = not runner.on_cpu  # first GPU runs pay for kernel selection and compilation
     results = []
     reference: ReferenceOutput | None = None
     for number, case in enumerate(cases, start=1):
-        settings = case.settings(bases[case.mode])
         progress(f"[{number}/{len(cases)}] {case.name}")
-        bundle = models.get(settings.precision)
-        output = workspace / f"case-{number:03d}.mp4"
+        output = runner.workspace / f"case-{number:03d}.mp4"
         first_run_s = None
         if warm_each:
-            first = run_case(case, settings, bundle, video, audio, output, device)
+            first = runner.run(case, bases[case.mode], video, audio, output)
             first_run_s = first.measured.wall_s if first.measured is not None else None
             output.unlink(missing_ok=True)
-        watcher = MemoryWatcher(torch.device(device.torch_device)) if level == "stress" else None
-        result = run_case(case, settings, bundle, video, audio, output, device, watcher)
+        watcher = MemoryWatcher(torch.device(runner.device.torch_device)) if level == "stress" else None
+        result = runner.run(case, bases[case.mode], video, audio, output, watcher)
         fidelity = fidelity_error = None
-        if not bundle.is_random and result.error is None:
+        if runner.weights_info is not None and not runner.weights_info.is_random and result.error is None:
             try:
                 if number == 1:
                     reference = ReferenceOutput(output)
@@ -185,7 +189,7 @@ def measure_cases(
                     fidelity = reference.compare(output)
             except ValueError as error:  # no face in the reference output, or a frame count mismatch
                 fidelity_error = str(error)
-        label = CPU_LABEL if device.backend == "cpu" else ""
+        label = CPU_LABEL if runner.on_cpu else ""
         result = replace(result, first_run_s=first_run_s, fidelity=fidelity, fidelity_error=fidelity_error, label=label)
         output.unlink(missing_ok=True)
         results.append(result)
@@ -205,13 +209,13 @@ def compare_encoders(
     return parity
 
 
-def warm_up(case: BenchCase, settings: RunSettings, models: ModelCache, workspace: Path, device: DeviceRecord) -> None:
+def warm_up(case: BenchCase, bases: dict[str, RunSettings], runner: CaseRunner) -> None:
     """One short unmeasured run, so that one-time start-up costs do not land on the first case."""
-    folder = workspace / "warm-up"
+    folder = runner.workspace / "warm-up"
     folder.mkdir()
     video = make_face_clip(folder / "face.mp4", WARM_UP_DURATION_S, preset="ultrafast")
     audio = make_speech(folder / "speech.wav", WARM_UP_DURATION_S)
-    run_case(case, settings, models.get(settings.precision), video, audio, folder / "out.mp4", device)
+    runner.run(case, bases[case.mode], video, audio, folder / "out.mp4")
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -308,91 +312,66 @@ def prepare_inputs(workspace: Path, request: BenchmarkRequest, duration_s: float
     return video, audio, source
 
 
-# --- models ----------------------------------------------------------------------------------
-
-
-class ModelCache:
-    """The models for one precision at a time (a full-size UNet in each precision would not all fit)."""
-
-    def __init__(self, weights: str, checkpoint_dir: Path | None, device: DeviceRecord, seed: int, on_cpu: bool):
-        self.weights = weights
-        self.checkpoint_dir = checkpoint_dir
-        self.device = device
-        self.seed = seed
-        self.on_cpu = on_cpu
-        self.precision: str | None = None
-        self.bundle: ModelBundle | None = None
-
-    def get(self, precision: str) -> ModelBundle:
-        if self.bundle is None or precision != self.precision:
-            self.release()
-            bundle = load_models(
-                self.weights, self.checkpoint_dir, self.device.torch_device, dtype_for(precision), self.seed
-            )
-            if self.on_cpu:
-                bundle = replace(bundle, resolution=CPU_FACE_RESOLUTION)
-            self.bundle, self.precision = bundle, precision
-        return self.bundle
-
-    def info(self) -> WeightsInfo:
-        bundle = self.bundle
-        if bundle is None:
-            return WeightsInfo(id=self.weights, description="", is_random=self.weights != "checkpoint")
-        description = bundle.description
-        if self.on_cpu:
-            description += f"; faces at {bundle.resolution} px to keep the CPU run short"
-        return WeightsInfo(id=bundle.weights_id, description=description, is_random=bundle.is_random)
-
-    def release(self) -> None:
-        self.bundle = None
-        if self.device.backend == "cuda":
-            gc.collect()  # the last case's pipeline (captured CUDA graphs, compiled code) still holds memory
-            torch.cuda.empty_cache()
-
-
 # --- one case --------------------------------------------------------------------------------
 
 
-def run_case(
-    case: BenchCase,
-    settings: RunSettings,
-    bundle: ModelBundle,
-    video: Path,
-    audio: Path,
-    output: Path,
-    device: DeviceRecord,
-    watcher: MemoryWatcher | None = None,
-) -> CaseResult:
-    """One pipeline run of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
-    from latentsync_cli.pipeline import LipsyncPipeline, SyncJob  # heavy imports, needed only here
-
-    result = CaseResult(name=case.name, mode=case.mode, changes=dict(case.changes), settings=settings.to_dict())
-    timer = StageTimer(torch.device(device.torch_device))
-    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=output.parent))
-    if settings.compile:
-        # Each case compiles as a fresh `sync` would; otherwise the cases' graphs pile up
-        # in dynamo's cache until its size limit silently sends later cases back to eager.
-        torch._dynamo.reset()
-    try:
-        if watcher is not None:
-            watcher.start()
-        pipeline = LipsyncPipeline(bundle, settings, timer)
-        sync = pipeline.run(SyncJob(video=video, audio=audio, output=output, scratch_dir=scratch))
-    except DeviceMemoryError as error:
-        return replace(result, error=f"out of memory: {error.message}")
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        # The out-of-memory ladder's last rung leaves the models on the CPU; the next case needs them back.
-        bundle.unet.to(device.torch_device)
-        bundle.vae.to(device.torch_device)
-        shutil.rmtree(scratch, ignore_errors=True)
-    measured = measurements(sync)
-    stress = None if watcher is None else stress_summary(case.name, measured, settings, timer, watcher)
-    return replace(result, measured=measured, stress=stress)
+def case_request(case: BenchCase, base: RunSettings, seed: int, device: DeviceRecord, on_cpu: bool) -> SettingsRequest:
+    """The `sync` flags of one case: its mode at quality balanced, and each setting the case changes."""
+    steps = base.steps if on_cpu else None  # on a CPU: the scaled-down steps (cpu_steps) as an explicit flag
+    return SettingsRequest(mode=case.mode, quality="balanced", seed=seed, device=device.torch_device, steps=steps,
+                           **case.changes)  # fmt: skip
 
 
-def measurements(sync) -> Measurements:
+class CaseRunner:
+    """Runs the cases of one benchmark as `sync` jobs, through the job API, with one model cache."""
+
+    def __init__(self, table: PresetTable, device: DeviceRecord, weights: str, checkpoint_dir: Path | None,
+                 seed: int, on_cpu: bool, workspace: Path):  # fmt: skip
+        self.table = table
+        self.device = device
+        self.hardware = HardwareReport((device,))
+        self.weights = weights
+        self.checkpoint_dir = checkpoint_dir
+        self.seed = seed
+        self.on_cpu = on_cpu
+        self.workspace = workspace
+        self.models = ModelCache()
+        self.weights_info: WeightsInfo | None = None  # what the cases ran with, once one has run
+
+    def job(self, case: BenchCase, base: RunSettings, video: Path, audio: Path, output: Path) -> Job:
+        request = case_request(case, base, self.seed, self.device, self.on_cpu)
+        return Job(video, audio, output, request, weights=self.weights, checkpoint_dir=self.checkpoint_dir,
+                   overwrite=True)  # fmt: skip
+
+    def run(
+        self, case: BenchCase, base: RunSettings, video: Path, audio: Path, output: Path,
+        watcher: MemoryWatcher | None = None,
+    ) -> CaseResult:  # fmt: skip
+        """One `sync` job of `case`, measured. An out-of-memory case is recorded as failed, not fatal."""
+        prepared = prepare(self.job(case, base, video, audio, output), self.table, self.hardware)
+        settings = prepared.resolved.settings
+        result = CaseResult(name=case.name, mode=case.mode, changes=dict(case.changes), settings=settings.to_dict())
+        if settings.compile:
+            # Each case compiles as a fresh `sync` would; otherwise the cases' graphs pile up
+            # in dynamo's cache until its size limit silently sends later cases back to eager.
+            torch._dynamo.reset()
+        try:
+            if watcher is not None:
+                watcher.start()
+            with claim_output(prepared) as scratch:
+                finished = execute(prepared, self.models.get(prepared), scratch)
+        except DeviceMemoryError as error:
+            return replace(result, error=f"out of memory: {error.message}")
+        finally:
+            if watcher is not None:
+                watcher.stop()
+        self.weights_info = finished.weights
+        measured = measurements(finished.result)
+        stress = None if watcher is None else stress_summary(case.name, measured, settings, finished.result, watcher)
+        return replace(result, measured=measured, stress=stress)
+
+
+def measurements(sync: SyncResult) -> Measurements:
     """Speed, stage split, UNet steps, peak memory and optimizations of one SyncResult."""
     peak_gpu = sync.peak_gpu_bytes
     return Measurements(
@@ -470,13 +449,13 @@ def resident_bytes() -> int:
 
 
 def stress_summary(
-    name: str, measured: Measurements, settings: RunSettings, timer: StageTimer, watcher: MemoryWatcher
+    name: str, measured: Measurements, settings: RunSettings, sync: SyncResult, watcher: MemoryWatcher
 ) -> StressSummary:
     """Throughput drift (denoise time per UNet call, last quarter vs first) and memory growth over the run.
 
     A shorter last window would look like a speed-up, so only full-size calls are compared.
     """
-    denoise_spans = [span.duration_s for span in timer.spans() if span.stage == "denoise"]
+    denoise_spans = [event["dur"] / 1e6 for event in sync.trace if event["name"] == "denoise"]
     frames_per_call = settings.window * settings.windows_per_call
     full_calls = denoise_spans
     if measured.frames % frames_per_call != 0:

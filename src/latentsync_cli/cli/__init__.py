@@ -65,7 +65,7 @@ def _register_commands() -> None:
         preset_commands,
         sync_commands,
     )
-    from latentsync_cli.cli.job_options import accepting_message_flags
+    from latentsync_cli.cli.options import accepting_message_flags
 
     app.add_typer(preset_commands.app, name="presets")
     app.add_typer(model_commands.app, name="models")

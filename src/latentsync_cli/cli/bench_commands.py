@@ -13,16 +13,18 @@ from typing import Annotated
 
 import typer
 
-from latentsync_cli.cli.job_options import with_flags
+from latentsync_cli.cli.options import declared_annotation, with_flags
 from latentsync_cli.cli.output import Output, get_output
-from latentsync_cli.cli.settings_options import DeviceOption, PresetsOption
 from latentsync_cli.constants import WEIGHT_CHOICES
 from latentsync_cli.errors import UsageError
-from latentsync_cli.hardware import probe_devices
 from latentsync_cli.jobs.signals import stop_on_signals
-from latentsync_cli.presets import load_presets
-from latentsync_cli.settings import choose_device
+from latentsync_cli.settings.hardware import probe_devices
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import choose_device
 
+DeviceOption = declared_annotation(SettingsRequest, "device")
+PresetsOption = declared_annotation(SettingsRequest, "presets_file")
 DEFAULT_VIDEO_S = 60.0  # the video length of the cost table's "per 100 videos" without --duration
 
 
@@ -81,7 +83,7 @@ class BenchmarkFlags:
 @with_flags(BenchmarkFlags)
 def benchmark(ctx: typer.Context, *, flags: BenchmarkFlags) -> None:
     # Imported here: the benchmark pulls in torch, diffusers and MediaPipe, which would slow every `latentsync` call.
-    from latentsync_cli.bench import cache
+    from latentsync_cli.benchmark_data import cache
 
     out = get_output(ctx)
     level = flags.level
@@ -105,12 +107,13 @@ def register(app: typer.Typer) -> None:
 
 def _measure(out: Output, flags: BenchmarkFlags, level: str, table, record) -> None:
     """Run the benchmark, cache it, write the report, print the summary (or the JSON)."""
-    from latentsync_cli.bench import cache, report
+    from latentsync_cli.bench import report
     from latentsync_cli.bench.runner import (
         BenchmarkRequest,
         check_request,
         run_benchmark,
     )
+    from latentsync_cli.benchmark_data import cache
 
     modes = flags.modes or ""
     request = BenchmarkRequest(
@@ -152,7 +155,7 @@ def _check_numbers(duration: float | None, gpu_price: float | None, weights: str
 
 
 def _clear(out: Output, record, key, json_output: bool) -> None:
-    from latentsync_cli.bench import cache
+    from latentsync_cli.benchmark_data import cache
 
     removed = cache.clear_device(key)
     if json_output:
@@ -165,7 +168,8 @@ def _clear(out: Output, record, key, json_output: bool) -> None:
 
 
 def _show(out: Output, record, key, json_output: bool, gpu_price, duration) -> None:
-    from latentsync_cli.bench import cache, report
+    from latentsync_cli.bench import report
+    from latentsync_cli.benchmark_data import cache
 
     entries = cache.device_entries(key)
     if json_output:

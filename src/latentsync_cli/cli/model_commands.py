@@ -9,9 +9,9 @@ from rich.markup import escape
 
 from latentsync_cli.cli.output import get_output
 from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.weight_files import download_weights, find_weight_files, hub_cache_dir, hub_offline
+from latentsync_cli.weights.files import download_weights, find_weight_files, hub_cache_dir, hub_offline
 
-# `latentsync_cli.models.weights` imports torch and diffusers (about 5 s), so `verify`, the one command
+# `latentsync_cli.weights.load` imports torch and diffusers (about 5 s), so `verify`, the one command
 # that reads tensors, imports it when it runs; weight_files imports only the standard library.
 
 app = typer.Typer(help="Download, verify and locate the model weights.", no_args_is_help=True)
@@ -62,7 +62,7 @@ def verify(
     arch: str = typer.Option("latentsync-1.6", "--arch", hidden=True, help="Architecture to check against."),
 ) -> None:
     """Check that every weight file is present and has the keys and shapes of LatentSync 1.6 (reads no tensor data)."""
-    from latentsync_cli.models.weights import Architecture, verify_weights
+    from latentsync_cli.weights.verify import Architecture, verify_weights
 
     output = get_output(ctx)
     if arch not in ARCHITECTURES:

@@ -15,27 +15,13 @@ import typer
 from rich import box
 from rich.table import Table
 
+from latentsync_cli.cli.options import declared_annotation, with_options
 from latentsync_cli.cli.output import Output, get_output
-from latentsync_cli.cli.settings_options import (
-    CompileOption,
-    DeepcacheOption,
-    DeviceOption,
-    GuidanceOption,
-    ModeOption,
-    OptimizationLevelOption,
-    PrecisionOption,
-    PresetsOption,
-    QualityOption,
-    SchedulerOption,
-    SeedOption,
-    StepsOption,
-    WindowOption,
-    make_request,
-)
-from latentsync_cli.device_record import auto_precision, classify
 from latentsync_cli.errors import OutputError, UsageError
-from latentsync_cli.hardware import probe_devices
-from latentsync_cli.presets import (
+from latentsync_cli.options import build
+from latentsync_cli.settings.device_record import auto_precision, classify
+from latentsync_cli.settings.hardware import probe_devices
+from latentsync_cli.settings.presets import (
     SECTIONS,
     AutoPolicy,
     PresetTable,
@@ -45,12 +31,14 @@ from latentsync_cli.presets import (
     locate_preset_files,
     user_presets_path,
 )
-from latentsync_cli.resolution import resolve_here
-from latentsync_cli.settings import choose_device
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.resolution import resolve_here
+from latentsync_cli.settings.run_settings import choose_device
 
 app = typer.Typer(help="Show the preset table and the settings a mode resolves to here.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON alone on stdout.")]
+PresetsOption = declared_annotation(SettingsRequest, "presets_file")
 
 SECTION_TITLES = {
     "modes": "Speed modes (--mode)",
@@ -101,41 +89,17 @@ def show_preset(
 
 
 @app.command("resolve", help="The concrete settings `sync` would use here, each with its source.")
+@with_options(SettingsRequest, "request")
 def resolve(
     ctx: typer.Context,
-    mode: ModeOption = None,
-    quality: QualityOption = None,
-    steps: StepsOption = None,
-    deepcache: DeepcacheOption = None,
-    scheduler: SchedulerOption = None,
-    window: WindowOption = None,
-    guidance: GuidanceOption = None,
-    seed: SeedOption = None,
-    precision: PrecisionOption = None,
-    compile: CompileOption = None,
-    optimization_level: OptimizationLevelOption = None,
-    device: DeviceOption = "auto",
-    presets: PresetsOption = None,
     duration: Annotated[
         float | None, typer.Option("--duration", help="Video length in seconds (for quality auto).", min=0.0)
     ] = None,
     json_output: JsonOption = False,
+    *,
+    request: dict,
 ) -> None:
-    request = make_request(
-        mode=mode,
-        quality=quality,
-        steps=steps,
-        deepcache=deepcache,
-        scheduler=scheduler,
-        window=window,
-        guidance=guidance,
-        seed=seed,
-        precision=precision,
-        compile=compile,
-        optimization_level=optimization_level,
-        device=device,
-        presets=presets,
-    )
+    request = build(SettingsRequest, request)
     resolved = resolve_here(request, duration_s=duration)
     if json_output:
         Output.print_json(resolved.to_dict())

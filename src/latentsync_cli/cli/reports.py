@@ -15,16 +15,15 @@ from rich.table import Table
 from latentsync_cli.cli.output import Output
 from latentsync_cli.errors import OutputError
 from latentsync_cli.jobs.batch import BatchRecord
-from latentsync_cli.jobs.run import FinishedJob
+from latentsync_cli.jobs.job import FinishedJob
 
 
 def job_json(finished: FinishedJob) -> dict:
     """The one result object of `sync --json` (paths absolute)."""
     prepared, weights = finished.prepared, finished.weights
     result = finished.result.to_dict()
-    output = result.pop("output")
     return {
-        "output": output if finished.output_kept else None,
+        "output": str(prepared.output) if finished.output_kept else None,
         "video": str(prepared.video),
         "audio": str(prepared.audio) if prepared.audio is not None else None,
         "weights": weights.to_dict(),
@@ -61,7 +60,7 @@ def print_sync_report(out: Output, finished: FinishedJob) -> None:
     out.table(_stage_table(result.stage_seconds, result.wall_s, "Stage timings"))
     _print_summary(out, finished)
     out.table(_optimization_table(result.optimizations))
-    out.info(f"wrote {escape(str(result.output))}")
+    out.info(f"wrote {escape(str(finished.prepared.output))}")
 
 
 def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> None:

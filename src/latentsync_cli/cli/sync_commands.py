@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from latentsync_cli.cli.job_options import JOB_PANEL, JobFlags, with_flags
+from latentsync_cli.cli.displays import choose_progress
+from latentsync_cli.cli.options import with_flags, with_options
 from latentsync_cli.cli.output import Output, get_output
-from latentsync_cli.cli.progress import choose_progress
 from latentsync_cli.cli.reports import (
     batch_table,
     job_json,
@@ -31,9 +31,13 @@ from latentsync_cli.cli.reports import (
 from latentsync_cli.errors import LatentsyncError, OutputError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, BatchRow, raise_if_failed, run_batch
 from latentsync_cli.jobs.cluster import RAY_EXTRA_HINT
-from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, run
+from latentsync_cli.jobs.job import FinishedJob, Job
+from latentsync_cli.jobs.models import ModelCache
+from latentsync_cli.jobs.run import run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.signals import stop_on_signals
+from latentsync_cli.options import INPUT_AND_OUTPUT, build
+from latentsync_cli.settings.request import SettingsRequest
 
 VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
 OptionalVideoArgument = Annotated[
@@ -46,22 +50,22 @@ AudioArgument = Annotated[
 OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Output MP4. [default: <video stem>_synced.mp4 beside the video]",
-                 rich_help_panel=JOB_PANEL, dir_okay=False),
+                 rich_help_panel=INPUT_AND_OUTPUT, dir_okay=False),
 ]  # fmt: skip
 ProfileOutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Keep the MP4 here. [default: not kept]", dir_okay=False,
-                 rich_help_panel=JOB_PANEL),
+                 rich_help_panel=INPUT_AND_OUTPUT),
 ]  # fmt: skip
 WorkDirOption = Annotated[
     Path | None,
     typer.Option("--work-dir", help="Keep finished windows here; the same command run again resumes a killed job.",
-                 rich_help_panel=JOB_PANEL, file_okay=False),
+                 rich_help_panel=INPUT_AND_OUTPUT, file_okay=False),
 ]  # fmt: skip
 BatchOption = Annotated[
     Path | None,
     typer.Option("--batch", help="Run every row of a .csv or .jsonl manifest (columns video, audio, output and "
-                 "sync options), loading the models once.", rich_help_panel=JOB_PANEL, dir_okay=False),
+                 "sync options), loading the models once.", rich_help_panel=INPUT_AND_OUTPUT, dir_okay=False),
 ]  # fmt: skip
 ProgressOption = Annotated[
     str,
@@ -119,8 +123,14 @@ class FarmFlags:
             raise UsageError("--shard and --finalize take one job, not --batch")
 
 
+def job_of(video: Path, options: dict, request: dict, **fields) -> Job:
+    """The Job of a command line: its files, its declared options and its settings request."""
+    return build(Job, options, video=video, settings=build(SettingsRequest, request), **fields)
+
+
 @with_flags(FarmFlags, "farm")
-@with_flags(JobFlags)
+@with_options(Job, "job_options")
+@with_options(SettingsRequest, "request")
 def sync(
     ctx: typer.Context,
     video: OptionalVideoArgument = None,
@@ -131,7 +141,8 @@ def sync(
     progress: ProgressOption = "auto",
     json_output: JsonOption = False,
     *,
-    flags: JobFlags,
+    job_options: dict,
+    request: dict,
     farm: FarmFlags,
 ) -> None:
     out = get_output(ctx)
@@ -141,12 +152,13 @@ def sync(
         if given:
             raise UsageError(f"--batch runs the jobs of {batch}: do not also pass {given[0]}")
         with stop_on_signals():
-            run_manifest(out, batch, flags.to_job(Path(), work_dir=work_dir), farm, progress, json_output)
+            run_manifest(out, batch, job_of(Path(), job_options, request, work_dir=work_dir), farm, progress, json_output)
         return
     if video is None:
         raise UsageError("missing VIDEO: pass a face video (or image) and the speech, or --batch FILE")
-    job = replace(flags.to_job(video, audio, output, work_dir), finalize=farm.finalize,
-                  shard=Shard.parse(farm.shard) if farm.shard is not None else None)  # fmt: skip
+    shard = Shard.parse(farm.shard) if farm.shard is not None else None
+    job = job_of(video, job_options, request, audio=audio, output=output, work_dir=work_dir, shard=shard,
+                 finalize=farm.finalize)  # fmt: skip
     with stop_on_signals():
         if farm.ray is not None:
             return run_one_on_ray(out, job, farm, progress, json_output)
@@ -159,7 +171,8 @@ def sync(
         print_sync_report(out, finished)
 
 
-@with_flags(JobFlags)
+@with_options(Job, "job_options")
+@with_options(SettingsRequest, "request")
 def profile(
     ctx: typer.Context,
     video: VideoArgument,
@@ -169,13 +182,15 @@ def profile(
     progress: ProgressOption = "auto",
     json_output: JsonOption = False,
     *,
-    flags: JobFlags,
+    job_options: dict,
+    request: dict,
 ) -> None:
     out = get_output(ctx)
     if trace is not None and not trace.expanduser().absolute().parent.is_dir():
         raise OutputError(f"{trace}: the folder for the trace does not exist; create it first")
     with stop_on_signals():
-        finished = run_job(out, flags.to_job(video, audio, output, keep_output=output is not None), progress)
+        job = job_of(video, job_options, request, audio=audio, output=output, keep_output=output is not None)
+        finished = run_job(out, job, progress)
     report = profile_json(finished)
     if trace is not None:
         write_trace(trace, finished.result.trace)

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from latentsync_cli.constants import FACE_CHOICES
 from latentsync_cli.errors import UsageError
 
 # Face-mesh point indices whose means are the three alignment points,
@@ -28,7 +29,6 @@ LEFT_BROW_POINTS = (71, 63, 105, 66, 107)
 RIGHT_BROW_POINTS = (336, 296, 334, 293, 301)
 NOSE_POINTS = (168, 197, 5, 4, 75, 97, 2, 326, 305)
 
-CHOICES = ("largest", "center")
 DETECT_LONG_SIDE = 640  # px; the detector's own input is 192 x 192, so a bigger frame only costs time
 MESH_INPUT_SIDE = 256  # px; the square crop is resized to this before the mesh sees it
 CROP_SCALE = 2.0  # crop side = 2 x the longer side of the detector's face box
@@ -101,8 +101,8 @@ class MediapipeLandmarks:
     def __init__(self, stride: int = 1, choose: str = "largest", min_face_px: int = 50, min_score: float = 0.5):
         if stride < 1:
             raise UsageError(f"face detection stride must be 1 or more, got {stride}")
-        if choose not in CHOICES:
-            raise UsageError(f"unknown face choice {choose!r}: use one of {', '.join(CHOICES)}")
+        if choose not in FACE_CHOICES:
+            raise UsageError(f"unknown face choice {choose!r}: use one of {', '.join(FACE_CHOICES)}")
         import mediapipe as mp  # imported here: it is slow to import and only this class needs it
 
         self.stride = stride

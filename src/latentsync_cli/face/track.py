@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from latentsync_cli.errors import InputError
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.landmarks import MediapipeLandmarks
-from latentsync_cli.media.video import read_frames
+from latentsync_cli.media.video import VideoInfo, read_frames
+
+FACE_CHECK_FRAMES = 50  # "no face" is decided on the first frames, before any model work
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,24 @@ class FaceLocator:
             self.detector.close()
 
 
-def track_faces(video: Path, num_frames: int, loop: str, face: str, stride: int, resolution: int) -> FaceTrack:
+def check_for_a_face(video: VideoInfo, face: str, frames_to_check: int = FACE_CHECK_FRAMES) -> None:
+    """InputError unless one of the first frames (the whole video when it is short) has a face."""
+    count = max(1, min(frames_to_check, video.frame_count))
+    detector = MediapipeLandmarks(stride=1, choose=face)
+    frames = read_frames(video, count, loop="freeze")
+    try:
+        for frame in frames:
+            if detector.detect(frame) is not None:
+                return
+    finally:
+        frames.close()
+        detector.close()
+    raise InputError(
+        f"no face found in {video.path} (checked its first {count} frames); use a video with a clearly visible face"
+    )
+
+
+def track_faces(video: VideoInfo, num_frames: int, loop: str, face: str, stride: int, resolution: int) -> FaceTrack:
     """Find and align the face in each of the `num_frames` output frames (the video looped as `loop`),
     exactly as the pipeline does while decoding."""
     locate = FaceLocator(resolution, stride, face)

@@ -6,7 +6,8 @@
     raise_if_failed(path, records)                      # BatchFailedError (exit 8) naming the failed rows
 
 Columns: video, audio, output, and `sync` options by their flag names with
-dashes as underscores (BATCH_OPTIONS). Values are coerced here, so a Ray
+dashes as underscores: every option a Job or its SettingsRequest declares (options.py;
+see option_columns). Values are coerced here, so a Ray
 worker or another program gets exactly what the command line gets.
 """
 
@@ -27,23 +28,26 @@ from latentsync_cli.errors import (
     LatentsyncError,
     UsageError,
 )
+from latentsync_cli.jobs.job import FinishedJob, Job
+from latentsync_cli.jobs.models import ModelCache
 from latentsync_cli.jobs.outputs import default_output_path
-from latentsync_cli.jobs.run import FinishedJob, Job, ModelCache, check_flags, run
-from latentsync_cli.presets import load_presets
+from latentsync_cli.jobs.run import check_flags, run
+from latentsync_cli.options import DeclaredOption, OptionError, declared_options, parse_column
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
 
-# Manifest columns besides video/audio/output: `sync` options by their flag names (dashes as underscores).
-SETTINGS_TEXT_OPTIONS = ("mode", "quality", "scheduler", "precision", "optimization_level", "device")
-SETTINGS_INTEGER_OPTIONS = ("steps", "window", "seed")
-SETTINGS_NUMBER_OPTIONS = ("guidance",)
-SETTINGS_SWITCH_OPTIONS = ("deepcache", "compile")
-JOB_TEXT_OPTIONS = ("weights", "loop", "face", "encoder")
-JOB_INTEGER_OPTIONS = ("crf",)
-JOB_NUMBER_OPTIONS = ("mask_feather",)
-JOB_PATH_OPTIONS = ("checkpoint_dir",)
-SETTINGS_OPTIONS = SETTINGS_TEXT_OPTIONS + SETTINGS_INTEGER_OPTIONS + SETTINGS_NUMBER_OPTIONS + SETTINGS_SWITCH_OPTIONS
-JOB_OPTIONS = JOB_TEXT_OPTIONS + JOB_INTEGER_OPTIONS + JOB_NUMBER_OPTIONS + JOB_PATH_OPTIONS
-BATCH_OPTIONS = frozenset(SETTINGS_OPTIONS + JOB_OPTIONS)
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+PATH_COLUMNS = ("video", "audio", "output")
+
+
+def option_columns() -> dict[str, tuple[type, DeclaredOption]]:
+    """Manifest columns besides video/audio/output: every declared option of a Job or its SettingsRequest
+    that a row may set, by name (a flag's name with underscores), with the class that declares it."""
+    columns = {}
+    for owner in (Job, SettingsRequest):
+        for declared in declared_options(owner):
+            if declared.option.batch:
+                columns[declared.name] = (owner, declared)
+    return columns
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,7 @@ class BatchRow:
     options: dict[str, str] = field(default_factory=dict)
 
 
-PATH_COLUMNS = ("video", "audio", "output")
-
-
-def read_manifest(path: Path, allowed_options: frozenset[str] = BATCH_OPTIONS) -> list[BatchRow]:
+def read_manifest(path: Path) -> list[BatchRow]:
     """Read a `.csv` (header row) or `.jsonl` (one object per line) batch manifest.
 
     Relative paths are taken from the manifest's folder, and a relative output may
@@ -74,6 +75,7 @@ def read_manifest(path: Path, allowed_options: frozenset[str] = BATCH_OPTIONS) -
     if not rows:
         raise UsageError(f"{path}: the batch file has no jobs")
     base = path.parent.absolute()
+    allowed_options = option_columns()
     jobs = []
     for number, row in enumerate(rows, start=1):
         unknown = sorted(set(row) - set(PATH_COLUMNS) - allowed_options)
@@ -143,11 +145,17 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 
 def row_job(base: Job, row: BatchRow, manifest_folder: Path) -> Job:
-    """The job of one row: `base` (the command line's flags), overridden by the row's columns."""
+    """The job of one row: `base` (the command line's flags), overridden by the row's columns
+    (UsageError when a column's text is not of its option's type)."""
+    columns = option_columns()
     settings_values, job_values = {}, {}
     for name, text in row.options.items():
-        value = _column_value(name, text, manifest_folder)
-        (settings_values if name in SETTINGS_OPTIONS else job_values)[name] = value
+        owner, declared = columns[name]
+        try:
+            value = parse_column(declared, text, manifest_folder)
+        except OptionError as error:
+            raise UsageError(str(error)) from None
+        (settings_values if owner is SettingsRequest else job_values)[name] = value
     return replace(
         base,
         video=row.video,
@@ -157,29 +165,6 @@ def row_job(base: Job, row: BatchRow, manifest_folder: Path) -> Job:
         work_dir=None,
         **job_values,
     )
-
-
-def _column_value(name: str, text: str, base: Path):
-    """One column's text as the type of the option it names (UsageError when it is not)."""
-    text = text.strip()
-    if name in SETTINGS_INTEGER_OPTIONS + JOB_INTEGER_OPTIONS:
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"{name} {text!r} is not a whole number") from None
-    if name in SETTINGS_NUMBER_OPTIONS + JOB_NUMBER_OPTIONS:
-        try:
-            return float(text)
-        except ValueError:
-            raise UsageError(f"{name} {text!r} is not a number") from None
-    if name in SETTINGS_SWITCH_OPTIONS:
-        if text.lower() in TRUE_WORDS + FALSE_WORDS:
-            return text.lower() in TRUE_WORDS
-        raise UsageError(f"{name} {text!r} must be true or false")
-    if name in JOB_PATH_OPTIONS:
-        folder = Path(text).expanduser()
-        return folder if folder.is_absolute() else base / folder
-    return text.lower()  # names (modes, devices, schedulers, ...) are case-insensitive, as on the command line
 
 
 # --- running a manifest ----------------------------------------------------------------------

@@ -30,8 +30,10 @@ from pathlib import Path
 from latentsync_cli.constants import FPS
 from latentsync_cli.errors import LatentsyncError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
+from latentsync_cli.jobs.job import Job
+from latentsync_cli.jobs.models import ModelCache
 from latentsync_cli.jobs.outputs import default_output_path
-from latentsync_cli.jobs.run import Job, ModelCache, prepare, run
+from latentsync_cli.jobs.run import prepare, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress, Progress

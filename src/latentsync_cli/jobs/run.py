@@ -3,7 +3,7 @@
     job = Job(video=Path("talk.mp4"), audio=Path("voice.wav"), settings=SettingsRequest(mode="turbo"))
     prepared = prepare(job)               # every check that needs no model; speech decoded; settings resolved
     with claim_output(prepared) as scratch:   # the output is this job's until it ends (a second job is refused)
-        models = ModelCache().get(prepared)   # the weights (kept for the next job with the same weights/device/precision)
+        models = ModelCache().get(prepared)   # the weights (kept for the next job; see jobs/models.py)
         finished = execute(prepared, models, scratch, progress)   # -> FinishedJob
 
 `run(job, cache, progress)` does all of it. The order makes mistakes cost
@@ -17,91 +17,36 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latentsync_cli.constants import FPS, WEIGHT_CHOICES
+from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError, UsageError
-from latentsync_cli.hardware import HardwareReport, probe_devices
+from latentsync_cli.jobs.job import FinishedJob, Job, PreparedJob
+from latentsync_cli.jobs.models import ModelCache, absolute
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
-from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
-from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice, choose_encoder
-from latentsync_cli.models.weight_files import check_weights_available
-from latentsync_cli.presets import PresetTable, load_presets
+from latentsync_cli.media.encode import choose_encoder
+from latentsync_cli.options import OptionError, check_options
 from latentsync_cli.progress import NoProgress, Progress
-from latentsync_cli.resolution import BenchmarkPicker, no_benchmark, resolve_request
-from latentsync_cli.settings import ResolvedSettings, SettingsRequest, check_request
+from latentsync_cli.settings.hardware import HardwareReport, probe_devices
+from latentsync_cli.settings.presets import PresetTable, load_presets
+from latentsync_cli.settings.resolution import BenchmarkPicker, no_benchmark, resolve_request
+from latentsync_cli.settings.run_settings import check_request
+from latentsync_cli.weights.files import check_weights_available
+from latentsync_cli.weights.info import WeightsInfo
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
-    from latentsync_cli.models.weights import ModelBundle
-    from latentsync_cli.pipeline import SyncResult
+    from latentsync_cli.jobs.workdir import WorkDirStore
+    from latentsync_cli.media.video import VideoInfo
+    from latentsync_cli.timing import StageTimer
+    from latentsync_cli.weights.load import ModelBundle
 
 MIN_SPEECH_SAMPLES = SAMPLE_RATE // FPS  # one output frame
-LOOP_MODES = ("pingpong", "loop", "freeze")
-FACE_CHOICES = ("largest", "center")
-
-
-@dataclass(frozen=True)
-class Job:
-    """What one `latentsync sync` is asked to do. Paths may be relative; nothing is checked yet."""
-
-    video: Path
-    audio: Path | None = None  # None: the video's own audio track
-    output: Path | None = None  # None: <video stem>_synced.mp4 beside the video
-    settings: SettingsRequest = field(default_factory=SettingsRequest)
-    weights: str = "auto"  # one of WEIGHT_CHOICES
-    checkpoint_dir: Path | None = None
-    loop: str = "pingpong"  # how a video shorter than the speech continues
-    face: str = "largest"  # which face when there are several
-    mask_feather: float = 0.0
-    crf: int = DEFAULT_CRF
-    encoder: str = "auto"  # auto | libx264 | h264_nvenc (auto: NVENC where it opens on a CUDA machine)
-    overwrite: bool = False
-    work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
-    keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
-    shard: Shard | None = None  # compute only this shard's windows into the work dir (no output is written)
-    finalize: bool = False  # only restore, encode and mux the windows in the work dir (all must be there)
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    """A job whose flags, files, output path and settings have been checked, before any model work."""
-
-    job: Job
-    video: Path  # absolute
-    audio: Path | None  # absolute
-    output: Path | None  # absolute; None when the MP4 is not kept
-    speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job
-    resolved: ResolvedSettings
-    encoder: EncoderChoice  # the H.264 encoder and why
-    warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    choice: str  # what --weights asked for
-    id: str  # what was loaded (a checkpoint digest or "random-...")
-    description: str
-    is_random: bool
-
-    def to_dict(self) -> dict:
-        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random}
-
-
-@dataclass(frozen=True)
-class FinishedJob:
-    prepared: PreparedJob
-    result: SyncResult
-    weights: WeightsInfo
-
-    @property
-    def output_kept(self) -> bool:
-        return self.prepared.output is not None
+MAIN_LANE = "main"  # the stage timer's lane of the job's own thread (the pipeline's too)
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -149,14 +94,15 @@ def prepare(
     if job.keep_output:
         wanted = job.output if job.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], job.overwrite)
-    check_weights_available(job.weights, _absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
+    check_weights_available(job.weights, absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
     hardware = hardware if hardware is not None else probe_devices()
     resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
-    speech, warnings = read_media(video, audio)
+    video_info, speech, warnings = read_media(video, audio)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
     encoder = choose_encoder(job.encoder, device=resolved.settings.device)
-    return PreparedJob(job, video, audio, output, speech, resolved, encoder, tuple(resolved.notes) + warnings)
+    notes = tuple(resolved.notes) + warnings
+    return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes)
 
 
 @contextmanager
@@ -175,58 +121,72 @@ def claim_output(prepared: PreparedJob) -> Iterator[Path]:
 def execute(
     prepared: PreparedJob, models: ModelBundle, scratch_dir: Path, progress: Progress | None = None
 ) -> FinishedJob:
-    """Run the pipeline in `scratch_dir` (see claim_output); with a work dir, finished windows are kept and reused."""
+    """Run the pipeline in `scratch_dir` (see claim_output); with a work dir, finished windows are kept and reused.
+
+    The job decides what the pipeline does with each window (jobs/window_plan.py)
+    and where the frames go (the output file, or nowhere for a shard).
+    """
+    from latentsync_cli.face.track import check_for_a_face
+    from latentsync_cli.jobs.window_plan import plan_windows
+    from latentsync_cli.media.encode import DEFAULT_X264_PRESET, MuxedVideo
+    from latentsync_cli.models.audio_features import output_frame_count
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
+    from latentsync_cli.pipeline.windows import window_ranges
     from latentsync_cli.timing import StageTimer
 
-    settings = prepared.resolved.settings
-    weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random)
-    target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
-    job = prepared.job
+    progress = progress or NoProgress()
+    job, settings = prepared.job, prepared.resolved.settings
+    weights = WeightsInfo(job.weights, models.weights_id, models.description, models.is_random)
+    timer = StageTimer(settings.device)
+    progress.message("checking for a face")
+    with timer.stage("landmarks", MAIN_LANE):
+        check_for_a_face(prepared.video_info, job.face)
+    ranges = window_ranges(output_frame_count(prepared.speech.size), settings.window)
     with ExitStack() as stack:
-        store = _window_store(stack, prepared, weights)
+        store = open_work_dir(stack, prepared, weights)
+        track = None
+        if store is not None:
+            progress.message("finding the faces of the whole video")
+            track = stored_track(store, prepared, ranges[-1].stop, models.resolution, timer)
+        plan = plan_windows(ranges, store, track, job.shard, job.finalize)
+        target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
+        sink = MuxedVideo(target, scratch_dir / "video.mp4", prepared.speech, plan.num_frames, FPS,
+                          job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)  # fmt: skip
         sync_job = SyncJob(
-            video=prepared.video,
-            audio=prepared.audio,
-            output=target,
-            scratch_dir=scratch_dir,
+            video=prepared.video_info,
+            speech=prepared.speech,
+            plan=plan,
+            sink=sink if plan.make_frames else None,
             loop=job.loop,
             face=job.face,
             mask_feather_px=job.mask_feather,
-            crf=job.crf,
-            speech=prepared.speech,
-            store=store,
+            face_track=track,
+            on_generated=store.save_window if store is not None else None,
             encoder=prepared.encoder.name,
             encoder_reason=prepared.encoder.reason,
-            face_track=_stored_track(store, prepared, models.resolution) if job.work_dir is not None else None,
-            shard_windows=job.shard.windows if job.shard is not None else None,
-            finalize_only=job.finalize,
         )
-        pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
-        result = pipeline.run(sync_job)
+        result = LipsyncPipeline(models, settings, timer, progress).run(sync_job)
     return FinishedJob(prepared, result, weights)
 
 
-def _stored_track(store, prepared: PreparedJob, resolution: int):
+def stored_track(store: WorkDirStore, prepared: PreparedJob, num_frames: int, resolution: int, timer: StageTimer):
     """The face track from the work dir, computed there by the first task that needs it."""
     from latentsync_cli.face.track import track_faces
 
     job, stride = prepared.job, prepared.resolved.settings.face_detect_stride
+    with timer.stage("landmarks", MAIN_LANE):
+        return store.face_track(
+            lambda: track_faces(prepared.video_info, num_frames, job.loop, job.face, stride, resolution)
+        )
 
-    def face_track(num_frames: int):
-        return store.face_track(lambda: track_faces(prepared.video, num_frames, job.loop, job.face, stride, resolution))
 
-    return face_track
-
-
-def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo):
+def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo) -> WorkDirStore | None:
     """Where finished windows are kept: the job's work dir, or nowhere."""
     from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
-    from latentsync_cli.pipeline import NoStore
 
     job = prepared.job
     if job.work_dir is None:
-        return NoStore()
+        return None
     settings = prepared.resolved.to_dict()["settings"]
     settings["device"] = settings["device"].split(":")[0]  # which GPU of a host does not change the faces
     fingerprint = job_fingerprint(
@@ -243,7 +203,10 @@ def _window_store(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
 
 def check_flags(job: Job, table: PresetTable) -> None:
     """UsageError for a bad flag (or batch column) that needs neither the files nor the devices."""
-    check_choices(job)
+    try:
+        check_options(job)
+    except OptionError as error:
+        raise UsageError(str(error)) from None
     check_shard_flags(job)
     check_request(table, job.settings)
 
@@ -258,17 +221,6 @@ def check_shard_flags(job: Job) -> None:
         raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
 
 
-def check_choices(job: Job) -> None:
-    for flag, value, choices in (
-        ("--weights", job.weights, WEIGHT_CHOICES),
-        ("--loop", job.loop, LOOP_MODES),
-        ("--face", job.face, FACE_CHOICES),
-        ("--encoder", job.encoder, ENCODER_CHOICES),
-    ):
-        if value not in choices:
-            raise UsageError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
-
-
 def existing_input(path: Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
@@ -278,17 +230,18 @@ def existing_input(path: Path, what: str) -> Path:
     return path.absolute()
 
 
-def read_media(video: Path, audio: Path | None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Probe the video, decode its first frame and the whole speech; returns the speech and warnings.
+def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
+    """Probe the video (once for the whole job), decode its first frame and the whole speech.
 
-    A file that is not media, has no video/audio stream or no samples fails here
-    with a line naming it; silent speech is valid and only warned about.
+    Returns what the probe found, the speech and warnings. A file that is not
+    media, has no video/audio stream or no samples fails here with a line naming
+    it; silent speech is valid and only warned about.
     """
     from latentsync_cli.media.audio import is_silent, load_audio
     from latentsync_cli.media.video import probe_video, read_frames
 
     info = probe_video(video)
-    frames = read_frames(video, 1, loop="freeze")  # a damaged stream fails here, not after the models load
+    frames = read_frames(info, 1, loop="freeze")  # a damaged stream fails here, not after the models load
     try:
         next(frames)
     finally:
@@ -303,35 +256,5 @@ def read_media(video: Path, audio: Path | None) -> tuple[np.ndarray, tuple[str, 
             f"at least {1000 // FPS} ms (one video frame) is needed"
         )
     if is_silent(speech):
-        return speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
-    return speech, ()
-
-
-# --- models ----------------------------------------------------------------------------------
-
-
-class ModelCache:
-    """The models of the last job, reused by the next one when weights, device and precision are the same."""
-
-    def __init__(self):
-        self.key: tuple | None = None
-        self.models: ModelBundle | None = None
-
-    def get(self, prepared: PreparedJob) -> ModelBundle:
-        from latentsync_cli.models.weights import load_models
-        from latentsync_cli.optimizers.precision import dtype_for
-
-        job, settings = prepared.job, prepared.resolved.settings
-        checkpoint_dir = _absolute(job.checkpoint_dir)
-        key = (job.weights, checkpoint_dir, settings.device, settings.precision)
-        if key != self.key:
-            self.models = None  # free the previous job's models before loading others
-            self.models = load_models(
-                job.weights, checkpoint_dir, settings.device, dtype_for(settings.precision), seed=0
-            )
-            self.key = key
-        return self.models
-
-
-def _absolute(folder: Path | None) -> Path | None:
-    return Path(folder).expanduser().absolute() if folder is not None else None
+        return info, speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
+    return info, speech, ()

@@ -49,7 +49,6 @@ class WorkDirStore:
 
     def __init__(self, work_dir: Path, fingerprint: str, shard: Shard | None = None):
         self.work_dir = Path(work_dir)
-        self.resumed_windows = 0
         self._locks = [self._open_lock("lock")]
         try:
             self._enter(fingerprint)
@@ -123,11 +122,19 @@ class WorkDirStore:
     def missing(self, indices: range) -> list[int]:
         return [index for index in indices if not self.has(index)]
 
-    def load(self, index: int) -> dict[str, np.ndarray]:
+    def load_faces(self, index: int) -> np.ndarray:
+        """A finished window's faces, float16 (n, 3, R, R)."""
         with np.load(self._path(index)) as data:
-            arrays = {name: data[name] for name in data.files}
-        self.resumed_windows += 1
-        return arrays
+            return data["faces"].astype(np.float16)
+
+    def load_flags(self, index: int) -> np.ndarray:
+        """Which frames of a finished window have a face, bool (F,) (read without its faces)."""
+        with np.load(self._path(index)) as data:
+            return data["flags"].astype(bool)
+
+    def save_window(self, index: int, faces: np.ndarray, flags: np.ndarray) -> None:
+        """Keep a window the models just made (the pipeline's on_generated)."""
+        self.save(index, faces=faces, flags=flags)
 
     def save(self, index: int, **arrays: np.ndarray) -> None:
         temporary = self._path(index).with_suffix(f".tmp-{os.getpid()}")

@@ -279,6 +279,46 @@ def mux(
     return out_path
 
 
+class MuxedVideo:
+    """The output file of a job as a frame sink: frames go to an H.264 encoder as they come (into
+    `silent_path`), then `finish` muxes the speech in and moves the file to `output` in one rename.
+
+    The encoder opens on the first frame (its size is the frames' size). `abort`
+    removes whatever was written; nothing appears at `output` unless `finish` succeeds.
+    """
+
+    def __init__(
+        self, output: Path, silent_path: Path, speech: np.ndarray, num_frames: int, fps: int,
+        crf: int = DEFAULT_CRF, preset: str = DEFAULT_X264_PRESET, encoder: str = "libx264",
+    ):  # fmt: skip
+        self.output = Path(output)
+        self.silent_path = Path(silent_path)
+        self.speech = speech
+        self.num_frames = num_frames
+        self.fps = fps
+        self.crf, self.preset, self.encoder_name = crf, preset, encoder
+        self.encoder: VideoEncoder | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.encoder is None:
+            height, width = frame.shape[:2]
+            self.encoder = VideoEncoder(
+                self.silent_path, width, height, self.fps, self.crf, self.preset, self.encoder_name
+            )
+        self.encoder.write(frame)
+
+    def end_of_frames(self) -> None:
+        if self.encoder is not None:
+            self.encoder.finish()
+
+    def finish(self) -> None:
+        mux(self.silent_path, self.speech, self.output, n_frames=self.num_frames, fps=self.fps)
+
+    def abort(self) -> None:
+        if self.encoder is not None:
+            self.encoder.abort()
+
+
 def ffmpeg_output_error(stderr: str, returncode: int | None, path: Path) -> OutputError:
     """Turn a failed ffmpeg write into a one-line OutputError that says what to do."""
     if "No space left on device" in stderr:

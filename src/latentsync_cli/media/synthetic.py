@@ -25,6 +25,7 @@ import numpy as np
 import skimage.data
 from scipy.signal import lfilter
 
+from latentsync_cli.media.audio import write_wav
 from latentsync_cli.media.encode import VideoEncoder
 
 # Head and shoulders of the astronaut photo (512x512); the face itself spans
@@ -175,16 +176,6 @@ def make_speech(
     samples = _espeak_speech(espeak, seconds, sample_rate) if espeak else synth_speech(seconds, sample_rate)
     write_wav(path, samples, sample_rate)
     return path
-
-
-def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
-    """float samples in [-1, 1] to a 16-bit mono WAV."""
-    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
-    with wave.open(os.fspath(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.tobytes())
 
 
 def _glottal_pulses(pitch_hz: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -29,10 +29,10 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
+from latentsync_cli.constants import LOOP_MODES
 from latentsync_cli.errors import InputError, UsageError
 
 OUTPUT_FPS = 25
-LOOP_MODES = ("pingpong", "loop", "freeze")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Frames held at once by the backward passes (and by the in-memory copy of a
 # short clip): about 40 frames at 1080p, 64 at 720p and below.
@@ -70,8 +70,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return _parse_ffmpeg_probe(_ffmpeg_probe_text(path), path)
 
 
-def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") -> Iterator[np.ndarray]:
-    """Yield exactly `n_frames` RGB uint8 frames (H, W, 3) at 25 fps.
+def read_frames(video: VideoInfo | str | os.PathLike, n_frames: int, loop: str = "pingpong") -> Iterator[np.ndarray]:
+    """Yield exactly `n_frames` RGB uint8 frames (H, W, 3) at 25 fps of `video` (a path, or what
+    `probe_video` found, which is then not probed again).
 
     A longer video is cut to its first `n_frames`; a shorter one is continued
     as `loop` says; a still image is repeated. Every video frame is a new writable
@@ -82,7 +83,7 @@ def read_frames(path: str | os.PathLike, n_frames: int, loop: str = "pingpong") 
         raise UsageError(f"unknown loop mode {loop!r}: use one of {', '.join(LOOP_MODES)}")
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    info = probe_video(path)
+    info = video if isinstance(video, VideoInfo) else probe_video(video)
     if info.is_image:
         return _repeated_image(_read_image(info.path), n_frames)
     return _continued_video(info, n_frames, loop)

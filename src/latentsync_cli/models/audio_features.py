@@ -73,6 +73,12 @@ def chunk_count(num_features: int, fps: float = 25) -> int:
     return count + 1
 
 
+def output_frame_count(num_samples: int, fps: float = 25) -> int:
+    """The output frames `num_samples` of 16 kHz speech make, without running the encoder: the log-mel
+    has samples // 160 frames, the encoder half as many positions, and chunk_count turns those into frames."""
+    return chunk_count(num_samples // HOP_LENGTH // 2, fps)
+
+
 def feature_chunks(features: Tensor, fps: float = 25, context: tuple[int, int] = (2, 2)) -> Tensor:
     """(L, layers, C) -> (N, positions * layers, C): each video frame's window of encoder positions.
 

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from latentsync_cli.errors import WeightsError
-from latentsync_cli.models.weight_files import VAE_FILES
+from latentsync_cli.weights.files import VAE_FILES
 
 LATENT_SCALE = 0.18215
 LATENT_CHANNELS = 4

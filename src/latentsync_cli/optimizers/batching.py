@@ -13,7 +13,7 @@ frames share a call.
 from __future__ import annotations
 
 from latentsync_cli.optimizers import APPLIED, OFF, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 
 def windows_per_call_entry(settings: RunSettings) -> LogEntry:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from latentsync_cli.optimizers import OFF, LogEntry, OptimizationLog
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 
 class CompiledUNet:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 WARMUP_CALLS = 2  # on a side stream before capture, as torch.cuda.graphs recommends
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from latentsync_cli.models.unet import FeatureCache
 from latentsync_cli.optimizers import APPLIED, OFF, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 
 class ChannelsLast:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NAME = "precision"

@@ -28,7 +28,7 @@ from latentsync_cli.optimizers.precision import precision_entry
 from latentsync_cli.optimizers.schedulers import make_scheduler, scheduler_entry, steps_entry
 from latentsync_cli.optimizers.torch_switches import memory_fraction_entry, tf32_entry
 from latentsync_cli.optimizers.vae_memory import VaeSlicing, VaeTiling
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 
 @dataclass

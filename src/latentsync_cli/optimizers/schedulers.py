@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from latentsync_cli.constants import SCHEDULERS, TRAIN_TIMESTEPS
 from latentsync_cli.optimizers import APPLIED, OFF, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 UPSTREAM_STEPS = 20
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, LogEntry
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 
 NO_CAP = 1.0  # torch's own default: the whole GPU
 

@@ -20,7 +20,6 @@ import torch
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.face.restore_torch import restore_faces_torch
 from latentsync_cli.models.vae import decode_latents, encode_latents
-from latentsync_cli.models.weights import ModelBundle
 from latentsync_cli.optimizers.memory import MemorySettings, on_device
 from latentsync_cli.optimizers.run_plan import RunPlan
 from latentsync_cli.pipeline.denoise import DenoiseInputs, DenoiseResult, denoise, pad_inputs
@@ -31,8 +30,9 @@ from latentsync_cli.pipeline.windows import (
     shared_noise,
     window_generator,
 )
-from latentsync_cli.settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
+from latentsync_cli.weights.load import ModelBundle
 
 
 class FaceGenerator:

@@ -1,4 +1,5 @@
-"""Windows of frames, the randomness of each window, and where finished windows are kept.
+"""What goes into the pipeline and comes out of it: windows of frames, the plan of what to do with
+each window, the randomness of each window, and the sink the finished frames go to.
 
 A window is `settings.window` consecutive output frames (the last one may be
 shorter). Its randomness depends only on (seed, window index), so a resumed
@@ -8,8 +9,9 @@ uninterrupted job would.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -55,29 +57,58 @@ class WindowOutput:
         return self.faces
 
 
-@runtime_checkable
-class WindowStore(Protocol):
-    """Finished windows kept between runs (see jobs.WorkDirStore); the pipeline asks before generating."""
+@dataclass(frozen=True)
+class WindowPlan:
+    """What the pipeline does with each window, decided by the job layer before it runs.
 
-    def has(self, index: int) -> bool: ...
+    A window in `generate` is made by the models; one in `finished` is taken as it
+    is (its loader returns float16 (n, 3, R, R) faces, e.g. from a work dir); any
+    other window is decoded past and not output (another shard's). Without frames
+    (`make_frames` False, a shard) the windows are only made: nothing is pasted back.
+    """
 
-    def load(self, index: int) -> dict[str, np.ndarray]:  # {"faces": float16 (n, 3, R, R), "flags": bool (F,)}
-        ...
+    ranges: list[range]  # every window's output frame numbers (window_ranges)
+    generate: frozenset[int]
+    finished: Mapping[int, Callable[[], np.ndarray]] = field(default_factory=dict)
+    make_frames: bool = True
+    resumed: int = 0  # windows of this task found already finished (taken, or left as they are)
 
-    def save(self, index: int, faces: np.ndarray, flags: np.ndarray) -> None: ...
+    @classmethod
+    def everything(cls, ranges: list[range]) -> WindowPlan:
+        """Generate every window and make every frame: a job without a work dir."""
+        return cls(ranges, frozenset(range(len(ranges))))
+
+    @property
+    def num_frames(self) -> int:
+        return self.ranges[-1].stop if self.ranges else 0
+
+    def wanted(self, index: int) -> bool:
+        return index in self.generate or index in self.finished
+
+    @property
+    def last_wanted(self) -> int:
+        """The last window with work to do (-1: none); decoding stops after it."""
+        return max((index for index in range(len(self.ranges)) if self.wanted(index)), default=-1)
 
 
-class NoStore:
-    """The default: nothing is kept, nothing is resumed."""
+class FrameSink(Protocol):
+    """Where the output frames go, in order (media.encode.MuxedVideo writes them to a file with the speech).
 
-    def has(self, index: int) -> bool:
-        return False
+    `write` and `end_of_frames` are called from the pipeline's consumer thread,
+    `finish` from the calling thread once every frame is written; `abort` on failure.
+    """
 
-    def load(self, index: int) -> dict[str, np.ndarray]:
-        raise KeyError(index)
+    def write(self, frame: np.ndarray) -> None: ...
 
-    def save(self, index: int, faces: np.ndarray, flags: np.ndarray) -> None:
-        pass
+    def end_of_frames(self) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+# on_generated(window index, float16 faces (n, 3, R, R), has_face (F,)): a window the models just made
+GeneratedListener = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 def window_ranges(num_frames: int, window: int) -> list[range]:

@@ -21,9 +21,9 @@ import platformdirs
 import torch
 
 from latentsync_cli import __version__
-from latentsync_cli.bench.results import BenchmarkEntry, CacheKey
-from latentsync_cli.device_record import BYTES_PER_GB, DeviceRecord
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, CacheKey
 from latentsync_cli.errors import OutputError
+from latentsync_cli.settings.device_record import BYTES_PER_GB, DeviceRecord
 
 CACHE_DIR_ENV = "LATENTSYNC_CACHE_DIR"
 CACHE_FILE_NAME = "benchmarks.json"

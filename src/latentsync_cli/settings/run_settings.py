@@ -20,13 +20,14 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from latentsync_cli.device_record import Capabilities, DeviceRecord, auto_precision, classify
+from latentsync_cli.constants import DEFAULT_SEED
 from latentsync_cli.errors import UsageError
-from latentsync_cli.limits import LIMITS
-from latentsync_cli.presets import Mode, PresetTable, QualityPreset
+from latentsync_cli.settings.device_record import Capabilities, DeviceRecord, auto_precision, classify
+from latentsync_cli.settings.limits import LIMITS
+from latentsync_cli.settings.presets import Mode, PresetTable, QualityPreset
+from latentsync_cli.settings.request import DEFAULT_MODE, DEFAULT_QUALITY, SettingsRequest, flag_of
 
 # Where a value came from; shown by `latentsync presets resolve`.
 SOURCE_DEFAULT = "default"
@@ -38,8 +39,6 @@ SOURCE_BENCHMARK = "benchmark cache"
 SOURCE_FLAG = "user flag"
 SOURCE_LEVEL = "optimization level"  # a level the user named with --optimization-level
 
-DEFAULT_MODE = "normal"
-DEFAULT_QUALITY = "balanced"
 NO_BENCHMARK_NOTE = "no benchmark for this GPU; run `latentsync benchmark`"
 
 
@@ -56,7 +55,7 @@ class RunSettings:
     deepcache_interval: int = 3
     deepcache_branch: int = 0
     face_detect_stride: int = 1
-    seed: int = 1247
+    seed: int = DEFAULT_SEED
     # what the optimization level (from the GPU tier) chose
     device: str = "cpu"
     tier: str = "cpu"
@@ -94,30 +93,6 @@ class ResolvedSettings:
             "sources": {name: self.sources.get(name, SOURCE_DEFAULT) for name in values},
             "notes": list(self.notes),
         }
-
-
-@dataclass(frozen=True)
-class SettingsRequest:
-    """What the user asked for on the command line; None means "not given"."""
-
-    mode: str | None = None  # DEFAULT_MODE when None
-    quality: str | None = None  # DEFAULT_QUALITY when None
-    steps: int | None = None
-    deepcache: bool | None = None
-    scheduler: str | None = None
-    window: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    precision: str | None = None  # "auto" = the best the device supports
-    compile: bool | None = None
-    optimization_level: str | None = None  # None or "auto" = the tier's level
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    presets_file: Path | None = None  # --presets FILE (read by the CLI, not here)
-
-    def explicit_settings(self) -> dict[str, Any]:
-        """The RunSettings fields set directly by a flag."""
-        names = ("steps", "deepcache", "scheduler", "window", "guidance", "seed", "precision", "compile")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 def resolve_settings(
@@ -238,18 +213,6 @@ def setting_problem(name: str, value: Any) -> str | None:
 # ---------------------------------------------------------------------------
 # Helpers of resolve_settings
 
-_FLAG_NAMES = {
-    "steps": "--steps",
-    "deepcache": "--deepcache",
-    "scheduler": "--scheduler",
-    "window": "--window",
-    "guidance": "--guidance",
-    "seed": "--seed",
-    "precision": "--precision",
-    "compile": "--compile",
-}
-
-
 def check_request(table: PresetTable, request: SettingsRequest) -> tuple[Mode, QualityPreset]:
     """Unknown names and out-of-range flags -> UsageError; returns the mode and quality preset."""
     mode_name = request.mode or DEFAULT_MODE
@@ -265,7 +228,7 @@ def check_request(table: PresetTable, request: SettingsRequest) -> tuple[Mode, Q
     for name, value in request.explicit_settings().items():
         problem = setting_problem(name, value)
         if problem:
-            raise UsageError(f"{_FLAG_NAMES[name]} {value}: {problem}")
+            raise UsageError(f"{flag_of(name)} {value}: {problem}")
     return table.modes[mode_name], table.quality[quality_name]
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+import tomllib
 
-from latentsync_cli.device_record import BACKENDS
 from latentsync_cli.errors import ConfigError
-from latentsync_cli.limits import LIMITS, NO_LIMIT, Limit
+from latentsync_cli.settings.device_record import BACKENDS
+from latentsync_cli.settings.limits import LIMITS, NO_LIMIT, Limit
 
 APP_NAME = "latentsync"
 PRESETS_FILENAME = "presets.toml"
@@ -276,7 +276,7 @@ def _builtin_location():
     packaged = resources.files("latentsync_cli").joinpath(PRESETS_FILENAME)
     if packaged.is_file():
         return packaged
-    in_repository = Path(__file__).resolve().parents[2] / PRESETS_FILENAME
+    in_repository = Path(__file__).resolve().parents[3] / PRESETS_FILENAME  # src/latentsync_cli/settings/
     if in_repository.is_file():
         return in_repository
     raise ConfigError(

@@ -1,11 +1,7 @@
-"""How the model weights are checked, and the models a run uses.
+"""Checking a weights folder without loading it: every file present, every key and shape as the
+architecture expects (tensors are memory-mapped or read from the safetensors header, never loaded).
 
-Where the files are, and their download, is models/weight_files.py (no torch
-there, so a missing file is reported before torch and diffusers are imported).
-
-Random weights ("random": full-size architecture, "random-tiny": tiny
-architecture) are seeded and need no files; they are for timing and tests, and
-their output is not a lip-sync.
+`latentsync models verify` prints the report; `--weights auto` runs on what passes.
 """
 
 from __future__ import annotations
@@ -18,24 +14,12 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors import safe_open
 
-from latentsync_cli.constants import WEIGHT_CHOICES
-from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
-from latentsync_cli.models.unet import UNet3DConditionModel
+from latentsync_cli.errors import WeightsError
 from latentsync_cli.models.unet_config import UNetConfig
-from latentsync_cli.models.vae import load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
-from latentsync_cli.models.weight_files import (
-    DOWNLOAD_COMMAND,
-    REAL_WEIGHTS,
-    WeightFile,
-    find_weight_files,
-    locate_weights,
-)
-from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
-
-FULL_RESOLUTION = 512
-TINY_RESOLUTION = 256  # tiny VAE latents are 32x32
-
+from latentsync_cli.models.vae import sd_vae_ft_mse_config, tiny_vae_config
+from latentsync_cli.models.whisper import AudioEncoder, WhisperDims
+from latentsync_cli.weights.checkpoint import compare_state_shapes, expected_state_shapes
+from latentsync_cli.weights.files import DOWNLOAD_COMMAND, WeightFile, find_weight_files
 
 # --------------------------------------------------------------------------- checking the files
 
@@ -208,68 +192,3 @@ def verify_weights(checkpoint_dir: Path | None = None, architecture: Architectur
                 check.problems.append(error.message)
         checks.append(check)
     return VerifyReport(architecture.name, checks)
-
-
-# --------------------------------------------------------------------------- the models a run uses
-
-
-@dataclass
-class ModelBundle:
-    unet: UNet3DConditionModel
-    vae: AutoencoderKL
-    audio_encoder: AudioEncoder
-    resolution: int  # face crop side in pixels; latents are resolution / 8
-    weights_id: str  # identifies the weights in benchmark cache keys
-    description: str  # what the weights are, in words, for every output and report
-    is_random: bool
-
-
-def load_models(
-    weights: str = "auto",
-    checkpoint_dir: Path | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-) -> ModelBundle:
-    """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny")."""
-    if weights in REAL_WEIGHTS:
-        return _load_real_models(checkpoint_dir, device, dtype)
-    if weights == "random":
-        return _random_models(Architecture.latentsync_1_6(), FULL_RESOLUTION, device, dtype, seed, tiny=False)
-    if weights == "random-tiny":
-        return _random_models(Architecture.tiny(), TINY_RESOLUTION, device, dtype, seed, tiny=True)
-    raise UsageError(f"unknown --weights {weights!r}: choose one of {', '.join(WEIGHT_CHOICES)}")
-
-
-def _load_real_models(checkpoint_dir: Path | None, device, dtype: torch.dtype) -> ModelBundle:
-    paths = locate_weights(checkpoint_dir)
-    unet = load_unet(paths.unet, UNetConfig.latentsync_1_6(), device, dtype)
-    vae = load_vae(paths.vae, device, dtype)
-    audio_encoder = load_whisper_encoder(paths.whisper, device, dtype)
-    where = f"from {checkpoint_dir}" if checkpoint_dir is not None else "from the Hugging Face cache"
-    return ModelBundle(
-        unet=unet,
-        vae=vae,
-        audio_encoder=audio_encoder,
-        resolution=FULL_RESOLUTION,
-        weights_id="latentsync-1.6",
-        description=f"LatentSync 1.6 weights ({where})",
-        is_random=False,
-    )
-
-
-def _random_models(architecture: Architecture, resolution: int, device, dtype: torch.dtype, seed: int, tiny: bool):
-    unet = build_random_unet(architecture.unet, device, dtype, seed)
-    vae = random_vae(architecture.vae, seed, device, dtype)
-    audio_encoder = random_audio_encoder(architecture.whisper, seed, device, dtype)
-    purpose = "tests and demos only" if tiny else "timing only"
-    size = "tiny architecture" if tiny else "full-size architecture"
-    return ModelBundle(
-        unet=unet,
-        vae=vae,
-        audio_encoder=audio_encoder,
-        resolution=resolution,
-        weights_id="random-tiny" if tiny else "random",
-        description=f"random weights ({size}, seed {seed}): {purpose}, the video is not a lip-sync",
-        is_random=True,
-    )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from latentsync_cli.device_record import DeviceRecord
+from latentsync_cli.settings.device_record import DeviceRecord
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from latentsync_cli.device_record import DeviceRecord
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.weights.info import WeightsInfo
 
 
 @dataclass(frozen=True)
@@ -197,16 +198,6 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
-class WeightsInfo:
-    id: str  # ModelBundle.weights_id, e.g. "latentsync-1.6", "random", "random-tiny"
-    description: str
-    is_random: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "description": self.description, "is_random": self.is_random}
-
-
-@dataclass(frozen=True)
 class BenchmarkInput:
     """The clip the cases ran on: made here ("synthetic") or given by the user."""
 
@@ -321,9 +312,7 @@ class BenchmarkEntry:
             level=str(values.get("level", "")),
             device=DeviceRecord.from_dict(device) if device else None,
             tier=str(device.get("tier", "")) if device else "",
-            weights=WeightsInfo(
-                str(weights.get("id", "")), str(weights.get("description", "")), bool(weights.get("is_random", True))
-            ),
+            weights=WeightsInfo.from_dict(weights),
             label=str(values.get("label") or ""),
             fidelity_note=values.get("fidelity_note"),
             reference=str(values.get("reference") or ""),

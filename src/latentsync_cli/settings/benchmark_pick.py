@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from latentsync_cli.bench import cache
-from latentsync_cli.bench.results import BenchmarkEntry, CacheKey, CaseResult
-from latentsync_cli.device_record import DeviceRecord
-from latentsync_cli.presets import PresetTable
+from latentsync_cli.benchmark_data import cache
+from latentsync_cli.benchmark_data.entries import BenchmarkEntry, CacheKey, CaseResult
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.presets import PresetTable
 
 # The RunSettings fields a speed mode sets; a pick always carries these.
 MODE_FIELDS = (

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from latentsync_cli.device_record import DeviceRecord
-from latentsync_cli.hardware import HardwareReport, probe_devices
-from latentsync_cli.presets import PresetTable, load_presets
-from latentsync_cli.settings import (
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.hardware import HardwareReport, probe_devices
+from latentsync_cli.settings.presets import PresetTable, load_presets
+from latentsync_cli.settings.run_settings import (
     DEFAULT_QUALITY,
     ResolvedSettings,
     SettingsRequest,
@@ -43,7 +43,7 @@ def resolve_request(
     benchmark_pick = None
     if preset is not None and preset.auto:
         if pick_from_benchmark is None:
-            from latentsync_cli.bench.auto import (
+            from latentsync_cli.settings.benchmark_pick import (
                 picker_for,  # imports torch: only when auto asks for it
             )
 

@@ -1,0 +1,88 @@
+"""What a job is asked to do, what `prepare` found out about it, and what it made.
+
+    Job            the request: files, settings (a SettingsRequest) and how the job is done
+    PreparedJob    every check passed, the video probed and the speech decoded once
+    FinishedJob    the pipeline's result, with the weights that made it
+
+The fields of Job declared with `option(...)` are also `sync`'s flags and batch
+columns (options.py): declared here once, read by the CLI and the manifests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from latentsync_cli.constants import FACE_CHOICES, LOOP_MODES, WEIGHT_CHOICES
+from latentsync_cli.jobs.shards import Shard
+from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice
+from latentsync_cli.media.video import VideoInfo
+from latentsync_cli.options import INPUT_AND_OUTPUT, option
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import ResolvedSettings
+from latentsync_cli.weights.info import WeightsInfo
+
+if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
+    from latentsync_cli.pipeline import SyncResult
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one `latentsync sync` is asked to do. Paths may be relative; nothing is checked yet."""
+
+    video: Path
+    audio: Path | None = None  # None: the video's own audio track
+    output: Path | None = None  # None: <video stem>_synced.mp4 beside the video
+    settings: SettingsRequest = field(default_factory=SettingsRequest)
+    weights: str = option(
+        "auto", "auto (the real weights), random or random-tiny (timing and tests only).", INPUT_AND_OUTPUT,
+        choices=WEIGHT_CHOICES,
+    )  # fmt: skip
+    checkpoint_dir: Path | None = option(None, "Folder with the weights (see `latentsync models`).", INPUT_AND_OUTPUT)
+    loop: str = option("pingpong", "How a video shorter than the speech continues.", INPUT_AND_OUTPUT,
+                       choices=LOOP_MODES)  # fmt: skip
+    face: str = option("largest", "Which face when there are several.", INPUT_AND_OUTPUT, choices=FACE_CHOICES)
+    mask_feather: float = option(
+        0.0, "Soften the edge where the new mouth meets the face (Gaussian sigma in pixels).", INPUT_AND_OUTPUT,
+        minimum=0.0, metavar="PX",
+    )  # fmt: skip
+    crf: int = option(DEFAULT_CRF, "x264 quality: lower is better and bigger.", INPUT_AND_OUTPUT,
+                      minimum=0, maximum=51)  # fmt: skip
+    encoder: str = option(
+        "auto", "H.264 encoder (auto: h264_nvenc where it opens, else libx264).", INPUT_AND_OUTPUT,
+        choices=ENCODER_CHOICES,
+    )  # fmt: skip
+    overwrite: bool = option(False, "Replace an existing output.", INPUT_AND_OUTPUT, batch=False)
+    work_dir: Path | None = None  # keep finished windows here, so that a killed job resumes
+    keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
+    shard: Shard | None = None  # compute only this shard's windows into the work dir (no output is written)
+    finalize: bool = False  # only restore, encode and mux the windows in the work dir (all must be there)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose flags, files, output path and settings have been checked, before any model work."""
+
+    job: Job
+    video: Path  # absolute
+    audio: Path | None  # absolute
+    output: Path | None  # absolute; None when the MP4 is not kept
+    video_info: VideoInfo  # the video, probed once for the whole job
+    speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job
+    resolved: ResolvedSettings
+    encoder: EncoderChoice  # the H.264 encoder and why
+    warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    prepared: PreparedJob
+    result: SyncResult
+    weights: WeightsInfo
+
+    @property
+    def output_kept(self) -> bool:
+        return self.prepared.output is not None

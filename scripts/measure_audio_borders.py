@@ -108,6 +108,10 @@ def main() -> None:
     print(f"encoder: Whisper tiny's architecture with seeded random weights (seed {SEED}), as --weights random-tiny")
     print("  builds it: no real Whisper weights exist here; random features are dominated by the positional embedding")
     print(f"torch threads: {torch.get_num_threads()}; {mel.shape[1]} mel frames, {num_positions} encoder positions")
+    embedding = encoder.positional_embedding
+    steps = [(embedding[a] - embedding[b]).norm().item() for a, b in ((1, 0), (window - 1, 0), (window // 2, 0))]
+    print(f"positional embedding: {steps[0]:.2f} from position 0 to 1, {steps[1]:.2f} from {window - 1} to 0,", end="")
+    print(f" {steps[2]:.2f} between positions {window // 2} apart")
 
     layouts = {
         "before": consecutive_windows(num_positions, window),

@@ -15,10 +15,14 @@ from latentsync_cli.errors import InputError, WeightsError
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.models.audio_features import (
     AudioFeatureExtractor,
+    WindowLayout,
     chunk_count,
+    consecutive_windows,
     encode_features,
+    encode_windows,
     feature_chunks,
     log_mel_spectrogram,
+    overlapping_windows,
 )
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
 
@@ -36,6 +40,7 @@ SMALL = WhisperDims(
     n_text_layer=1,
 )
 SHORT = WhisperDims(**{**SMALL.to_dict(), "n_audio_ctx": 6})  # 12 mel frames per window
+ONE_SECOND = WhisperDims(**{**SMALL.to_dict(), "n_audio_ctx": 50})  # 1 s windows: margin 10, crossfade 5, hop 25
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -199,10 +204,10 @@ def test_log_mel_has_one_frame_per_hop_and_whisper_range():
     assert mel.max() <= 1.5 and mel.max() - mel.min() <= 2.0 + 1e-6  # floor at max - 8 in log10, then /4
 
 
-def test_windows_are_encoded_independently_and_the_last_is_padded_in_log_mel():
+def test_upstream_windows_are_encoded_independently_and_the_last_is_padded_in_log_mel():
     encoder = random_audio_encoder(SHORT, seed=3)
     mel = torch.randn(80, 29)  # two full 12-frame windows and one of 5 frames
-    features = encode_features(encoder, mel)
+    features = encode_windows(encoder, mel, consecutive_windows(29 // 2, SHORT.n_audio_ctx))
     assert features.shape == (6 + 6 + 2, 3, 32)
     with torch.no_grad():
         second = encoder(mel[None, :, 12:24])[0].transpose(0, 1)
@@ -247,6 +252,79 @@ def test_extractor_end_to_end_on_more_than_one_window():
 def test_extractor_rejects_audio_without_a_single_feature():
     with pytest.raises(InputError, match="too short"):
         AudioFeatureExtractor(random_audio_encoder(SHORT), "cpu")(np.zeros(100, dtype=np.float32))
+
+
+# --- long speech: overlapping windows beyond 30 s ----------------------------------------------
+
+
+def encode_one_window(encoder: AudioEncoder, mel: torch.Tensor, start: int) -> torch.Tensor:
+    """The encoder's own output for the window whose first position is `start`, zero-padded: (ctx, layers, C)."""
+    frames = mel[:, 2 * start : 2 * start + encoder.dims.n_mel_frames]
+    frames = F.pad(frames, (0, encoder.dims.n_mel_frames - frames.shape[1]))
+    with torch.no_grad():
+        return encoder(frames[None])[0].transpose(0, 1)
+
+
+def test_whisper_window_layout_in_seconds():
+    layout = WindowLayout(WhisperDims.tiny().n_audio_ctx)
+    assert (layout.margin, layout.crossfade, layout.hop) == (300, 150, 750)  # 6 s, 3 s, 15 s at 50 positions/s
+
+
+@pytest.mark.parametrize("num_positions", [51, 60, 75, 76, 99, 100, 101, 263])
+def test_overlapping_windows_add_up_to_one_and_count_only_positions_with_context(num_positions: int):
+    window = 50
+    layout = WindowLayout(window)
+    windows = overlapping_windows(num_positions, window)
+    total = torch.zeros(num_positions)
+    for k, each in enumerate(windows):
+        assert each.start == k * layout.hop
+        total[each.start : each.start + len(each.weights)] += each.weights
+        counted = torch.nonzero(each.weights).flatten()
+        full = torch.nonzero(each.weights == 1).flatten()
+        assert counted.max() < window - layout.margin  # the margin after it is inside the window
+        if k > 0:
+            assert counted.min() >= layout.margin  # and the margin before it
+            assert (full >= layout.margin + layout.crossfade).all()
+    torch.testing.assert_close(total, torch.ones(num_positions), atol=1e-6, rtol=0)
+    assert windows[-1].start + layout.hop + layout.margin >= num_positions  # the last window never falls
+    centres = {each.start + window // 2 for each in windows}
+    assert set(range(window, num_positions, window)) <= centres  # every upstream border is a window's centre
+
+
+def test_up_to_one_window_gives_upstreams_single_padded_window_exactly():
+    encoder = random_audio_encoder(ONE_SECOND, seed=8)
+    for frames in (2, 57, 100, 101):  # 101 frames still make 50 positions: one window
+        mel = torch.randn(80, frames)
+        features = encode_features(encoder, mel)
+        assert torch.equal(features, encode_one_window(encoder, mel, 0)[: frames // 2])
+        assert torch.equal(features, encode_windows(encoder, mel, consecutive_windows(frames // 2, 50)))
+
+
+@pytest.mark.parametrize("frames", [102, 151, 527])
+def test_each_position_is_the_weighted_sum_of_its_windows(frames: int):
+    encoder = random_audio_encoder(ONE_SECOND, seed=9)
+    mel = torch.randn(80, frames)
+    expected = torch.zeros(frames // 2, 3, 32)
+    for each in overlapping_windows(frames // 2, 50):
+        own = encode_one_window(encoder, mel, each.start)[: len(each.weights)]
+        expected[each.start : each.start + len(each.weights)] += each.weights[:, None, None] * own
+    features = encode_features(encoder, mel)
+    assert features.shape == (frames // 2, 3, 32)  # as many positions as upstream: the video length is unchanged
+    torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)
+
+
+def test_features_around_a_30_s_border_are_those_of_a_window_centred_there():
+    encoder = random_audio_encoder(SMALL, seed=4)
+    mel = log_mel_spectrogram(speech_like(36.0))  # L = 1800 positions: windows at 0 s and 15 s
+    features = encode_features(encoder, mel)
+    centred = encode_one_window(encoder, mel, 750)  # 15 s to 45 s, zero-padded after 36 s
+    # from 24 s to the end (6 s past the border) the window centred on the border alone counts:
+    # the same computation, so equal to float32 rounding (measured: 0)
+    torch.testing.assert_close(features[1200:1800], centred[450:1050], atol=1e-6, rtol=0)
+    first = encode_one_window(encoder, mel, 0)
+    assert torch.equal(features[:1050], first[:1050])  # the first 21 s are upstream's first window
+    jumps = (features[1:] - features[:-1]).flatten(1).norm(dim=1)
+    assert jumps[1499] < 1.5 * jumps.median()  # 1499 -> 1500 crosses 30 s (upstream: 4.1x here)
 
 
 # --- golden parity with upstream (whisper_small_dims, demo1_audio.wav) -------------------------

@@ -26,14 +26,13 @@ from latentsync_cli.errors import ExitCode
 from latentsync_cli.face.align import FaceAligner, crop_size
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.media.audio import load_audio
-from latentsync_cli.media.encode import VideoEncoder
+from latentsync_cli.media.encode import DEFAULT_X264_PRESET, VideoEncoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 from latentsync_cli.media.video import decode_frames, probe_video, read_frames
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers.run_plan import build_run_plan
-from latentsync_cli.pipeline import SyncJob
 from latentsync_cli.settings.request import SettingsRequest
 from latentsync_cli.settings.resolution import resolve_here
 
@@ -100,7 +99,7 @@ def frames(synced, media) -> dict[str, list[np.ndarray]]:
     frames_in = list(read_frames(media["clip"], count))
     reencoded_path = media["folder"] / "reencoded.mp4"
     # Through the same encoder settings as the pipeline's output, so only the pipeline's own changes differ.
-    with VideoEncoder(reencoded_path, *SIZE, fps=25, crf=18, preset=SyncJob.encoder_preset) as encoder:
+    with VideoEncoder(reencoded_path, *SIZE, fps=25, crf=18, preset=DEFAULT_X264_PRESET) as encoder:
         for frame in frames_in:
             encoder.write(frame)
     return {

@@ -78,7 +78,7 @@ def read_manifest(path: Path) -> list[BatchRow]:
     allowed_options = option_columns()
     jobs = []
     for number, row in enumerate(rows, start=1):
-        unknown = sorted(set(row) - set(PATH_COLUMNS) - allowed_options)
+        unknown = sorted(set(row) - set(PATH_COLUMNS) - set(allowed_options))
         if unknown:
             raise UsageError(
                 f"{path}: row {number}: unknown column {unknown[0]!r}; "

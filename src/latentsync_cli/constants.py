@@ -29,3 +29,5 @@ DEFAULT_SEED = 1247
 # has several (face/landmarks.py).
 LOOP_MODES = ("pingpong", "loop", "freeze")
 FACE_CHOICES = ("largest", "center")
+# Where the face landmarks come from: MediaPipe (built in) or InsightFace (upstream's, an optional extra).
+FACE_DETECTORS = ("mediapipe", "insightface")

@@ -194,7 +194,7 @@ class MediapipeLandmarks:
             return None
         if self.choose == "largest":
             return max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
-        return min(faces, key=lambda face: _distance_to_centre(face.box, width, height))
+        return min(faces, key=lambda face: distance_to_centre(face.box, width, height))
 
     def _run_mesh(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """All 468 mesh points (float64, frame pixels) of the face in the crop, or None."""
@@ -236,6 +236,6 @@ def alignment_points(mesh_points: np.ndarray) -> np.ndarray:
     )
 
 
-def _distance_to_centre(box: tuple[float, float, float, float], width: int, height: int) -> float:
+def distance_to_centre(box: tuple[float, float, float, float], width: int, height: int) -> float:
     x0, y0, x1, y1 = box
     return float(np.hypot((x0 + x1) / 2 - width / 2, (y0 + y1) / 2 - height / 2))

@@ -19,7 +19,7 @@ import numpy as np
 
 from latentsync_cli.errors import InputError
 from latentsync_cli.face.align import FaceAligner
-from latentsync_cli.face.landmarks import MediapipeLandmarks
+from latentsync_cli.face.detectors import LandmarkSource
 from latentsync_cli.media.video import VideoInfo, read_frames
 
 FACE_CHECK_FRAMES = 50  # "no face" is decided on the first frames, before any model work
@@ -76,10 +76,10 @@ class FaceLocator:
     0.01-0.1 px a frame, measured), which made a still portrait jump and jitter.
     """
 
-    def __init__(self, resolution: int, stride: int, face: str, track: FaceTrack | None = None):
+    def __init__(self, resolution: int, landmarks: LandmarkSource, track: FaceTrack | None = None):
         self.aligner = FaceAligner(resolution)
         self.track = track
-        self.detector = MediapipeLandmarks(stride=stride, choose=face) if track is None else None
+        self.detector = landmarks.new_detector() if track is None else None
         self.previous_frame: np.ndarray | None = None
         self.previous_affine: np.ndarray | None = None
 
@@ -123,10 +123,10 @@ class FaceLocator:
             self.detector.close()
 
 
-def check_for_a_face(video: VideoInfo, face: str, frames_to_check: int = FACE_CHECK_FRAMES) -> None:
+def check_for_a_face(video: VideoInfo, landmarks: LandmarkSource, frames_to_check: int = FACE_CHECK_FRAMES) -> None:
     """InputError unless one of the first frames (the whole video when it is short) has a face."""
     count = max(1, min(frames_to_check, video.frame_count))
-    detector = MediapipeLandmarks(stride=1, choose=face)
+    detector = landmarks.every_frame().new_detector()
     frames = read_frames(video, count, loop="freeze")
     try:
         for frame in frames:
@@ -140,10 +140,10 @@ def check_for_a_face(video: VideoInfo, face: str, frames_to_check: int = FACE_CH
     )
 
 
-def track_faces(video: VideoInfo, num_frames: int, loop: str, face: str, stride: int, resolution: int) -> FaceTrack:
+def track_faces(video: VideoInfo, num_frames: int, loop: str, landmarks: LandmarkSource, resolution: int) -> FaceTrack:
     """Find and align the face in each of the `num_frames` output frames (the video looped as `loop`),
     exactly as the pipeline does while decoding."""
-    locate = FaceLocator(resolution, stride, face)
+    locate = FaceLocator(resolution, landmarks)
     has_face = np.zeros(num_frames, dtype=bool)
     affines = np.zeros((num_frames, 2, 3), dtype=np.float64)
     frames = read_frames(video, num_frames, loop=loop)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latentsync_cli.constants import FACE_CHOICES, LOOP_MODES, WEIGHT_CHOICES
+from latentsync_cli.constants import FACE_CHOICES, FACE_DETECTORS, LOOP_MODES, WEIGHT_CHOICES
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice
 from latentsync_cli.media.video import VideoInfo
@@ -45,6 +45,10 @@ class Job:
     loop: str = option("pingpong", "How a video shorter than the speech continues.", INPUT_AND_OUTPUT,
                        choices=LOOP_MODES)  # fmt: skip
     face: str = option("largest", "Which face when there are several.", INPUT_AND_OUTPUT, choices=FACE_CHOICES)
+    face_detector: str = option(
+        "mediapipe", "Face landmarks: mediapipe (built in) or insightface (upstream's; needs "
+        "latentsync[insightface] and InsightFace's buffalo_l models).", INPUT_AND_OUTPUT, choices=FACE_DETECTORS,
+    )  # fmt: skip
     mask_feather: float = option(
         0.0, "Soften the edge where the new mouth meets the face (Gaussian sigma in pixels).", INPUT_AND_OUTPUT,
         minimum=0.0, metavar="PX",

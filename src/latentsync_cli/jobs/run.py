@@ -24,6 +24,7 @@ import numpy as np
 
 from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError, UsageError
+from latentsync_cli.face.insightface_points import find_model_root, require_extra
 from latentsync_cli.jobs.job import FinishedJob, Job, PreparedJob
 from latentsync_cli.jobs.models import ModelCache, absolute
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
@@ -40,6 +41,7 @@ from latentsync_cli.weights.files import check_weights_available
 from latentsync_cli.weights.info import WeightsInfo
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
+    from latentsync_cli.face.detectors import LandmarkSource
     from latentsync_cli.jobs.workdir import WorkDirStore
     from latentsync_cli.media.video import VideoInfo
     from latentsync_cli.timing import StageTimer
@@ -95,6 +97,8 @@ def prepare(
         wanted = job.output if job.output is not None else default_output_path(video)
         output = check_output_path(wanted, [video, audio], job.overwrite)
     check_weights_available(job.weights, absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
+    if job.face_detector == "insightface":
+        find_model_root(absolute(job.checkpoint_dir))  # InsightFace's models: exit 5 before any work
     hardware = hardware if hardware is not None else probe_devices()
     resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
     video_info, speech, warnings = read_media(video, audio)
@@ -138,16 +142,17 @@ def execute(
     job, settings = prepared.job, prepared.resolved.settings
     weights = WeightsInfo(job.weights, models.weights_id, models.description, models.is_random)
     timer = StageTimer(settings.device)
+    landmarks = landmark_source(prepared)
     progress.message("checking for a face")
     with timer.stage("landmarks", MAIN_LANE):
-        check_for_a_face(prepared.video_info, job.face)
+        check_for_a_face(prepared.video_info, landmarks)
     ranges = window_ranges(output_frame_count(prepared.speech.size), settings.window)
     with ExitStack() as stack:
         store = open_work_dir(stack, prepared, weights)
         track = None
         if store is not None:
             progress.message("finding the faces of the whole video")
-            track = stored_track(store, prepared, ranges[-1].stop, models.resolution, timer)
+            track = stored_track(store, prepared, landmarks, ranges[-1].stop, models.resolution, timer)
         plan = plan_windows(ranges, store, track, job.shard, job.finalize)
         target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
         sink = MuxedVideo(target, scratch_dir / "video.mp4", prepared.speech, plan.num_frames, FPS,
@@ -158,7 +163,7 @@ def execute(
             plan=plan,
             sink=sink if plan.make_frames else None,
             loop=job.loop,
-            face=job.face,
+            landmarks=landmarks,
             mask_feather_px=job.mask_feather,
             face_track=track,
             on_generated=store.save_window if store is not None else None,
@@ -169,15 +174,26 @@ def execute(
     return FinishedJob(prepared, result, weights)
 
 
-def stored_track(store: WorkDirStore, prepared: PreparedJob, num_frames: int, resolution: int, timer: StageTimer):
+def landmark_source(prepared: PreparedJob) -> LandmarkSource:
+    """The job's landmark detector: --face-detector, the mode's detection stride, --face."""
+    from latentsync_cli.face.detectors import LandmarkSource
+
+    job, settings = prepared.job, prepared.resolved.settings
+    root = find_model_root(absolute(job.checkpoint_dir)) if job.face_detector == "insightface" else None
+    return LandmarkSource(job.face_detector, settings.face_detect_stride, job.face, root,
+                          use_cuda=settings.device.startswith("cuda"))  # fmt: skip
+
+
+def stored_track(
+    store: WorkDirStore, prepared: PreparedJob, landmarks: LandmarkSource, num_frames: int, resolution: int,
+    timer: StageTimer,
+):  # fmt: skip
     """The face track from the work dir, computed there by the first task that needs it."""
     from latentsync_cli.face.track import track_faces
 
-    job, stride = prepared.job, prepared.resolved.settings.face_detect_stride
+    loop = prepared.job.loop
     with timer.stage("landmarks", MAIN_LANE):
-        return store.face_track(
-            lambda: track_faces(prepared.video_info, num_frames, job.loop, job.face, stride, resolution)
-        )
+        return store.face_track(lambda: track_faces(prepared.video_info, num_frames, loop, landmarks, resolution))
 
 
 def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo) -> WorkDirStore | None:
@@ -193,7 +209,8 @@ def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
         [prepared.video, prepared.audio],
         settings,
         # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
-        {"weights": weights.to_dict(), "face": job.face, "mask_feather": job.mask_feather, "loop": job.loop},
+        {"weights": weights.to_dict(), "face": job.face, "face_detector": job.face_detector,
+         "mask_feather": job.mask_feather, "loop": job.loop},  # fmt: skip
     )
     return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint, job.shard))
 
@@ -208,6 +225,8 @@ def check_flags(job: Job, table: PresetTable) -> None:
     except OptionError as error:
         raise UsageError(str(error)) from None
     check_shard_flags(job)
+    if job.face_detector == "insightface":
+        require_extra()
     check_request(table, job.settings)
 
 

@@ -30,6 +30,7 @@ import torch
 from latentsync_cli.advice import bottleneck_verdict
 from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError
+from latentsync_cli.face.detectors import LandmarkSource
 from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.face.restore import paste_thread_count, restore_faces
 from latentsync_cli.face.restore_torch import restore_backend_for
@@ -71,7 +72,7 @@ class SyncJob:
     plan: WindowPlan  # every window's frames and what to do with it
     sink: FrameSink | None = None  # where the output frames go (None: a plan that makes no frames)
     loop: str = "pingpong"  # how a video shorter than the speech continues
-    face: str = "largest"  # which face when there are several: largest | center
+    landmarks: LandmarkSource = field(default_factory=LandmarkSource)  # the landmark detector (and which face)
     mask_feather_px: float = 0.0  # soften the paste-back edge (the UNet still sees upstream's mask)
     face_track: FaceTrack | None = None  # the whole video's faces, found once (None: found while decoding)
     on_generated: GeneratedListener | None = None  # hears every window the models make (to keep it)
@@ -242,7 +243,7 @@ class LipsyncPipeline:
         """
         plan = job.plan
         ranges = plan.ranges[: plan.last_wanted + 1]
-        locate = FaceLocator(self.resolution, self.settings.face_detect_stride, job.face, job.face_track)
+        locate = FaceLocator(self.resolution, job.landmarks, job.face_track)
         frames = read_frames(job.video, ranges[-1].stop if ranges else 0, loop=job.loop)
         if self.cpu_pool is not None:  # cores to spare: decode the next frames while faces are tracked
             frames = ReadAhead(frames, READ_AHEAD_FRAMES)

@@ -23,7 +23,10 @@ NOT_MEDIA = "not an audio or video file ffmpeg can read; pass a WAV, MP3, M4A, F
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of `path` to float32 mono at `sample_rate`, values in [-1, 1)."""
+    """Decode the first audio stream of `path` to float32 mono at `sample_rate`, values in [-1, 1).
+
+    `path` may be a named pipe (or another stream, such as /dev/stdin): it is read once, from start to end.
+    """
     path = _check_readable_file(path)
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(),
@@ -87,7 +90,7 @@ def _check_readable_file(path: str | Path) -> Path:
         raise InputError(f"{path}: audio file not found; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a directory; pass an audio or video file")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:  # a named pipe has no size: it is read as a stream
         raise InputError(f"{path}: file is empty; pass an audio or video file with speech")
     return path
 
@@ -101,11 +104,13 @@ def _probe(path: Path) -> str:
 
 def _raise_decode_error(path: Path, decode_stderr: str) -> None:
     """Tell apart 'not media', 'no audio stream' and a damaged stream, which ffmpeg reports alike."""
+    lines = [line.strip() for line in decode_stderr.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "ffmpeg failed"
+    if not path.is_file():  # a stream (a named pipe) was read once and is gone: nothing to look at again
+        raise InputError(f"{path}: cannot decode speech from this stream ({detail}); {NOT_MEDIA}")
     report = _probe(path)
     if "Input #0" not in report:
         raise InputError(f"{path}: {NOT_MEDIA}")
     if not re.search(r"Stream #\S+.*: Audio:", report):
         raise InputError(f"{path}: has no audio stream; pass an audio file as the second argument")
-    lines = [line.strip() for line in decode_stderr.splitlines() if line.strip()]
-    detail = lines[-1] if lines else "ffmpeg failed"
     raise InputError(f"{path}: cannot decode its audio ({detail}); convert it to WAV and try again")

@@ -163,3 +163,20 @@ def test_a_named_pipe_that_carries_no_speech_is_one_line(tmp_path: Path):
     with pytest.raises(InputError, match="cannot decode speech from this stream"):
         load_audio(pipe)  # and no second read of the pipe, which would wait for a writer forever
     writer.join(timeout=60)
+
+
+def test_speech_from_a_descriptor_of_this_process_is_read(tmp_path: Path, tone_wav: Path):
+    """`<(command)` in a shell gives the program a /dev/fd/N path: only this process has that descriptor."""
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(tone_wav.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        np.testing.assert_array_equal(load_audio(f"/dev/fd/{read_end}"), load_audio(tone_wav))
+    finally:
+        os.close(read_end)
+    writer.join(timeout=60)

@@ -31,6 +31,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from latentsync_cli.errors import InputError, UsageError
+from latentsync_cli.media.audio import is_stream
 
 OUTPUT_FPS = 25
 LOOP_MODES = ("pingpong", "loop", "freeze")
@@ -410,7 +411,7 @@ def _check_input_file(path: Path) -> None:
         raise InputError(f"input not found: {path} (check the path)")
     if path.is_dir():
         raise InputError(f"{path} is a folder: pass a video or image file")
-    if not path.is_file():
+    if is_stream(path):
         raise InputError(
             f"{path} is a {file_kind(path)}, not a file: the video is read several times (probed, searched for "
             "a face, decoded again for each loop pass); save it to a file first"
@@ -433,7 +434,7 @@ def file_kind(path: Path) -> str:
     ):
         if test(mode):
             return kind
-    return "regular file" if stat.S_ISREG(mode) else "special file"
+    return "stream of this process (a /dev or /proc path)" if stat.S_ISREG(mode) else "special file"
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -142,3 +144,39 @@ def test_zero_length_audio_stream(tmp_path: Path):
     write_wav(path, np.zeros(0, dtype=np.float32))
     assert path.stat().st_size > 0  # a valid header with no samples
     assert_input_error(path, "0 samples")
+
+
+def test_speech_from_a_named_pipe_is_read_once_as_a_stream(tmp_path: Path, tone_wav: Path):
+    pipe = tmp_path / "speech.wav"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(tone_wav.read_bytes()), daemon=True)
+    writer.start()  # as a program piping its output in does
+    np.testing.assert_array_equal(load_audio(pipe), load_audio(tone_wav))
+    writer.join(timeout=60)
+
+
+def test_a_named_pipe_that_carries_no_speech_is_one_line(tmp_path: Path):
+    pipe = tmp_path / "speech.wav"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(b"not audio at all" * 100), daemon=True)
+    writer.start()
+    with pytest.raises(InputError, match="cannot decode speech from this stream"):
+        load_audio(pipe)  # and no second read of the pipe, which would wait for a writer forever
+    writer.join(timeout=60)
+
+
+def test_speech_from_a_descriptor_of_this_process_is_read(tmp_path: Path, tone_wav: Path):
+    """`<(command)` in a shell gives the program a /dev/fd/N path: only this process has that descriptor."""
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(tone_wav.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        np.testing.assert_array_equal(load_audio(f"/dev/fd/{read_end}"), load_audio(tone_wav))
+    finally:
+        os.close(read_end)
+    writer.join(timeout=60)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -95,6 +98,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     (checkpoints / "latentsync_unet.pt").write_bytes(b"not a checkpoint at all" * 100)
     (checkpoints / "whisper" / "tiny.pt").write_bytes(b"also garbage" * 100)
     (folder / "exists.mp4").write_bytes(b"an earlier result")
+    os.mkfifo(folder / "pipe.mp4")  # a video from a named pipe: never opened, refused at once
     return paths
 
 
@@ -113,6 +117,8 @@ def error_cases(corpus: dict[str, Path]) -> dict[str, tuple[list, int, list[str]
         case("missing audio", [clip, f / "nothing.wav"], bad_input, ["nothing.wav", "not found"]),
         case("folder", [f / "a folder.mp4", voice], bad_input, ["a folder.mp4", "folder"]),
         case("empty file", [f / "empty.mp4", voice], bad_input, ["empty.mp4", "empty"]),
+        case("video from a named pipe", [f / "pipe.mp4", voice], bad_input,
+             ["pipe.mp4", "named pipe", "read several times", "save it to a file"]),
         case("text named mp4", [f / "notes.mp4", voice], bad_input, ["notes.mp4"]),
         case("truncated mp4", [f / "cut.mp4", voice], bad_input, ["cut.mp4"]),
         case("no video stream", [f / "speech only.m4a", voice], bad_input, ["speech only.m4a", "no video stream"]),
@@ -216,13 +222,19 @@ def test_a_disk_with_no_byte_free_is_an_output_error(corpus, full_disk):
 
 def test_a_work_dir_on_a_full_disk_leaves_no_temporary_files(corpus, tmp_path):
     work_dir = tmp_path / "work"
-    work_dir.mkdir()
-    (work_dir / "window-00000.tmp-999999").write_bytes(b"left by a job that died")  # no such process
+    dead_job = work_dir / "users" / "0123"  # the lease of a job that died an hour ago, a temporary file in it
+    dead_job.mkdir(parents=True)
+    (dead_job / "lease.json").write_text(json.dumps({"token": "0123", "host": "deadnode", "pid": 4}))
+    (dead_job / "window-00000.npz").write_bytes(b"half a window")
+    older_version = work_dir / "window-00001.tmp-999999"  # what a version before leases left
+    older_version.write_bytes(b"half a window")
+    for path in (dead_job / "lease.json", older_version):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     arguments = ["sync", corpus["clip"], corpus["voice"], "-o", tmp_path / "out.mp4", "--work-dir", work_dir, *FAST]
     ran = run_cli(*arguments, preexec_fn=limit_file_size)
     assert ran.code == ExitCode.OUTPUT, ran.stderr
     assert len(ran.error_lines) == 1 and "disk full" in ran.error_lines[0], ran.stderr
-    assert list(work_dir.glob("*.tmp-*")) == []  # neither its own nor the dead job's
+    assert list(work_dir.glob("*.tmp-*")) == [] and list((work_dir / "users").iterdir()) == []  # its own, the dead's
     assert leftovers(tmp_path) == []
 
 
@@ -231,6 +243,20 @@ def test_sync_json_that_fails_prints_a_json_error_on_stdout(corpus, tmp_path):
     assert ran.code == ExitCode.BAD_INPUT
     error = json.loads(ran.stdout)
     assert error["exit_code"] == ExitCode.BAD_INPUT and "nothing.mp4" in error["error"]
+
+
+def test_debug_adds_the_traceback_and_changes_nothing_else(corpus, tmp_path):
+    f, clip, voice = corpus["folder"], corpus["clip"], corpus["voice"]
+    for arguments, code in (
+        ([f / "nothing.mp4", voice], ExitCode.BAD_INPUT),
+        ([clip, voice, "--mode", "warp"], ExitCode.USAGE),  # after FAST: this --mode wins
+    ):
+        plain = run_cli("sync", *FAST, *arguments, "--json", "-o", tmp_path / "out.mp4")
+        debug = run_cli("sync", *FAST, *arguments, "--json", "-o", tmp_path / "out.mp4", "--debug")
+        assert plain.code == debug.code == code, debug.stderr
+        assert debug.stdout == plain.stdout and json.loads(debug.stdout)["exit_code"] == code
+        assert debug.error_lines == plain.error_lines and len(debug.error_lines) == 1
+        assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
 
 
 def write_manifest(folder: Path, text: str) -> Path:
@@ -305,6 +331,14 @@ def unusual(corpus) -> dict:
     make_still_image(f / "portrait.png", size=(240, 320), alpha=True)
     two = [np.hstack([frame, frame[:, ::-1]]) for frame in face_frames(SHORT_SECONDS, 25, SIZE)]
     write_clip(f / "two faces.mp4", two)
+    # An MKV whose first stream is a one-frame picture without a face, and whose default stream is the video.
+    ffmpeg("-f", "lavfi", "-i", f"color=c=gray:size={SIZE[0]}x{SIZE[1]}", "-frames:v", 1, "-c:v", "mjpeg",
+           f / "still.jpg")  # fmt: skip
+    ffmpeg("-i", f / "still.jpg", "-i", f / "plain.mp4", "-map", "0:v", "-map", "1:v", "-c", "copy",
+           "-disposition:v:0", 0, "-disposition:v:1", "default", f / "two streams.mkv")  # fmt: skip
+    # Speech from a named pipe, written when the job opens it, as a program piping its output in would.
+    os.mkfifo(f / "pipe.wav")
+    threading.Thread(target=lambda: (f / "pipe.wav").write_bytes(voice.read_bytes()), daemon=True).start()
     rows = [
         ("plain.mp4", "silence.wav", "silent speech"),
         ("one frame.mp4", "voice.wav", "one frame"),
@@ -316,6 +350,8 @@ def unusual(corpus) -> dict:
         ("10bit.mp4", "voice.wav", "10-bit"),
         ("portrait.png", "voice.wav", "PNG with alpha"),
         ("two faces.mp4", "voice.wav", "two faces"),
+        ("two streams.mkv", "voice.wav", "a still before the default video stream"),
+        ("plain.mp4", "pipe.wav", "speech from a named pipe"),
         ("missing.mp4", "voice.wav", "broken row"),
     ]
     manifest = f / "jobs.csv"
@@ -342,12 +378,16 @@ def test_silent_speech_is_warned_about(unusual):
     assert "silence.wav: the speech is silent" in unusual["ran"].stderr
 
 
+def test_the_video_stream_used_is_said_when_there_are_several(unusual):
+    assert "two streams.mkv: 2 video streams; using stream #0:1 (h264, 320x240, default)" in unusual["ran"].stderr
+
+
 def test_a_broken_row_fails_alone_and_the_batch_exits_8(unusual):
     ran = unusual["ran"]
     assert ran.code == ExitCode.BATCH_FAILED, ran.stderr
     broken = unusual["records"][-1]
     assert broken["status"] == "failed" and broken["exit_code"] == ExitCode.BAD_INPUT
     assert "missing.mp4" in broken["error"] and "not found" in broken["error"]
-    assert len(ran.error_lines) == 1 and "1 of 11 jobs failed" in ran.error_lines[0]
+    assert len(ran.error_lines) == 1 and f"1 of {len(unusual['rows'])} jobs failed" in ran.error_lines[0]
     assert "Traceback" not in ran.stderr
     assert leftovers(unusual["folder"] / "out") == []

@@ -1,8 +1,10 @@
 """Jobs on a Ray cluster: the outputs of a single run, whatever the shards and however many workers die.
 
-One local Ray instance (`ray start --head`, two CPUs) serves every test of the
-module: the CLI tests reach it with `--ray auto`, the others call the core API
-in this process. Ray is an optional extra; CI installs it (`.ci/run`).
+One private local Ray instance (`ray start --head --block`, two CPUs, free
+ports, its own temp dir) serves every test of the module: the CLI tests reach
+it with `--ray ADDRESS`, the others call the core API in this process. At the
+end only that instance's processes are stopped, by signalling the `ray start`
+process the fixture started. Ray is an optional extra; CI installs it (`.ci/run`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,20 +31,50 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra `latentsync[r
 
 SECONDS = 1.2  # 32 frames at window 8: 4 windows
 JOB_FLAGS = [*FAST, "--window", "8", "--seed", "7"]
+# Ports Ray would otherwise take at fixed numbers (6379, 52365, ...), shared with anyone else on the machine.
+RAY_PORT_FLAGS = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                  "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A local cluster for the whole module, stopped afterwards."""
+def cluster(tmp_path_factory) -> str:
+    """A private local cluster for the whole module; its address. Only its own processes are stopped."""
     temp_dir = tmp_path_factory.mktemp("ray")
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command, whatever is on PATH
-    start = [*ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"]  # fmt: skip
-    subprocess.run(start, check=True, capture_output=True, env=cli_env(), timeout=300)
-    ray.init(address="auto", log_to_driver=False)
-    yield
-    ray.shutdown()
-    subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    port = free_port()
+    ports = [str(value) for flag in RAY_PORT_FLAGS for value in (flag, free_port())]
+    # The `ray` command, whatever is on PATH; --block keeps it in the foreground, owning what it starts.
+    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(port),
+             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+             *ports]  # fmt: skip
+    with open(temp_dir / "ray-start.log", "wb") as log:
+        head = subprocess.Popen(start, stdout=log, stderr=log, env=cli_env(), start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for_port(head, port, temp_dir / "ray-start.log")
+        ray.init(address=address, log_to_driver=False)
+        yield address
+    finally:
+        ray.shutdown()
+        head.terminate()  # `ray start --block` stops the processes it started, and only those
+        head.wait(timeout=300)
+
+
+def wait_for_port(head: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        assert head.poll() is None, log.read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"no Ray cluster came up: {log.read_text()}"
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +89,7 @@ def tiny_job(media, output: Path) -> Job:
 
 def test_two_shards_on_the_cluster_give_the_single_run_video(cluster, media, tmp_path):
     target = tmp_path / "out.mp4"
-    ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--ray", "auto", "--shards", "2",
+    ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--ray", cluster, "--shards", "2",
                   "--ray-workers", "2", timeout=600)  # fmt: skip
     assert ran.code == 0, ran.stderr
     assert video_stream_bytes(target) == video_stream_bytes(media["single"])
@@ -67,7 +100,7 @@ def test_a_manifest_of_three_jobs_on_two_workers(cluster, media, tmp_path):
     rows = [{"video": str(media["clip"]), "audio": str(media["voice"]), "output": f"out{n}.mp4"} for n in range(3)]
     manifest = tmp_path / "jobs.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    ran = run_cli("sync", "--batch", manifest, "--json", *JOB_FLAGS, "--ray", "auto", "--ray-workers", "2",
+    ran = run_cli("sync", "--batch", manifest, "--json", *JOB_FLAGS, "--ray", cluster, "--ray-workers", "2",
                   timeout=900)  # fmt: skip
     assert ran.code == 0, ran.stderr
     records = [json.loads(line) for line in ran.stdout.splitlines()]
@@ -77,10 +110,30 @@ def test_a_manifest_of_three_jobs_on_two_workers(cluster, media, tmp_path):
         assert video_stream_bytes(tmp_path / f"out{number}.mp4") == video_stream_bytes(media["single"])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process started, directly or not, by `pid` (this module's cluster is started by this process)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def busy_worker_pids() -> list[int]:
-    """The processes of workers that are running a task (Ray names them after the method)."""
-    found = subprocess.run(["pgrep", "-f", "ray::ShardWorker.run"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    """The processes of this test's workers that are running a task (Ray names them after the method)."""
+    busy = []
+    for pid in descendants(os.getpid()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if command.startswith(b"ray::ShardWorker.run"):
+            busy.append(pid)
+    return busy
 
 
 def test_a_worker_killed_mid_job_costs_only_its_shard(cluster, media, tmp_path):
@@ -113,7 +166,7 @@ def test_a_bad_row_fails_alone_on_the_cluster(cluster, media, tmp_path):
 
 def test_a_driver_killed_and_started_again_resumes_from_the_work_dir(cluster, media, tmp_path):
     target = tmp_path / "out.mp4"
-    command = ["sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--ray", "auto", "--shards", "2",
+    command = ["sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--ray", cluster, "--shards", "2",
                "--ray-workers", "2"]  # fmt: skip
     driver = start_cli(*command)
     deadline = time.monotonic() + 600
@@ -131,3 +184,11 @@ def test_a_driver_killed_and_started_again_resumes_from_the_work_dir(cluster, me
     # The windows stored before the kill were taken as they were, not computed again.
     assert json.loads(again.stdout.splitlines()[-1])["resumed_windows"] >= kept >= 1
     assert not list(tmp_path.glob(".latentsync-work-*"))  # the finished job's work dir is gone
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line(tmp_path):
+    # Nothing listens on port 1: Ray itself would retry for minutes.
+    ran = run_cli("sync", tmp_path / "clip.mp4", "--ray", "127.0.0.1:1", *JOB_FLAGS, timeout=120)
+    assert ran.code == ExitCode.USAGE, ran.stderr
+    assert len(ran.error_lines) == 1 and "--ray 127.0.0.1:1: no Ray cluster answers there" in ran.error_lines[0]
+    assert "Traceback" not in ran.stderr

@@ -9,22 +9,18 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from latentsync_cli.errors import OutputError, UsageError
+from latentsync_cli.errors import ExitCode, OutputError, UsageError
 from latentsync_cli.face.track import FaceTrack
+from latentsync_cli.jobs import cluster
 from latentsync_cli.jobs.batch import read_manifest
 from latentsync_cli.jobs.outputs import check_output_path
-from latentsync_cli.jobs.scratch import (
-    OWNER_FILE,
-    SCRATCH_PREFIX,
-    job_scratch_dir,
-    remove_stale_scratch,
-)
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
@@ -51,34 +47,6 @@ def test_check_output_refuses_unwritable_folder():
     # /sys refuses new files even to root, unlike a chmod-ed temp folder.
     with pytest.raises(OutputError, match="not writable"):
         check_output_path(Path("/sys/out.mp4"), [], overwrite=False)
-
-
-def test_scratch_dirs_are_private_and_removed(tmp_path):
-    with job_scratch_dir(tmp_path / "a.mp4") as first, job_scratch_dir(tmp_path / "b.mp4") as second:
-        assert first != second
-        assert first.parent == tmp_path and first.name.startswith(SCRATCH_PREFIX)
-        (first / "junk").write_bytes(b"x")
-    assert not first.exists() and not second.exists()
-
-
-def test_a_second_job_for_the_same_output_is_refused_while_the_first_runs(tmp_path):
-    output = tmp_path / "out.mp4"
-    with job_scratch_dir(output):
-        with pytest.raises(OutputError, match=f"another job \\(pid {os.getpid()} .*is writing this output"):
-            with job_scratch_dir(output):
-                pass
-    with job_scratch_dir(output) as again:  # released when the first job ended
-        assert again.exists()
-
-
-def test_the_claim_of_a_killed_job_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    output = tmp_path / "out.mp4"
-    claim = tmp_path / f"{SCRATCH_PREFIX}{output.name}"
-    claim.mkdir()
-    (claim / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
-    with job_scratch_dir(output) as scratch:
-        assert json.loads((scratch / OWNER_FILE).read_text())["pid"] == os.getpid()
 
 
 def test_read_batch_csv_resolves_paths_and_keeps_options(tmp_path):
@@ -180,27 +148,6 @@ def test_shard_ranges_cover_every_window_once():
     for text in ("0/3", "4/3", "two/3", "1-3"):
         with pytest.raises(UsageError, match="--shard"):
             Shard.parse(text)
-
-
-def test_stale_scratch_of_dead_jobs_is_removed_live_ones_kept(tmp_path):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    )
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f"{SCRATCH_PREFIX}stale"
-    stale.mkdir()
-    (stale / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid}))
-    other_host = tmp_path / f"{SCRATCH_PREFIX}elsewhere"
-    other_host.mkdir()
-    (other_host / OWNER_FILE).write_text(json.dumps({"host": "another-machine", "pid": dead_pid}))
-    partial = tmp_path / f".out.partial-{dead_pid}-abcd.mp4"
-    partial.write_bytes(b"x")
-    live_partial = tmp_path / f".out.partial-{os.getpid()}-abcd.mp4"
-    live_partial.write_bytes(b"x")
-    with job_scratch_dir(tmp_path / "out.mp4") as live:
-        removed = remove_stale_scratch(tmp_path)
-        assert sorted(removed) == sorted([stale, partial])
-        assert live.exists() and other_host.exists() and live_partial.exists()
 
 
 def test_fingerprint_changes_with_settings_and_inputs(tmp_path):
@@ -383,3 +330,44 @@ def test_the_cpu_lanes_on_a_thread_pool_give_the_same_frames(tmp_path, monkeypat
     assert {"cut", "paste_crop", "read-ahead"} <= set(pooled_calls)  # both lanes on the pool, decoding ahead
     assert len(outputs[0]) == len(outputs[1]) >= 15
     assert all(np.array_equal(a, b) for a, b in zip(*outputs))
+
+
+def test_a_cluster_address_that_never_answers_is_given_up_on(monkeypatch):
+    """Something listens at the address, but no Ray answers there: Ray would retry for minutes."""
+    never = threading.Event()
+
+    class SilentRay:
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, **options) -> None:
+            never.wait()  # as ray.init does while it retries
+
+    monkeypatch.setattr(cluster, "RAY_CONNECT_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(UsageError, match=f"--ray {address}: no Ray cluster answered within 0.5 s"):
+            cluster._connect(SilentRay(), address)
+    never.set()  # let the abandoned thread end
+    with pytest.raises(UsageError, match="expected auto, local or HOST:PORT"):
+        cluster._connect(SilentRay(), "somewhere")
+
+
+def test_a_named_pipe_is_fingerprinted_by_what_was_read_from_it(tmp_path):
+    pipe = tmp_path / "speech.fifo"
+    os.mkfifo(pipe)
+    before = job_fingerprint([pipe], {}, {"speech_sha256": "abc"})
+    os.utime(pipe, (time.time() - 60, time.time() - 60))  # written again: a pipe's mtime moves
+    assert job_fingerprint([pipe], {}, {"speech_sha256": "abc"}) == before
+    assert job_fingerprint([pipe], {}, {"speech_sha256": "def"}) != before
+
+
+def test_a_named_pipe_is_refused_as_speech_for_a_ray_job(tmp_path):
+    from latentsync_cli.jobs.run import Job
+
+    pipe = tmp_path / "speech.wav"
+    os.mkfifo(pipe)
+    job = Job(video=tmp_path / "clip.mp4", audio=pipe, output=tmp_path / "out.mp4")
+    planned = cluster.plan_job(1, job, cluster.ClusterOptions(), workers=2)  # never opens the pipe
+    assert planned.record.status == "failed" and planned.record.exit_code == ExitCode.BAD_INPUT
+    assert "speech.wav: a named pipe cannot be read by every worker" in planned.record.error

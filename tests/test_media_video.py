@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tracemalloc
 from fractions import Fraction
@@ -223,6 +224,26 @@ def test_unusable_inputs_raise_one_line_input_errors(tmp_path, kind):
     assert raised.value.exit_code == 4
     if kind == "audio only":
         assert "has no video stream" in message
+
+
+def test_a_named_pipe_is_refused_saying_why(tmp_path):
+    pipe = tmp_path / "clip.mp4"
+    os.mkfifo(pipe)
+    with pytest.raises(InputError, match="is a named pipe \\(FIFO\\), not a file: the video is read several times"):
+        video.probe_video(pipe)  # at once: the pipe is never opened
+
+
+def test_the_default_video_stream_is_decoded_not_a_still_before_it(tmp_path):
+    still = tmp_path / "still.jpg"
+    run_ffmpeg("-f", "lavfi", "-i", "color=c=red:size=64x48", "-frames:v", "1", "-c:v", "mjpeg", still)
+    moving = make_index_clip(tmp_path / "index.mp4", 10)
+    both = tmp_path / "both.mkv"  # stream 0: a one-frame MJPEG picture; stream 1, the default: the video
+    run_ffmpeg("-i", still, "-i", moving, "-map", "0:v", "-map", "1:v", "-c", "copy",
+               "-disposition:v:0", "0", "-disposition:v:1", "default", both)  # fmt: skip
+    info = video.probe_video(both)
+    assert (info.video_stream, info.video_streams, info.codec) == (1, 2, "h264")
+    assert info.stream_label == "stream #0:1 (h264, 64x48, default)"
+    assert [frame_index(frame) for frame in video.read_frames(both, 10)] == list(range(10))
 
 
 def test_unknown_loop_mode_is_a_usage_error(tmp_path):

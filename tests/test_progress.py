@@ -274,10 +274,27 @@ def test_auto_picks_lines_for_a_log_and_bars_for_a_terminal():
     log = choose_progress("auto", console, stream=io.StringIO())
     assert isinstance(log, LineProgress)
     log.close()
-    assert isinstance(choose_progress("auto", console, stream=FakeTerminal()), RichBars)
+    xterm = {"TERM": "xterm-256color"}
+    assert isinstance(choose_progress("auto", console, stream=FakeTerminal(), environ=xterm), RichBars)
     json_display = choose_progress("json", console, stream=io.StringIO())
     assert isinstance(json_display, JsonProgress)
     json_display.close()
+
+
+@pytest.mark.parametrize("kind", ["auto", "bar"])
+@pytest.mark.parametrize("term", ["dumb", "unknown"])
+def test_a_terminal_that_cannot_draw_bars_gets_progress_lines(kind, term):
+    stream = FakeTerminal()
+    with choose_progress(kind, Console(file=io.StringIO()), stream=stream, environ={"TERM": term}) as display:
+        assert isinstance(display, LineProgress)
+        display.start("job", 2)
+        display.advance("job", 2)
+    assert any(LINE_PATTERN.match(line) for line in stream.getvalue().splitlines()), stream.getvalue()
+
+
+def test_bars_asked_for_in_a_log_give_lines():
+    with choose_progress("bar", Console(file=io.StringIO()), stream=io.StringIO(), environ={}) as display:
+        assert isinstance(display, LineProgress)
 
 
 def test_none_and_quiet_write_nothing():

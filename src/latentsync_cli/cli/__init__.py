@@ -102,13 +102,15 @@ def _prints_json_result(words: list[str]) -> bool:
 
 
 def _run(argv: list[str] | None) -> int:
+    """Run the app; every error becomes its one line and exit code. --debug adds the traceback above the
+    line (on stderr) and changes nothing else: not the code, not the JSON error object on stdout."""
     words = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in words
     try:
         result = app(args=argv, standalone_mode=False)
     except LatentsyncError as error:
         if debug:
-            raise
+            Output.print_traceback(error)
         Output.print_error(error.message)
         if _prints_json_result(words) and not isinstance(error, BatchFailedError):  # a batch's rows are its JSON
             # A program reading stdout for the job's result gets the error instead, as one JSON line.
@@ -126,9 +128,9 @@ def _run(argv: list[str] | None) -> int:
         return int(ExitCode.USAGE) if error.exit_code == 2 else error.exit_code
     except _EXIT_SIGNALS as done:
         return done.exit_code
-    except Exception as error:  # a bug (or a full disk met where no code expected it): one line unless --debug
+    except Exception as error:  # a bug (or a full disk met where no code expected it): one line
         if debug:
-            raise
+            Output.print_traceback(error)
         if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             Output.print_error(f"{error.filename or 'a file'}: disk full ({error.strerror}); free some space")
             return int(ExitCode.OUTPUT)

@@ -9,7 +9,10 @@ The pipeline reports through the `Progress` protocol of pipeline/lipsync.py (`st
     lines  plain text lines, for render-farm logs (Deadline, OpenCue, Slurm)
     json   the same events as `lines`, one JSON object per line
     none   nothing
-    auto   bar when the stream is a terminal, lines otherwise
+    auto   bar on a terminal that can redraw a line, lines otherwise
+
+`bar` asked for where bars cannot be drawn (a log file, a pipe, TERM=dumb: rich would
+show nothing until the job ends) gives lines too.
 
 The `lines` format is fixed. Every line matches LINE_PATTERN:
 
@@ -42,11 +45,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
@@ -67,6 +71,7 @@ from latentsync_cli.errors import UsageError
 from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress
 
 PROGRESS_CHOICES = ("auto", "bar", "lines", "json", "none")
+DUMB_TERMINALS = ("dumb", "unknown")  # TERM values of terminals that cannot move the cursor (rich's list)
 
 LINE_PATTERN = re.compile(
     r"^progress (?P<percent>\d+)% frames=(?P<done>\d+)/(?P<total>\d+) fps=(?:(?P<fps>\d+\.\d)|\?)"
@@ -74,20 +79,32 @@ LINE_PATTERN = re.compile(
 )
 
 
-def choose_progress(kind: str, console: Console, stream: TextIO | None = None, quiet: bool = False):
-    """The display for `--progress KIND`; `stream` (default sys.stderr) is where lines go."""
+def choose_progress(
+    kind: str,
+    console: Console,
+    stream: TextIO | None = None,
+    quiet: bool = False,
+    environ: Mapping[str, str] | None = None,
+):
+    """The display for `--progress KIND`; `stream` (default sys.stderr) is where lines go, `environ`
+    (default os.environ) says what terminal it is."""
     if kind not in PROGRESS_CHOICES:
         raise UsageError(f"--progress {kind!r}: unknown display; choose one of {', '.join(PROGRESS_CHOICES)}")
     stream = sys.stderr if stream is None else stream
     if quiet or kind == "none":
         return SilentProgress()
-    if kind == "auto":
-        kind = "bar" if _is_terminal(stream) else "lines"
+    if kind in ("auto", "bar"):
+        kind = "bar" if can_draw_bars(stream, os.environ if environ is None else environ) else "lines"
     if kind == "bar":
         return RichBars(console)
     if kind == "lines":
         return LineProgress(stream)
     return JsonProgress(stream)
+
+
+def can_draw_bars(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Whether `stream` is a terminal that can redraw a line (not TERM=dumb, as an Emacs shell is)."""
+    return _is_terminal(stream) and environ.get("TERM", "").lower() not in DUMB_TERMINALS
 
 
 def _is_terminal(stream: TextIO) -> bool:

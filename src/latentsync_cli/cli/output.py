@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -57,6 +58,12 @@ class Output:
     @staticmethod
     def print_error(text: str) -> None:
         _stderr_console().print(f"error: {text}", style="bold red", markup=False, soft_wrap=True)
+
+    @staticmethod
+    def print_traceback(error: BaseException) -> None:
+        """The traceback of `error` on stderr, as Python prints it (for --debug)."""
+        sys.stderr.write("".join(traceback.format_exception(error)))
+        sys.stderr.flush()
 
     @staticmethod
     def print_json(obj) -> None:

@@ -6,9 +6,10 @@
     window_plan.py  which windows a job makes, takes from its work dir, or leaves to other shards
     batch.py        manifests (.csv / .jsonl): read_manifest(), row_job(), run_batch() -> [BatchRecord]
     outputs.py      the default output name and the checks that refuse an output before any work
-    scratch.py      every job's private scratch folder beside its output; what killed jobs left behind
+    scratch.py      every job's private scratch folder beside its output (its lease on it); what dead jobs left
+    lease.py        leases: claims with a unique token and a heartbeat, taken over when their job has died
     signals.py      SIGINT/SIGTERM -> Interrupted (exit 130/143) after every `finally` has run
-    workdir.py      --work-dir: finished windows on disk (locked, fingerprinted), so a killed job resumes
+    workdir.py      --work-dir: finished windows on disk (leased, fingerprinted), so a killed job resumes
     shards.py       Shard(K, N): contiguous window ranges
     cluster.py      Ray: a job's shards on a cluster's workers
 

@@ -18,9 +18,12 @@ only, and only when asked for.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import shutil
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from latentsync_cli.constants import FPS
-from latentsync_cli.errors import LatentsyncError, UsageError
+from latentsync_cli.errors import InputError, LatentsyncError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
 from latentsync_cli.jobs.job import Job
 from latentsync_cli.jobs.models import ModelCache
@@ -41,6 +44,7 @@ from latentsync_cli.progress import TASK_GENERATE, TASK_JOB, NoProgress, Progres
 SECONDS_PER_SHARD = 8.0  # a long video is split so that each worker gets at least this much of it
 WORK_DIR_PREFIX = ".latentsync-work-"
 RAY_EXTRA_HINT = "pip install 'latentsync[ray]'"
+RAY_CONNECT_TIMEOUT_S = 20.0  # joining a cluster that does not answer fails after this long
 
 
 def import_ray():
@@ -196,6 +200,10 @@ def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> Plann
         record.status = "skipped"
         return planned
     try:
+        if job.audio is not None and job.audio.exists() and not job.audio.is_file():
+            raise InputError(
+                f"{job.audio}: a named pipe cannot be read by every worker of a Ray job; save the speech to a file"
+            )
         prepared = prepare(planned.job)
     except LatentsyncError as error:
         record.status, record.error, record.exit_code = "failed", error.message, int(error.exit_code)
@@ -222,17 +230,76 @@ def _work_dir_for(output: Path, work_root: Path | None) -> Path:
 
 
 def _connect(ray, address: str) -> None:
+    """Join the cluster at `address` ("auto", "local" or HOST:PORT); UsageError (exit 2) within
+    RAY_CONNECT_TIMEOUT_S where no cluster answers (Ray itself would keep retrying for minutes)."""
     if ray.is_initialized():
         return
+    if address == "local":
+        _ray_init(ray, address, log_to_driver=False, include_dashboard=False)
+        return
+    deadline = time.monotonic() + RAY_CONNECT_TIMEOUT_S
+    if address != "auto":
+        _check_reachable(address, deadline)
+    # ray.init runs in a thread so that it can be given up on; there it also leaves the job's own
+    # SIGTERM handler (exit 143 after clean-up) in place, and says so in a warning that is dropped here.
+    finished: list[BaseException | None] = []
+    connecting = threading.Thread(
+        target=lambda: finished.append(_try(lambda: _ray_init(ray, address, log_to_driver=False))),
+        name="ray connect",
+        daemon=True,  # if Ray never answers, the thread must not keep the process alive
+    )
+    ray_logger = logging.getLogger("ray._private.worker")
+    ray_logger.addFilter(_not_main_thread_warning)
     try:
-        if address == "local":
-            ray.init(log_to_driver=False, include_dashboard=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+        connecting.start()
+        connecting.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        ray_logger.removeFilter(_not_main_thread_warning)
+    if not finished:
+        raise UsageError(
+            f"--ray {address}: no Ray cluster answered within {RAY_CONNECT_TIMEOUT_S:g} s; "
+            "check the address, or start one with `ray start --head`"
+        )
+    if finished[0] is not None:
+        raise finished[0]
+
+
+def _not_main_thread_warning(record: logging.LogRecord) -> bool:
+    return "not the main thread" not in record.getMessage()
+
+
+def _ray_init(ray, address: str, **options) -> None:
+    try:
+        ray.init(**({} if address == "local" else {"address": address}), **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         detail = " ".join(str(error).split())[:200]
         raise UsageError(
             f"--ray {address}: cannot reach a Ray cluster ({detail}); start one with `ray start --head`"
+        ) from None
+
+
+def _try(call: Callable[[], None]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as error:  # handed to the waiting thread, which raises it
+        return error
+    return None
+
+
+def _check_reachable(address: str, deadline: float) -> None:
+    """UsageError at once when nothing listens at HOST:PORT (`ray://HOST:PORT` too)."""
+    host, _colon, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 address: [::1]:6379
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: expected auto, local or HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=max(0.1, deadline - time.monotonic())):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(
+            f"--ray {address}: no Ray cluster answers there ({reason}); check the address, "
+            "or start one with `ray start --head`"
         ) from None
 
 

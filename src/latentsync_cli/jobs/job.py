@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from latentsync_cli.constants import FACE_CHOICES, FACE_DETECTORS, LOOP_MODES, WEIGHT_CHOICES
+from latentsync_cli.jobs.lease import LeaseTerms
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice
 from latentsync_cli.media.video import VideoInfo
@@ -79,6 +80,7 @@ class PreparedJob:
     resolved: ResolvedSettings
     encoder: EncoderChoice  # the H.264 encoder and why
     warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
+    lease: LeaseTerms = LeaseTerms()  # how long the claims of a job that died block others (LATENTSYNC_LEASE_SECONDS)
 
 
 @dataclass(frozen=True)

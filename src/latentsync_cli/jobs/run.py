@@ -2,7 +2,7 @@
 
     job = Job(video=Path("talk.mp4"), audio=Path("voice.wav"), settings=SettingsRequest(mode="turbo"))
     prepared = prepare(job)               # every check that needs no model; speech decoded; settings resolved
-    with claim_output(prepared) as scratch:   # the output is this job's until it ends (a second job is refused)
+    with claim_output(prepared) as scratch:   # a lease on the output until the job ends (a second job is refused)
         models = ModelCache().get(prepared)   # the weights (kept for the next job; see jobs/models.py)
         finished = execute(prepared, models, scratch, progress)   # -> FinishedJob
 
@@ -14,6 +14,7 @@ job succeeds.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,9 +27,10 @@ from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.face.insightface_points import find_model_root, require_extra
 from latentsync_cli.jobs.job import FinishedJob, Job, PreparedJob
+from latentsync_cli.jobs.lease import LeaseTerms
 from latentsync_cli.jobs.models import ModelCache, absolute
 from latentsync_cli.jobs.outputs import check_output_path, default_output_path
-from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
+from latentsync_cli.jobs.scratch import JobScratch, job_scratch_dir, remove_stale_scratch
 from latentsync_cli.media.audio import SAMPLE_RATE
 from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.options import OptionError, check_options
@@ -67,12 +69,12 @@ def run(
     prepared = prepare(job)
     for warning in prepared.warnings:
         warn(warning)
-    with claim_output(prepared) as scratch:
+    with claim_output(prepared, warn) as scratch:
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
         if models.is_random:
             warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
-        return execute(prepared, models, scratch, progress)
+        return execute(prepared, models, scratch, progress, warn)
 
 
 def prepare(
@@ -90,6 +92,7 @@ def prepare(
     # then the device probe (it may import torch), the media, and the settings for the speech length.
     table = table if table is not None else load_presets(job.settings.presets_file)
     check_flags(job, table)
+    lease = LeaseTerms.from_environment()
     video = existing_input(job.video, "video")
     audio = existing_input(job.audio, "audio") if job.audio is not None else None
     output = None
@@ -106,26 +109,32 @@ def prepare(
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
     encoder = choose_encoder(job.encoder, device=resolved.settings.device)
     notes = tuple(resolved.notes) + warnings
-    return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes)
+    return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes, lease)
 
 
 @contextmanager
-def claim_output(prepared: PreparedJob) -> Iterator[Path]:
-    """The job's scratch folder, which also claims its output until the job ends (OutputError if another
-    running job holds it). Without a kept output (`profile` without -o): a temporary folder."""
+def claim_output(prepared: PreparedJob, warn: Callable[[str], None] | None = None) -> Iterator[JobScratch]:
+    """The job's scratch folder, which is also its lease on the output until the job ends (OutputError while
+    another job's lease is live; `warn` hears it when a dead job's is taken over). Without a kept output
+    (`profile` without -o, a shard): a temporary folder that claims nothing."""
     if prepared.output is None or prepared.job.shard is not None:  # nothing is written at the output path
         with tempfile.TemporaryDirectory(prefix="latentsync-") as scratch:
-            yield Path(scratch)
+            yield JobScratch(Path(scratch))
         return
-    remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
-    with job_scratch_dir(prepared.output) as scratch:
+    with job_scratch_dir(prepared.output, prepared.lease, warn) as scratch:
+        remove_stale_scratch(prepared.output.parent, prepared.lease)  # what dead jobs, on any host, left behind
         yield scratch
 
 
 def execute(
-    prepared: PreparedJob, models: ModelBundle, scratch_dir: Path, progress: Progress | None = None
+    prepared: PreparedJob,
+    models: ModelBundle,
+    scratch: JobScratch,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FinishedJob:
-    """Run the pipeline in `scratch_dir` (see claim_output); with a work dir, finished windows are kept and reused.
+    """Run the pipeline in the job's scratch folder (see claim_output) and move the finished file to the
+    output if the job still holds it; with a work dir, finished windows are kept and reused.
 
     The job decides what the pipeline does with each window (jobs/window_plan.py)
     and where the frames go (the output file, or nowhere for a shard).
@@ -148,14 +157,16 @@ def execute(
         check_for_a_face(prepared.video_info, landmarks)
     ranges = window_ranges(output_frame_count(prepared.speech.size), settings.window)
     with ExitStack() as stack:
-        store = open_work_dir(stack, prepared, weights)
+        store = open_work_dir(stack, prepared, weights, warn)
         track = None
         if store is not None:
             progress.message("finding the faces of the whole video")
             track = stored_track(store, prepared, landmarks, ranges[-1].stop, models.resolution, timer)
         plan = plan_windows(ranges, store, track, job.shard, job.finalize)
-        target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
-        sink = MuxedVideo(target, scratch_dir / "video.mp4", prepared.speech, plan.num_frames, FPS,
+        # Made inside the scratch folder (with its partial files), so that all of it goes with the job's lease.
+        name = f"finished-{prepared.output.name}" if prepared.output else f"{prepared.video.stem}_profile.mp4"
+        made = scratch.folder / name
+        sink = MuxedVideo(made, scratch.folder / "video.mp4", prepared.speech, plan.num_frames, FPS,
                           job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)  # fmt: skip
         sync_job = SyncJob(
             video=prepared.video_info,
@@ -171,6 +182,8 @@ def execute(
             encoder_reason=prepared.encoder.reason,
         )
         result = LipsyncPipeline(models, settings, timer, progress).run(sync_job)
+    if prepared.output is not None and plan.make_frames:
+        scratch.publish(made, prepared.output)
     return FinishedJob(prepared, result, weights)
 
 
@@ -196,7 +209,9 @@ def stored_track(
         return store.face_track(lambda: track_faces(prepared.video_info, num_frames, loop, landmarks, resolution))
 
 
-def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo) -> WorkDirStore | None:
+def open_work_dir(
+    stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo, warn: Callable[[str], None] | None
+) -> WorkDirStore | None:
     """Where finished windows are kept: the job's work dir, or nowhere."""
     from latentsync_cli.jobs.workdir import WorkDirStore, job_fingerprint
 
@@ -205,14 +220,14 @@ def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
         return None
     settings = prepared.resolved.to_dict()["settings"]
     settings["device"] = settings["device"].split(":")[0]  # which GPU of a host does not change the faces
-    fingerprint = job_fingerprint(
-        [prepared.video, prepared.audio],
-        settings,
-        # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
-        {"weights": weights.to_dict(), "face": job.face, "face_detector": job.face_detector,
-         "mask_feather": job.mask_feather, "loop": job.loop},  # fmt: skip
-    )
-    return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint, job.shard))
+    # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
+    extra = {"weights": weights.to_dict(), "face": job.face, "face_detector": job.face_detector,
+             "mask_feather": job.mask_feather, "loop": job.loop}  # fmt: skip
+    if prepared.audio is not None and not prepared.audio.is_file():  # a named pipe: its path says nothing
+        extra["speech_sha256"] = hashlib.sha256(prepared.speech.tobytes()).hexdigest()
+    fingerprint = job_fingerprint([prepared.video, prepared.audio], settings, extra)
+    store = WorkDirStore(job.work_dir.expanduser(), fingerprint, job.shard, prepared.lease, warn)
+    return stack.enter_context(store)
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -252,9 +267,11 @@ def existing_input(path: Path, what: str) -> Path:
 def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
     """Probe the video (once for the whole job), decode its first frame and the whole speech.
 
-    Returns what the probe found, the speech and warnings. A file that is not
+    Returns what the probe found, the speech and notes. A file that is not
     media, has no video/audio stream or no samples fails here with a line naming
-    it; silent speech is valid and only warned about.
+    it; silent speech is valid and only warned about. The speech may come from a
+    named pipe (it is read once, here); the video, read several times, may not.
+    Which video stream is used is said when there are several.
     """
     from latentsync_cli.media.audio import is_silent, load_audio
     from latentsync_cli.media.video import probe_video, read_frames
@@ -267,6 +284,9 @@ def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, 
         frames.close()
     if audio is None and not info.has_audio:
         raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
+    notes = []
+    if info.video_streams > 1:
+        notes.append(f"{video}: {info.video_streams} video streams; using {info.stream_label}")
     speech_file = audio if audio is not None else video
     speech = load_audio(speech_file)
     if speech.size < MIN_SPEECH_SAMPLES:
@@ -275,5 +295,5 @@ def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, 
             f"at least {1000 // FPS} ms (one video frame) is needed"
         )
     if is_silent(speech):
-        return info, speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
-    return info, speech, ()
+        notes.append(f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move")
+    return info, speech, tuple(notes)

@@ -1,8 +1,12 @@
-"""Every job's private scratch folder beside its output, and the removal of what killed jobs left behind.
+"""Every job's private scratch folder beside its output: its lease on that output, and what dead jobs left.
 
-The folder is on the output's filesystem, so the final rename into place is
-atomic; it records its owner (host and PID), so that a later job can remove it
-when its owner was killed with SIGKILL.
+The scratch folder is a lease (jobs/lease.py): while the job runs, its
+heartbeat keeps every other job, on any host or in any container, away from
+the output and from the folder; a job that died (SIGKILL, a lost machine) loses
+it `LeaseTerms.seconds` after its last heartbeat, and the next job for that
+output takes it over. Everything the job writes before its output is finished,
+partial files included, is inside the folder, so it goes with the lease. The
+folder is on the output's filesystem, so the final rename into place is atomic.
 """
 
 from __future__ import annotations
@@ -10,59 +14,69 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from latentsync_cli.errors import OutputError
+from latentsync_cli.jobs.lease import Lease, LeaseBusy, LeaseTerms, acquire, remove_stale, shared_now
 
 SCRATCH_PREFIX = ".latentsync-job-"
-OWNER_FILE = "owner.json"  # inside a scratch folder: which process on which host made it
-
+PARTIAL_MARK = ".partial-"  # `.<name>.partial-<pid>-<random><suffix>`: what versions before leases wrote beside outputs
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-@contextmanager
-def job_scratch_dir(output_path: Path) -> Iterator[Path]:
-    """The job's private folder beside `output_path`, and its claim on that output, until the job ends.
+@dataclass(frozen=True)
+class JobScratch:
+    """A job's private folder and, when it claims an output, the lease that does."""
 
-    The folder is named after the output and made with one mkdir, which is
-    atomic: while a job runs, a second job for the same output is refused at
-    once (OutputError). The folder records its owner (host and PID), so that a
-    later job can take over the claim of one killed with SIGKILL (see also
-    `remove_stale_scratch`). It is removed however the job ends.
-    """
-    folder = output_path.parent / f"{SCRATCH_PREFIX}{output_path.name}"
-    _claim(folder, output_path)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    folder: Path
+    lease: Lease | None = None  # None: a private temporary folder that claims nothing
 
-
-def _claim(folder: Path, output_path: Path) -> None:
-    host = socket.gethostname()
-    for _attempt in range(2):
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            owner = read_json(folder / OWNER_FILE)
-            if owner.get("host") == host and not pid_alive(owner.get("pid")):
-                shutil.rmtree(folder, ignore_errors=True)  # the claim of a killed job
-                continue
-            who = f"pid {owner.get('pid', '?')} on {owner.get('host', 'an unknown host')}"
+    def publish(self, made: Path, output: Path) -> None:
+        """Move the finished file `made` (in the folder) to `output`, if the output is still this job's."""
+        if self.lease is not None and not self.lease.still_held():
             raise OutputError(
-                f"{output_path}: another job ({who}) is writing this output; wait for it or choose another -o"
-            ) from None
+                f"{output}: another job took this output over while this one was silent for more than "
+                f"{self.lease.terms.seconds:g} s (a suspended or overloaded machine?); nothing was written"
+            )
+        try:
+            os.replace(made, output)
+        except OSError as error:
+            raise write_error(output.parent, error) from None
+
+
+def scratch_folder(output_path: Path) -> Path:
+    return output_path.parent / f"{SCRATCH_PREFIX}{output_path.name}"
+
+
+@contextmanager
+def job_scratch_dir(
+    output_path: Path, terms: LeaseTerms | None = None, warn: Callable[[str], None] | None = None
+) -> Iterator[JobScratch]:
+    """The job's private folder beside `output_path`, which is also its lease on that output, until the job ends.
+
+    While another job's lease on the output is live, OutputError at once; a
+    stale one is taken over and `warn` hears one line saying so. The folder and
+    everything in it are removed however the job ends.
+    """
+    terms = terms or LeaseTerms()
     try:
-        (folder / OWNER_FILE).write_text(json.dumps({"host": host, "pid": os.getpid()}))
+        lease = acquire(scratch_folder(output_path), terms, str(output_path), warn)
+    except LeaseBusy as busy:
+        raise OutputError(
+            f"{output_path}: another job ({busy.state.holder}, heartbeat {busy.state.age_s:.0f} s ago) is writing "
+            f"this output; wait for it or choose another -o (a job that died loses the output "
+            f"{terms.seconds:g} s after its last heartbeat)"
+        ) from None
     except OSError as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise write_error(folder.parent, error) from None
+        raise write_error(output_path.parent, error) from None
+    try:
+        yield JobScratch(lease.folder, lease)
+    finally:
+        lease.release()
 
 
 def write_error(folder: Path, error: OSError) -> OutputError:
@@ -72,41 +86,30 @@ def write_error(folder: Path, error: OSError) -> OutputError:
     return OutputError(f"{folder}: cannot write there ({error.strerror}); choose another folder")
 
 
-def remove_stale_scratch(folder: Path) -> list[Path]:
-    """Remove scratch folders (and partial outputs) in `folder` left by jobs of this host that no longer run.
-
-    Only what provably belongs to a dead process goes: a scratch folder whose
-    owner file names this host and a PID that is not alive, and a
-    `.<name>.partial-<pid>-...` file whose PID is not alive. Folders of other
-    hosts (a shared network folder) and of live jobs are left alone.
-    """
-    removed = []
-    host = socket.gethostname()
-    for scratch in folder.glob(SCRATCH_PREFIX + "*"):
-        owner = read_json(scratch / OWNER_FILE)
-        if scratch.is_dir() and owner.get("host") == host and not pid_alive(owner.get("pid")):
-            shutil.rmtree(scratch, ignore_errors=True)
-            removed.append(scratch)
-    for partial in folder.glob(".*.partial-*"):
-        pid = partial.name.rpartition(".partial-")[2].split("-")[0]
-        if partial.is_file() and pid.isdigit() and not pid_alive(int(pid)):
+def remove_stale_scratch(folder: Path, terms: LeaseTerms | None = None) -> list[Path]:
+    """Remove what dead jobs left in `folder`, on any host: scratch folders whose lease is stale, and
+    partial outputs of older versions that nothing has written to for a lease's time and whose output
+    no live job holds. Returns what was removed."""
+    terms = terms or LeaseTerms()
+    removed = remove_stale(folder, SCRATCH_PREFIX + "*", terms)
+    partials = [path for path in folder.glob(f".*{PARTIAL_MARK}*") if path.is_file()]
+    now = shared_now(folder) if partials else 0.0
+    for partial in partials:
+        output = _partial_output(partial)
+        try:
+            silent_s = now - partial.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if silent_s >= terms.seconds and not scratch_folder(output).exists():
             partial.unlink(missing_ok=True)
             removed.append(partial)
     return removed
 
 
-def pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # unknown owner: assume it is running
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it is just not ours
-    return True
+def _partial_output(partial: Path) -> Path:
+    """The output a `.<stem>.partial-<pid>-<random><suffix>` file was being written for."""
+    stem, _mark, rest = partial.name[1:].rpartition(PARTIAL_MARK)
+    return partial.with_name(stem + Path(rest).suffix)
 
 
 def read_json(path: Path) -> dict:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -13,22 +13,32 @@ import numpy as np
 
 from latentsync_cli.errors import OutputError
 from latentsync_cli.face.track import FaceTrack
-from latentsync_cli.jobs.scratch import pid_alive, read_json, write_error
+from latentsync_cli.jobs.lease import Lease, LeaseBusy, LeaseTerms, acquire, live_leases, new_token, shared_now
+from latentsync_cli.jobs.scratch import read_json, write_error
 from latentsync_cli.jobs.shards import Shard
+
+USERS = "users"  # one lease per process using the work dir
+WAIT_POLL_S = 0.2  # how often a process waiting for a lease (joining, the face track) looks again
 
 
 def job_fingerprint(inputs: list[Path], settings: Mapping, extra: Mapping) -> str:
     """A digest of what determines the generated faces: input files, settings, weights.
 
     Input files are identified by path, size and modification time (hashing a
-    multi-GB video on every start would cost more than it saves).
+    multi-GB video on every start would cost more than it saves); a named pipe
+    by its path alone (its mtime moves whenever it is written): the caller adds
+    a digest of what was read from it to `extra`.
     """
     digest = hashlib.sha256()
     for source in inputs:
         if source is None:
             continue
-        stat = Path(source).stat()
-        digest.update(f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        source = Path(source)
+        if not source.is_file():
+            digest.update(f"{source.resolve()}|stream\n".encode())
+            continue
+        stat = source.stat()
+        digest.update(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     digest.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     digest.update(json.dumps(dict(extra), sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -38,60 +48,98 @@ class WorkDirStore:
     """Finished windows on disk, so that a killed job resumes and shards of one job share their work.
 
     Layout: `<work_dir>/job.json` (the job's fingerprint), `track.npz` (the face
-    track, written once), one `window-00000.npz` per finished window, and lock
-    files. Each file is written under a temporary name and renamed, so a kill
-    mid-write leaves no half file. Every process using the work dir holds a
-    shared lock on `lock` until `close()` (or until it dies); a work dir holding
-    another job's windows (different fingerprint) is cleared only by a process
-    that can take that lock alone, and refused otherwise. A shard also holds
-    `shard-K-of-N.lock`, so the same shard never runs twice at once.
+    track, written once), one `window-00000.npz` per finished window, and leases
+    (jobs/lease.py), which hold across hosts and containers and expire when
+    their job dies:
+
+        users/<token>/       one per process using the work dir, with its fingerprint;
+                             its temporary files are written inside it, so they go with it
+        shard-K-of-N.lease   while shard K/N runs: the same shard never runs twice at once
+        enter.lease          while a process joins (a moment): joining and clearing take turns
+        track.lease          while the face track is computed: the others wait for it
+
+    A work dir holding another job's windows (different fingerprint) is cleared
+    only when no live user of another fingerprint is in it, and refused while one is.
     """
 
-    def __init__(self, work_dir: Path, fingerprint: str, shard: Shard | None = None):
+    def __init__(
+        self,
+        work_dir: Path,
+        fingerprint: str,
+        shard: Shard | None = None,
+        terms: LeaseTerms | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         self.work_dir = Path(work_dir)
-        self._locks = [self._open_lock("lock")]
+        self.terms = terms or LeaseTerms()
+        self.warn = warn
+        self._leases: list[Lease] = []
         try:
-            self._enter(fingerprint)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / USERS).mkdir(exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"{self.work_dir}: cannot use it as --work-dir ({error.strerror})") from None
+        try:
+            self.user = self._enter(fingerprint)
             if shard is not None:
                 self._take_shard(shard)
         except BaseException:
             self.close()
             raise
 
-    def _open_lock(self, name: str):
+    def _acquire(self, name: str, what: str, info: dict | None = None) -> Lease:
         try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            return open(self.work_dir / name, "a")  # noqa: SIM115 - held until close()
+            lease = acquire(self.work_dir / name, self.terms, f"{self.work_dir}: {what}", self.warn, info)
         except OSError as error:
-            raise OutputError(f"{self.work_dir}: cannot use it as --work-dir ({error.strerror})") from None
+            raise write_error(self.work_dir, error) from None
+        self._leases.append(lease)
+        return lease
 
-    def _enter(self, fingerprint: str) -> None:
+    def _wait_for(self, name: str, what: str) -> Lease:
+        """A lease that is held only for moments or until a task is done: wait for it (or for it to go stale)."""
+        while True:
+            try:
+                return self._acquire(name, what)
+            except LeaseBusy:
+                time.sleep(WAIT_POLL_S)
+
+    def _release(self, lease: Lease) -> None:
+        self._leases.remove(lease)
+        lease.release()
+
+    def _enter(self, fingerprint: str) -> Lease:
         """Join the job whose windows are here, or clear another job's windows when no one else uses them."""
-        lock, manifest = self._locks[0], self.work_dir / "job.json"
+        entering = self._wait_for("enter.lease", "joining")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # in use: join it if it is the same job
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            if read_json(manifest).get("fingerprint") != fingerprint:
+            user = self._acquire(f"{USERS}/{new_token()}", "user", {"fingerprint": fingerprint})
+            others = [
+                state for folder, state in live_leases(self.work_dir / USERS, self.terms).items()
+                if folder != user.folder
+            ]  # fmt: skip
+            if any(state.info.get("fingerprint") != fingerprint for state in others):
                 raise OutputError(
                     f"{self.work_dir}: a running job with other inputs or settings uses this --work-dir; "
                     "give each job its own"
-                ) from None
-            return
-        remove_dead_temporaries(self.work_dir)
-        if read_json(manifest).get("fingerprint") != fingerprint:
-            for stale in [*self.work_dir.glob("window-*.npz"), self.track_path]:
-                stale.unlink(missing_ok=True)
-            _write_atomic(manifest, json.dumps({"fingerprint": fingerprint}).encode())
-        fcntl.flock(lock, fcntl.LOCK_SH)  # let the job's other shards in
+                )
+            manifest = self.work_dir / "job.json"
+            if read_json(manifest).get("fingerprint") != fingerprint:
+                if not others:
+                    remove_old_temporaries(self.work_dir, self.terms)
+                    for stale in [*self.work_dir.glob("window-*.npz"), self.track_path]:
+                        stale.unlink(missing_ok=True)
+                self._write_atomic(manifest, json.dumps({"fingerprint": fingerprint}).encode(), user)
+        finally:
+            self._release(entering)
+        return user
 
     def _take_shard(self, shard: Shard) -> None:
-        lock = self._open_lock(f"shard-{shard.number}-of-{shard.count}.lock")
-        self._locks.append(lock)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise OutputError(f"{self.work_dir}: shard {shard} of this job is already running") from None
+            self._acquire(f"shard-{shard.number}-of-{shard.count}.lease", f"shard {shard}")
+        except LeaseBusy as busy:
+            raise OutputError(
+                f"{self.work_dir}: shard {shard} of this job is already running ({busy.state.holder}, "
+                f"heartbeat {busy.state.age_s:.0f} s ago)"
+            ) from None
 
     # --- the face track ------------------------------------------------------------------------
 
@@ -102,13 +150,16 @@ class WorkDirStore:
     def face_track(self, compute: Callable[[], FaceTrack]) -> FaceTrack:
         """The stored face track; the first process to ask computes it while the others wait for it."""
         if not self.track_path.exists():
-            with open(self.work_dir / "track.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            computing = self._wait_for("track.lease", "the face track")
+            try:
                 if not self.track_path.exists():
-                    try:
-                        compute().save(self.track_path)
-                    except OSError as error:
-                        raise write_error(self.work_dir, error) from None
+                    made = self.user.folder / self.track_path.name  # with this process's lease until it is moved
+                    compute().save(made)
+                    os.replace(made, self.track_path)
+            except OSError as error:
+                raise write_error(self.work_dir, error) from None
+            finally:
+                self._release(computing)
         return FaceTrack.load(self.track_path)
 
     # --- windows -------------------------------------------------------------------------------
@@ -137,7 +188,7 @@ class WorkDirStore:
         self.save(index, faces=faces, flags=flags)
 
     def save(self, index: int, **arrays: np.ndarray) -> None:
-        temporary = self._path(index).with_suffix(f".tmp-{os.getpid()}")
+        temporary = self.user.folder / self._path(index).name  # goes with this process's lease if it dies
         try:
             with open(temporary, "wb") as handle:
                 np.savez(handle, **arrays)
@@ -152,10 +203,9 @@ class WorkDirStore:
         return len(list(self.work_dir.glob("window-*.npz")))
 
     def close(self) -> None:
-        """Release the work dir for other jobs (the finished windows stay)."""
-        for lock in self._locks:
-            lock.close()
-        self._locks = []
+        """Release the work dir for other jobs (the finished windows stay; this process's leases go)."""
+        while self._leases:
+            self._release(self._leases[-1])
 
     def __enter__(self) -> WorkDirStore:
         return self
@@ -163,20 +213,23 @@ class WorkDirStore:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise write_error(path.parent, error) from None
-
-
-def remove_dead_temporaries(folder: Path) -> None:
-    """Remove `*.tmp-<pid>` files whose writer no longer runs (a job killed mid-write, or a full disk)."""
-    for temporary in folder.glob("*.tmp-*"):
-        pid = temporary.name.rpartition(".tmp-")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+    def _write_atomic(self, path: Path, data: bytes, user: Lease) -> None:
+        temporary = user.folder / path.name
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError as error:
             temporary.unlink(missing_ok=True)
+            raise write_error(path.parent, error) from None
+
+
+def remove_old_temporaries(folder: Path, terms: LeaseTerms) -> None:
+    """Remove `*.tmp-<pid>` files of versions before leases that nothing has written to for a lease's time."""
+    temporaries = list(folder.glob("*.tmp-*"))
+    now = shared_now(folder) if temporaries else 0.0
+    for temporary in temporaries:
+        try:
+            if now - temporary.stat().st_mtime >= terms.seconds:
+                temporary.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue

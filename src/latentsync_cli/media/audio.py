@@ -23,28 +23,25 @@ NOT_MEDIA = "not an audio or video file ffmpeg can read; pass a WAV, MP3, M4A, F
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of `path` to float32 mono at `sample_rate`, values in [-1, 1)."""
+    """Decode the first audio stream of `path` to float32 mono at `sample_rate`, values in [-1, 1).
+
+    `path` may be a named pipe or another stream (`<(...)`, /dev/stdin): it is read once, from start to
+    end. Such a path is opened here and ffmpeg reads the open file: a /dev/fd/N path of this process
+    means nothing to a child, and a pipe opened a second time would wait for a writer that is gone.
+    """
     path = _check_readable_file(path)
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(),
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-threads",
-        "0",
-        "-i",
-        str(path),
-        "-vn",
-        "-ac",
-        "1",
-        "-ar",
-        str(sample_rate),
-        "-f",
-        "s16le",
-        "-",
-    ]
-    result = subprocess.run(command, capture_output=True, check=False)
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0"]
+    output = ["-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"]
+    if not is_stream(path):
+        result = subprocess.run([*command, "-i", str(path), *output], capture_output=True, check=False)
+    else:
+        with open(path, "rb") as source:
+            descriptor = source.fileno()
+            # A regular file behind /dev/stdin can be opened again (and seeked); a pipe is read where it is.
+            where = f"/dev/fd/{descriptor}" if path.is_file() else f"pipe:{descriptor}"
+            result = subprocess.run(
+                [*command, "-i", where, *output], pass_fds=(descriptor,), capture_output=True, check=False
+            )
     if result.returncode != 0:
         _raise_decode_error(path, result.stderr.decode("utf-8", "replace"))
     audio = np.frombuffer(result.stdout, dtype=np.int16).astype(np.float32) / 32768.0
@@ -87,9 +84,14 @@ def _check_readable_file(path: str | Path) -> Path:
         raise InputError(f"{path}: audio file not found; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a directory; pass an audio or video file")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:  # a named pipe has no size: it is read as a stream
         raise InputError(f"{path}: file is empty; pass an audio or video file with speech")
     return path
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` can be read only once: a named pipe or device, or a /dev/fd or /proc path of this process."""
+    return not path.is_file() or str(path.absolute()).startswith(("/dev/", "/proc/"))
 
 
 def _probe(path: Path) -> str:
@@ -101,11 +103,13 @@ def _probe(path: Path) -> str:
 
 def _raise_decode_error(path: Path, decode_stderr: str) -> None:
     """Tell apart 'not media', 'no audio stream' and a damaged stream, which ffmpeg reports alike."""
+    lines = [line.strip() for line in decode_stderr.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "ffmpeg failed"
+    if is_stream(path):  # read once and gone: nothing to look at again
+        raise InputError(f"{path}: cannot decode speech from this stream ({detail}); {NOT_MEDIA}")
     report = _probe(path)
     if "Input #0" not in report:
         raise InputError(f"{path}: {NOT_MEDIA}")
     if not re.search(r"Stream #\S+.*: Audio:", report):
         raise InputError(f"{path}: has no audio stream; pass an audio file as the second argument")
-    lines = [line.strip() for line in decode_stderr.splitlines() if line.strip()]
-    detail = lines[-1] if lines else "ffmpeg failed"
     raise InputError(f"{path}: cannot decode its audio ({detail}); convert it to WAV and try again")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ import numpy as np
 
 from latentsync_cli.constants import LOOP_MODES
 from latentsync_cli.errors import InputError, UsageError
+from latentsync_cli.media.audio import is_stream
 
 OUTPUT_FPS = 25
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -56,6 +58,8 @@ class VideoInfo:
     has_audio: bool
     codec: str  # e.g. "h264", "hevc", "png"
     video_stream: int = 0  # which of the file's video streams is decoded (cover art is skipped)
+    video_streams: int = 1  # how many it has that are not attached pictures
+    stream_label: str = ""  # the decoded one as ffmpeg numbers it, e.g. "stream #0:1 (h264, 1280x720, default)"
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -328,10 +332,12 @@ def _parse_ffmpeg_probe(text: str, path: Path) -> VideoInfo:
         )
     streams = _stream_sections(text)
     video = [section for section in streams if _VIDEO_STREAM.search(section[0])]
-    pictures = [number for number, section in enumerate(video) if "attached pic" not in section[0]]
-    if not pictures:
+    moving = [number for number, section in enumerate(video) if "attached pic" not in section[0]]
+    if not moving:
         raise InputError(f"{path} has no video stream: pass a video or an image of the face")
-    header, *details = video[pictures[0]]
+    # The stream the file marks as its default, as players take it (a first stream may be a still, say).
+    chosen = next((number for number in moving if "(default)" in video[number][0]), moving[0])
+    header, *details = video[chosen]
     codec = _VIDEO_STREAM.search(header).group(1)
     size = _SIZE.search(header)
     if size is None:
@@ -353,7 +359,11 @@ def _parse_ffmpeg_probe(text: str, path: Path) -> VideoInfo:
         duration_s = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     has_audio = any(": Audio: " in section[0] for section in streams)
     frame_count = int(round(duration_s * OUTPUT_FPS))
-    return VideoInfo(path, width, height, fps, duration_s, frame_count, rotation, False, has_audio, codec, pictures[0])
+    number = re.match(r"Stream #0:(\d+)", header).group(1)
+    label = f"stream #0:{number} ({codec}, {width}x{height}{', default' if '(default)' in header else ''})"
+    return VideoInfo(
+        path, width, height, fps, duration_s, frame_count, rotation, False, has_audio, codec, chosen, len(moving), label
+    )
 
 
 def _stream_sections(text: str) -> list[list[str]]:
@@ -402,10 +412,30 @@ def _check_input_file(path: Path) -> None:
         raise InputError(f"input not found: {path} (check the path)")
     if path.is_dir():
         raise InputError(f"{path} is a folder: pass a video or image file")
+    if is_stream(path):
+        raise InputError(
+            f"{path} is a {file_kind(path)}, not a file: the video is read several times (probed, searched for "
+            "a face, decoded again for each loop pass); save it to a file first"
+        )
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes): export or download it again")
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {path}: permission denied")
+
+
+def file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words (a named pipe, a device, ...)."""
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "named pipe (FIFO)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return kind
+    return "stream of this process (a /dev or /proc path)" if stat.S_ISREG(mode) else "special file"
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -21,7 +21,6 @@ from torch._dynamo.utils import counters
 from latentsync_cli.advice import bottleneck_verdict
 from latentsync_cli.errors import DeviceMemoryError
 from latentsync_cli.models.unet import UNet3DConditionModel
-from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, OptimizationLog
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
@@ -34,23 +33,11 @@ from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
 from latentsync_cli.pipeline.windows import WindowInput, WindowPlan
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer, critical_path
-from latentsync_cli.weights.load import load_models
 
 CPU = torch.device("cpu")
 
 FRAMES = 4
 LATENT = 8
-# Two levels instead of four: the same blocks (cross-attention, motion modules, skips), a
-# quarter of the Python work, which is what torch.compile tracing and CPU tests pay for.
-SMALL_UNET = replace(
-    UNetConfig.tiny(),
-    block_out_channels=(32, 32),
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    motion_module_resolutions=(1, 2),
-)
-
-
 class PlainCall(torch.nn.Module):
     """A minimal module with the UNet's call signature (for the compile fall-back wrapper)."""
 
@@ -64,16 +51,6 @@ class PlainCall(torch.nn.Module):
 
     def forward(self, sample, timestep, audio_embeds, cache=None):
         return sample[:, :4] * self.scale
-
-
-@pytest.fixture(scope="module")
-def tiny_unet():
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(SMALL_UNET).eval()
-    with torch.no_grad():
-        for parameter in unet.parameters():  # conv_out etc. must not be zero, or every step looks alike
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return unet
 
 
 def make_inputs(windows: int = 1, frames: int = FRAMES, seed: int = 0) -> tuple[torch.Tensor, DenoiseInputs]:
@@ -102,11 +79,6 @@ def run(unet, steps=3, guidance=1.5, deepcache=NO_CACHE, windows=1, scheduler="d
 
 def plan_for(unet, settings: RunSettings, compile_backend="inductor"):
     return build_run_plan(unet, random_vae(tiny_vae_config(), seed=0), settings, CPU, 256, compile_backend)
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
 
 
 def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], LipsyncPipeline]:
@@ -174,10 +146,10 @@ def test_step_scaling_changes_the_timesteps_the_pipeline_runs_and_is_recorded(ti
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "euler", "unipc"])
-def test_every_scheduler_denoises_with_the_tiny_unet(tiny_unet, name):
-    result = run(tiny_unet, steps=3, scheduler=name)
+def test_every_scheduler_denoises_with_the_tiny_unet(small_unet, name):
+    result = run(small_unet, steps=3, scheduler=name)
     assert torch.isfinite(result).all()
-    assert not torch.allclose(result, run(tiny_unet, steps=3, scheduler="ddim"))
+    assert not torch.allclose(result, run(small_unet, steps=3, scheduler="ddim"))
 
 
 # --- DeepCache ---------------------------------------------------------------------------------
@@ -190,48 +162,48 @@ def test_deepcache_plan_full_pass_steps():
     assert DeepCachePlan(enabled=False).full_pass_steps(4) == [0, 1, 2, 3]
 
 
-def test_deepcache_runs_the_deep_blocks_only_on_full_steps_and_restarts_per_window(tiny_unet):
+def test_deepcache_runs_the_deep_blocks_only_on_full_steps_and_restarts_per_window(small_unet):
     calls = []
     steps_seen = []
-    hook = tiny_unet.mid_block.register_forward_hook(lambda *_: calls.append(len(steps_seen)))
-    counter = tiny_unet.conv_in.register_forward_hook(lambda *_: steps_seen.append(1))
+    hook = small_unet.mid_block.register_forward_hook(lambda *_: calls.append(len(steps_seen)))
+    counter = small_unet.conv_in.register_forward_hook(lambda *_: steps_seen.append(1))
     plan = DeepCachePlan(enabled=True, interval=2, branch=1)
     try:
-        run(tiny_unet, steps=5, deepcache=plan)  # window 1
+        run(small_unet, steps=5, deepcache=plan)  # window 1
         first = [step - 1 for step in calls]
         calls.clear(), steps_seen.clear()
-        run(tiny_unet, steps=5, deepcache=plan)  # window 2: the counter starts over
+        run(small_unet, steps=5, deepcache=plan)  # window 2: the counter starts over
         second = [step - 1 for step in calls]
     finally:
         hook.remove(), counter.remove()
     assert first == second == [0, 2, 4]
 
 
-def test_deepcache_changes_the_result_and_matches_full_runs_at_interval_1(tiny_unet):
-    plain = run(tiny_unet, steps=4)
-    assert not torch.allclose(plain, run(tiny_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=2)))
-    torch.testing.assert_close(plain, run(tiny_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=1)))
+def test_deepcache_changes_the_result_and_matches_full_runs_at_interval_1(small_unet):
+    plain = run(small_unet, steps=4)
+    assert not torch.allclose(plain, run(small_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=2)))
+    torch.testing.assert_close(plain, run(small_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=1)))
 
 
 # --- batch shape: guidance and windows per call ------------------------------------------------
 
 
-def test_guidance_one_halves_the_unet_batch(tiny_unet):
+def test_guidance_one_halves_the_unet_batch(small_unet):
     batches = []
-    hook = tiny_unet.conv_in.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    hook = small_unet.conv_in.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     try:
-        run(tiny_unet, steps=1, guidance=1.5)
-        run(tiny_unet, steps=1, guidance=1.0)
+        run(small_unet, steps=1, guidance=1.5)
+        run(small_unet, steps=1, guidance=1.0)
     finally:
         hook.remove()
     assert batches == [2 * FRAMES, FRAMES]
 
 
-def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
+def test_several_windows_per_call_equal_one_window_per_call(small_unet):
     latents, inputs = make_inputs(windows=2, seed=5)
     with torch.no_grad():
         together = denoise(
-            tiny_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True)
+            small_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True)
         ).latents
         separate = []
         for window in range(2):
@@ -245,7 +217,7 @@ def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
             scheduler = make_scheduler("ddim", 3)
             separate.append(
                 denoise(
-                    tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)
+                    small_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)
                 ).latents
             )
     # Equal up to float rounding: a different batch size changes how convolutions and matmuls
@@ -266,10 +238,10 @@ def test_padding_repeats_the_last_frame():
 # --- device-dependent optimizers on CPU: recorded as skipped, never claimed -----------------
 
 
-def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
+def test_cuda_only_optimizations_are_skipped_on_cpu(small_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
     settings = RunSettings(tf32=True, cuda_graphs=True, channels_last=True, memory_fraction=0.5)
-    plan = build_run_plan(tiny_unet, vae, settings, CPU, face_size=256)
+    plan = build_run_plan(small_unet, vae, settings, CPU, face_size=256)
     for name in ("tf32", "cuda graphs", "memory fraction"):
         entry = plan.log.find(name)[0]
         assert entry.status == SKIPPED and "cpu" in entry.detail, entry
@@ -279,11 +251,11 @@ def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
     json.dumps(plan.log.to_list())  # the JSON result carries the log
 
 
-def test_vae_slicing_and_tiling_switch_diffusers_flags(tiny_unet):
+def test_vae_slicing_and_tiling_switch_diffusers_flags(small_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
-    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), CPU, face_size=256)
+    build_run_plan(small_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), CPU, face_size=256)
     assert vae.use_slicing and vae.use_tiling
-    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), CPU, face_size=256)
+    build_run_plan(small_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), CPU, face_size=256)
     assert not vae.use_slicing and not vae.use_tiling
 
 
@@ -302,10 +274,10 @@ def test_compile_failure_falls_back_to_eager_and_says_why():
     assert entry.status == SKIPPED and "no compiler here" in entry.detail and "running eager" in entry.detail
 
 
-def test_deepcache_traces_under_torch_compile():
+def test_deepcache_traces_under_torch_compile(small_unet):
     # Tracing costs Python time per layer: one layer per block is enough to cross every kind of block.
     torch.manual_seed(1)
-    unet = UNet3DConditionModel(replace(SMALL_UNET, layers_per_block=1)).eval()
+    unet = UNet3DConditionModel(replace(small_unet.config, layers_per_block=1)).eval()
     run_plan = plan_for(unet, RunSettings(compile=True), compile_backend="eager")
     compiled = run_plan.unet_call
     plan = DeepCachePlan(enabled=True, interval=2)  # step 0 traces the full pass, step 1 the shallow one
@@ -460,9 +432,9 @@ def test_torch_switches_set_tf32_for_the_run_and_restore_it_even_after_an_error(
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def test_the_optimization_table_keeps_one_row_per_optimization_in_order(tiny_unet):
-    names = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=True)).log.entries]
-    without_channels_last = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=False)).log.entries]
+def test_the_optimization_table_keeps_one_row_per_optimization_in_order(small_unet):
+    names = [entry.name for entry in plan_for(small_unet, RunSettings(channels_last=True)).log.entries]
+    without_channels_last = [entry.name for entry in plan_for(small_unet, RunSettings(channels_last=False)).log.entries]
     assert without_channels_last == [name for name in names if name != "channels_last (UNet)"]
     assert names == [
         "precision",

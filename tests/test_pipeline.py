@@ -30,15 +30,9 @@ from latentsync_cli.pipeline.windows import WindowInput, WindowPlan, batches_of_
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
-from latentsync_cli.weights.load import load_models
 
 # One denoising step keeps the tests fast; guidance 1.5 keeps the CFG path in play.
 FAST = RunSettings(steps=1, guidance=1.5, window=2, vae_slicing=False, deepcache=False)
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +127,11 @@ def test_batches_share_a_call_only_with_equal_face_counts():
 # --- the GPU stage -------------------------------------------------------------------------------
 
 
-def test_only_frames_with_a_face_are_generated(models, audio_features):
+def test_only_frames_with_a_face_are_generated(tiny_models, audio_features):
     windows = make_windows([[True, False, True]])
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, (faces,) = generate(models, dataclasses.replace(FAST, window=3), windows, audio_features)
+        _, (faces,) = generate(tiny_models, dataclasses.replace(FAST, window=3), windows, audio_features)
     finally:
         hook.remove()
     assert faces.shape == (2, 3, 256, 256)
@@ -145,13 +139,13 @@ def test_only_frames_with_a_face_are_generated(models, audio_features):
     assert torch.isfinite(faces).all() and faces.abs().max() < 10
 
 
-def test_several_windows_per_call_match_one_window_per_call(models, audio_features):
+def test_several_windows_per_call_match_one_window_per_call(tiny_models, audio_features):
     windows = make_windows([[True, True]] * 3)
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, one_by_one = generate(models, FAST, windows, audio_features)
+        _, one_by_one = generate(tiny_models, FAST, windows, audio_features)
         calls_one = len(batches)
-        _, together = generate(models, dataclasses.replace(FAST, windows_per_call=3), windows, audio_features)
+        _, together = generate(tiny_models, dataclasses.replace(FAST, windows_per_call=3), windows, audio_features)
     finally:
         hook.remove()
     assert calls_one == 3 and batches[3:] == [3 * 2 * 2]  # one call: 3 windows x CFG 2 x 2 frames
@@ -159,42 +153,42 @@ def test_several_windows_per_call_match_one_window_per_call(models, audio_featur
         torch.testing.assert_close(batched, single, atol=2e-3, rtol=0)
 
 
-def test_out_of_memory_lowers_windows_per_call_and_gives_the_same_faces(models, audio_features):
+def test_out_of_memory_lowers_windows_per_call_and_gives_the_same_faces(tiny_models, audio_features):
     windows = make_windows([[True, True]] * 2)
     settings = dataclasses.replace(FAST, windows_per_call=2)
-    _, expected = generate(models, settings, windows, audio_features)
+    _, expected = generate(tiny_models, settings, windows, audio_features)
 
-    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=2))
+    faulty = dataclasses.replace(tiny_models, unet=OutOfMemoryAtFirst(tiny_models.unet, failures=2))
     pipeline, faces = generate(faulty, settings, windows, audio_features)
 
     assert pipeline.ladder.downgrades == ["windows per call 2 -> 1", "VAE slicing on"]
-    assert pipeline.ladder.current.windows_per_call == 1 and models.vae.use_slicing
+    assert pipeline.ladder.current.windows_per_call == 1 and tiny_models.vae.use_slicing
     assert [entry.status for entry in pipeline.log.find("memory")] == ["downgraded", "downgraded"]
     for got, want in zip(faces, expected):
         torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
 
 
-def test_out_of_memory_at_the_smallest_setting_is_a_clear_error(models, audio_features):
+def test_out_of_memory_at_the_smallest_setting_is_a_clear_error(tiny_models, audio_features):
     windows = make_windows([[True, True]])
-    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=100))
+    faulty = dataclasses.replace(tiny_models, unet=OutOfMemoryAtFirst(tiny_models.unet, failures=100))
     with pytest.raises(DeviceMemoryError) as caught:
         generate(faulty, FAST, windows, audio_features)
     assert caught.value.exit_code == ExitCode.OUT_OF_MEMORY
     assert "\n" not in str(caught.value) and "window 0" in str(caught.value)
 
 
-def test_finished_windows_are_taken_and_later_windows_do_not_change(models, audio_features):
+def test_finished_windows_are_taken_and_later_windows_do_not_change(tiny_models, audio_features):
     windows = make_windows([[True, True], [True, True], [True, True]])
     saved = {}
-    _, uninterrupted = generate(models, FAST, windows, audio_features,
+    _, uninterrupted = generate(tiny_models, FAST, windows, audio_features,
                                 on_generated=lambda index, faces, flags: saved.update({index: faces}))  # fmt: skip
     assert sorted(saved) == [0, 1, 2]
 
     # A killed job left windows 0 and 1; mark their faces so we can tell they were taken, not made again.
     finished = {0: np.full_like(saved[0], 0.25), 1: saved[1]}
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, resumed = generate(models, FAST, windows, audio_features, finished)
+        _, resumed = generate(tiny_models, FAST, windows, audio_features, finished)
     finally:
         hook.remove()
     assert len(batches) == 1  # only window 2 went through the UNet
@@ -226,20 +220,20 @@ def pipeline_job(video, speech, settings, sink, **fields) -> SyncJob:
     return SyncJob(video=probe_video(video), speech=speech, plan=plan, sink=sink, **fields)
 
 
-def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progress(models, tmp_path):
+def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progress(tiny_models, tmp_path):
     video = make_face_clip(tmp_path / "face.mp4", 0.6, size=(320, 240))
     audio = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
     speech = load_audio(audio)[:6400]  # the first 0.4 s of the 0.6 s file
-    extractor = AudioFeatureExtractor(models.audio_encoder, torch.device("cpu"))
+    extractor = AudioFeatureExtractor(tiny_models.audio_encoder, torch.device("cpu"))
     frames = extractor(speech).shape[0]
     assert frames == output_frame_count(speech.size) < extractor(load_audio(audio)).shape[0]
 
     settings = dataclasses.replace(FAST, steps=3, window=4, deepcache=True, deepcache_interval=2)
     progress = RecordingProgress()
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     sink = FrameList()
     try:
-        pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"), progress)
+        pipeline = LipsyncPipeline(tiny_models, settings, StageTimer("cpu"), progress)
         result = pipeline.run(pipeline_job(video, speech, settings, sink))
     finally:
         hook.remove()
@@ -256,7 +250,7 @@ def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progres
     assert "cpu" in result.lane_busy_s and "gpu" not in result.lane_busy_s
 
 
-def test_faces_pasted_back_with_torch_match_the_opencv_paste(models, tmp_path):
+def test_faces_pasted_back_with_torch_match_the_opencv_paste(tiny_models, tmp_path):
     """The device path (torch affine_grid/grid_sample restore, as on CUDA) forced on the CPU."""
     video = make_face_clip(tmp_path / "face.mp4", 0.4, size=(320, 240))
     speech = load_audio(make_speech(tmp_path / "voice.wav", 0.4, use_espeak=False))
@@ -264,7 +258,7 @@ def test_faces_pasted_back_with_torch_match_the_opencv_paste(models, tmp_path):
     frames = {}
     for backend in ("opencv", "torch"):
         sink = FrameList()
-        pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+        pipeline = LipsyncPipeline(tiny_models, settings, StageTimer("cpu"))
         result = pipeline.run(pipeline_job(video, speech, settings, sink, restore=backend))
         frames[backend] = np.stack(sink.frames).astype(np.int16)
         [row] = [entry for entry in result.optimizations if entry["name"] == "restore on device"]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, video_stream_bytes
+from clitools import FAST, clip_with_reference, leftovers, run_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 
@@ -87,10 +85,9 @@ def test_without_ray_the_flag_names_the_extra(media, tmp_path):
     blocker = tmp_path / "blocker"
     (blocker / "ray").mkdir(parents=True)
     (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
-    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "latentsync_cli", "sync", str(media["clip"]), str(media["voice"]), "--ray", "auto",
-               "-o", str(tmp_path / "out.mp4"), *JOB_FLAGS]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == ExitCode.USAGE, done.stderr
-    assert "pip install 'latentsync[ray]'" in done.stderr
+    python_path = os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])
+    ran = run_cli("sync", media["clip"], media["voice"], "--ray", "auto", "-o", tmp_path / "out.mp4", *JOB_FLAGS,
+                  env={"PYTHONPATH": python_path})  # fmt: skip
+    assert ran.code == ExitCode.USAGE, ran.stderr
+    assert len(ran.error_lines) == 1 and "pip install 'latentsync[ray]'" in ran.error_lines[0], ran.stderr
     assert not (tmp_path / "out.mp4").exists()

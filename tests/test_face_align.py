@@ -8,6 +8,7 @@ import pytest
 from conftest import differing
 from skimage import data
 
+from latentsync_cli.face import align
 from latentsync_cli.face.align import (
     FaceAligner,
     crop_size,
@@ -53,10 +54,22 @@ def test_golden_align_faces_512(align_golden):
         assert max_diff <= 2 and fraction <= 0.015
 
 
-def test_golden_align_squeeze_is_exact_from_fixture_crops(align_golden):
-    for crop, expected in zip(align_golden["warped_crops"], align_golden["faces_512"]):
-        face = cv2.resize(crop, (512, 512), interpolation=cv2.INTER_LANCZOS4)
+def test_golden_align_squeeze_of_upstreams_crops_is_exact(align_golden, monkeypatch):
+    """The aligner's squeeze (the 420 x 560 crop -> the 512 x 512 face), fed upstream's own crops,
+    gives upstream's faces exactly (the README: exact when computed from the fixture's crops)."""
+    crops = iter(align_golden["warped_crops"])
+    sizes = []
+
+    def upstreams_crop(frame, affine, size):
+        sizes.append(size)
+        return next(crops)
+
+    monkeypatch.setattr(align, "warp_into_crop", upstreams_crop)
+    aligner = FaceAligner(512)
+    for frame, affine, expected in zip(align_golden["frames"], align_golden["affine_matrices"], align_golden["faces_512"]):
+        face = aligner.warp(frame, affine).face
         np.testing.assert_array_equal(face, expected.transpose(1, 2, 0))
+    assert sizes == [(420, 560)] * 5
 
 
 def test_crop_size_truncates_like_upstream():

@@ -7,7 +7,6 @@ windows each. Everything runs with the tiny model and one denoising step.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -79,15 +78,3 @@ def test_shard_flag_mistakes_are_usage_errors(media, tmp_path, flags, fragment):
     assert ran.code == ExitCode.USAGE, ran.stderr
     assert len(ran.error_lines) == 1 and fragment in ran.error_lines[0], ran.stderr
 
-
-def test_without_ray_the_flag_names_the_extra(media, tmp_path):
-    """Run with a Python path where `import ray` fails, as on a machine without the extra."""
-    blocker = tmp_path / "blocker"
-    (blocker / "ray").mkdir(parents=True)
-    (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
-    python_path = os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])
-    ran = run_cli("sync", media["clip"], media["voice"], "--ray", "auto", "-o", tmp_path / "out.mp4", *JOB_FLAGS,
-                  env={"PYTHONPATH": python_path})  # fmt: skip
-    assert ran.code == ExitCode.USAGE, ran.stderr
-    assert len(ran.error_lines) == 1 and "pip install 'latentsync[ray]'" in ran.error_lines[0], ran.stderr
-    assert not (tmp_path / "out.mp4").exists()

@@ -19,10 +19,12 @@ import torch
 from conftest import FrameList
 
 from latentsync_cli.errors import DeviceMemoryError, ExitCode
+from latentsync_cli.face.align import crop_size
 from latentsync_cli.face.mask import mouth_mask
+from latentsync_cli.face.restore import restore_faces
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
-from latentsync_cli.media.video import probe_video
+from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor, output_frame_count
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
@@ -266,6 +268,102 @@ def test_faces_pasted_back_with_torch_match_the_opencv_paste(tiny_models, tmp_pa
     difference = np.abs(frames["torch"] - frames["opencv"])
     # The two pastes differ by at most 1 in a few values (OpenCV rounds sample positions to 1/32 px).
     assert difference.max() <= 1 and np.mean(difference > 0) < 0.001
+
+
+# --- what the product changes: the mouth, and nothing outside the face ------------------------------
+
+
+def test_generated_faces_differ_from_the_input_only_where_the_mask_says_generate(tiny_models, audio_features):
+    """The paste mask keeps the input's pixels (mask 1) and takes the generated ones in the mouth (mask 0):
+    a flipped mask, a uniform one or a paste that drops the generated face would each fail here."""
+    windows = make_windows([[True, True, True]])
+    _, (faces,) = generate(tiny_models, dataclasses.replace(FAST, window=3), windows, audio_features)
+    inputs = windows[0].faces.float() / 127.5 - 1.0  # what the model lane got, in its [-1, 1]
+    mask = torch.from_numpy(mouth_mask(256))
+    difference = (faces - inputs).abs().amax(dim=1)  # (n, R, R): the largest change over the colours
+    kept, generated = difference[:, mask == 1], difference[:, mask == 0]
+    assert kept.max() <= 1e-3  # the input itself, rounded to float16 (steps of at most 2^-11)
+    assert generated.mean() > 0.05 and (generated > 4 / 127.5).float().mean() > 0.5  # most of the mouth changed
+
+
+def faces_run(models, video, speech, settings) -> tuple[list[np.ndarray], dict[int, WindowInput]]:
+    """The output frames of a pipeline run (before encoding), and every window the model lane saw."""
+    sink, windows = FrameList(), {}
+    pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+    generate_windows = pipeline.generate_windows
+
+    def recording(batch, *args, **kwargs):
+        windows.update({window.index: window for window in batch})
+        return generate_windows(batch, *args, **kwargs)
+
+    pipeline.generate_windows = recording
+    pipeline.run(pipeline_job(video, speech, settings, sink))
+    return sink.frames, windows
+
+
+def crop_coordinates(affine: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """For every frame pixel, where it lands in the aligned crop (x, y), through the frame -> crop matrix."""
+    rows, columns = np.mgrid[0 : frame_shape[0], 0 : frame_shape[1]].astype(np.float64)
+    return (affine[0, 0] * columns + affine[0, 1] * rows + affine[0, 2],
+            affine[1, 0] * columns + affine[1, 1] * rows + affine[1, 2])  # fmt: skip
+
+
+PASTE_FEATHER_PX = 3  # the paste's blurred blend mask reaches a pixel or two past the crop (as upstream's)
+
+
+def face_regions(affine: np.ndarray, frame_shape: tuple[int, ...], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """(footprint, mouth) masks of a frame: the pixels the pasted crop can touch (those its bilinear warp
+    samples, grown by the blend's feather), and those deep inside the mouth mask's generate region."""
+    width, height = crop_size(resolution)
+    x, y = crop_coordinates(affine, frame_shape)
+    warped = ((x > -1) & (x < width) & (y > -1) & (y < height)).astype(np.uint8)
+    footprint = cv2.dilate(warped, np.ones((2 * PASTE_FEATHER_PX + 1,) * 2, np.uint8)) > 0
+    margin = resolution // 16
+    generate = cv2.erode((mouth_mask(resolution) == 0).astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8))
+    face_x = np.round((x + 0.5) * resolution / width - 0.5).astype(np.int64)  # the crop is squeezed to R x R
+    face_y = np.round((y + 0.5) * resolution / height - 0.5).astype(np.int64)
+    inside = (face_x >= 0) & (face_x < resolution) & (face_y >= 0) & (face_y < resolution)
+    mouth = np.zeros(frame_shape[:2], bool)
+    mouth[inside] = generate[face_y[inside], face_x[inside]] > 0
+    return footprint, mouth
+
+
+def mouth_change(frame_in: np.ndarray, frame_out: np.ndarray, mouth: np.ndarray) -> float:
+    """Mean absolute change of the mouth pixels, in grey levels."""
+    return float(np.abs(frame_out.astype(np.int16) - frame_in.astype(np.int16))[mouth].mean())
+
+
+def test_the_mouth_changes_and_nothing_outside_the_face_crop_does(tiny_models, tmp_path):
+    """Output frames (before encoding) against the frames the pipeline read: outside each face crop's
+    footprint, and in frames without a face, every pixel is the input's; inside the mouth, the pixels
+    changed by far more than pasting the input face back would change them."""
+    video = make_face_clip(tmp_path / "face.mp4", 0.6, size=(320, 240), faceless=(0.2, 0.32))
+    speech = load_audio(make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False))
+    settings = dataclasses.replace(FAST, window=8)
+    frames_out, windows = faces_run(tiny_models, video, speech, settings)
+    frames_in = list(read_frames(probe_video(video), len(frames_out), loop="pingpong"))
+    resolution = tiny_models.resolution
+
+    changes, unchanged_pastes, faces_seen = [], [], 0
+    for window in windows.values():
+        affines, faces = iter(window.affines), iter(window.faces)
+        for number, found in zip(range(window.first_frame, window.first_frame + len(window.frames)), window.has_face):
+            frame_in, frame_out = frames_in[number], frames_out[number]
+            if not found:
+                np.testing.assert_array_equal(frame_out, frame_in, err_msg=f"frame {number} has no face")
+                continue
+            affine, face = next(affines), next(faces)
+            footprint, mouth = face_regions(affine, frame_in.shape, resolution)
+            assert (~footprint).mean() > 0.2 and mouth.sum() > 500  # both regions are there to be checked
+            np.testing.assert_array_equal(frame_out[~footprint], frame_in[~footprint], err_msg=f"frame {number}")
+            changes.append(mouth_change(frame_in, frame_out, mouth))
+            # The broken product this test must catch: the input's own aligned face pasted back.
+            [pasted] = restore_faces([frame_in], face[None].float() / 127.5 - 1.0, [affine])
+            unchanged_pastes.append(mouth_change(frame_in, pasted, mouth))
+            faces_seen += 1
+    assert faces_seen == len(frames_out) - 3  # frames 5, 6 and 7 have no face
+    assert max(unchanged_pastes) < 4  # resampling the input face there and back changes it only a little
+    assert min(changes) > 3 * max(unchanged_pastes) and min(changes) > 10, (changes, unchanged_pastes)
 
 
 # --- overlap of the three stages -----------------------------------------------------------------

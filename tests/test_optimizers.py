@@ -31,7 +31,10 @@ from latentsync_cli.optimizers.torch_switches import torch_switches
 from latentsync_cli.pipeline import LipsyncPipeline
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
 from latentsync_cli.pipeline.windows import WindowInput, WindowPlan
-from latentsync_cli.settings.run_settings import RunSettings
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
 from latentsync_cli.timing import StageTimer, critical_path
 
 CPU = torch.device("cpu")
@@ -106,21 +109,65 @@ def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], Li
 # --- schedulers and step scaling --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name, cls",
-    [
-        ("ddim", DDIMScheduler),
-        ("dpmpp_2m", DPMSolverMultistepScheduler),
-        ("euler", EulerDiscreteScheduler),
-        ("unipc", UniPCMultistepScheduler),
-    ],
-)
-def test_scheduler_swap_builds_the_class_from_the_same_betas(name, cls):
-    scheduler = make_scheduler(name, 20)
-    assert type(scheduler) is cls
-    upstream = make_scheduler("ddim", 20)
-    torch.testing.assert_close(scheduler.betas, upstream.betas)
-    assert len(scheduler.timesteps) == 20
+# Upstream's configs/scheduler_config.json (LATENTSYNC_REFERENCE.md), written out here, not imported.
+UPSTREAM_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}  # fmt: skip
+# Each mode's sampler and steps in presets.toml, and diffusers' class for it with that sampler's options.
+MODE_SCHEDULERS = {
+    "normal": ("ddim", 20, DDIMScheduler, {}),
+    "fast": ("dpmpp_2m", 12, DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "turbo": ("euler", 8, EulerDiscreteScheduler, {}),
+    "ultra": ("unipc", 5, UniPCMultistepScheduler, {}),
+}
+# "leading" spacing with steps_offset 1, worked out by hand: DDIM and Euler take every (1000 // steps)-th
+# timestep from 0 up, the multistep solvers every (1000 // (steps + 1))-th and drop the 0; then + 1.
+TIMESTEPS = {
+    "normal": [951 - 50 * k for k in range(20)],
+    "fast": [913 - 76 * k for k in range(12)],
+    "turbo": [876 - 125 * k for k in range(8)],
+    "ultra": [831 - 166 * k for k in range(5)],
+}
+
+
+def upstream_alphas_cumprod() -> np.ndarray:
+    """The scaled-linear betas of the config, in float64: the cumulative product of (1 - beta)."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+@pytest.mark.parametrize("mode", list(MODE_SCHEDULERS))
+def test_each_modes_scheduler_is_diffusers_own_for_upstreams_config(mode):
+    """The scheduler a mode runs with (as presets.toml resolves it, built by the run plan) has the timesteps,
+    sigmas and initial noise scale of diffusers' class built from upstream's config, and those are the
+    upstream betas' values at hand-computed timesteps."""
+    table = load_presets(environ={})
+    settings = resolve_settings(table, SettingsRequest(mode=mode), DeviceRecord(backend="cpu", name="CPU")).settings
+    name, steps, cls, solver_options = MODE_SCHEDULERS[mode]
+    assert (settings.scheduler, settings.steps) == (name, steps)
+    ours = plan_for(PlainCall(), settings).make_scheduler()
+    theirs = cls.from_config({**UPSTREAM_SCHEDULER_CONFIG, **solver_options})
+    theirs.set_timesteps(steps)
+
+    assert type(ours) is cls
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist() == TIMESTEPS[mode]
+    assert float(ours.init_noise_sigma) == float(theirs.init_noise_sigma)
+    alphas_cumprod = upstream_alphas_cumprod()
+    torch.testing.assert_close(ours.alphas_cumprod.double(), torch.from_numpy(alphas_cumprod), atol=1e-6, rtol=0)
+    if cls is DDIMScheduler:  # no sigmas: the last step goes to alpha_cumprod[0], not to 1 (set_alpha_to_one false)
+        assert not hasattr(ours, "sigmas") and float(ours.init_noise_sigma) == 1.0
+        assert float(ours.final_alpha_cumprod) == pytest.approx(1 - 0.00085, abs=1e-7)
+        return
+    torch.testing.assert_close(ours.sigmas, theirs.sigmas, atol=0, rtol=0)
+    # sigma_t = sqrt((1 - abar_t) / abar_t) at each timestep, then 0 (the last step goes to the clean sample).
+    timesteps = np.array(TIMESTEPS[mode])
+    expected = np.append(np.sqrt((1 - alphas_cumprod[timesteps]) / alphas_cumprod[timesteps]), 0.0)
+    np.testing.assert_allclose(ours.sigmas.double().numpy(), expected, rtol=1e-5, atol=0)
+    # Euler works on x / sqrt(abar), so it starts from noise of std sqrt(sigma_max^2 + 1); the others from 1.
+    start = np.sqrt(expected[0] ** 2 + 1) if cls is EulerDiscreteScheduler else 1.0
+    assert float(ours.init_noise_sigma) == pytest.approx(start, rel=1e-5)
 
 
 def test_upstream_ddim_timesteps_and_swap_changes_them():

@@ -421,8 +421,13 @@ def test_read_ahead_gives_every_item_in_order_and_stays_within_its_depth():
 
     ahead = ReadAhead(items(), depth=3)
     assert next(ahead) == 0
-    time.sleep(0.2)  # let it fill: the queue holds 3, the thread holds one more waiting to be put
-    assert len(taken) <= 1 + 3 + 1
+    # It fills up: the one given, 3 in the queue and one more held by the thread, waiting to be put ...
+    deadline = time.monotonic() + 120  # only catches a read-ahead that never reads
+    while len(taken) < 1 + 3 + 1:
+        assert time.monotonic() < deadline, taken
+        time.sleep(0.01)
+    time.sleep(0.1)  # ... and reads no further while nothing is taken (more time only makes this stricter)
+    assert len(taken) == 1 + 3 + 1
     assert [0, *ahead] == list(range(20))
     ahead.close()
     assert not read_ahead_alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,18 @@ def config_home(tmp_path, monkeypatch) -> Path:
     """The user config folder at a path the tests know (conftest.py already isolates it)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     return tmp_path / "config"
+
+
+@pytest.fixture(scope="module")
+def module_environment() -> dict[str, str | None]:
+    """What a module fixture sees: such fixtures are set up before any function-scoped one."""
+    return {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "LATENTSYNC_PRESETS")}
+
+
+def test_module_fixtures_see_isolated_user_folders(module_environment, tmp_path_factory):
+    """A module fixture that runs the CLI reads no real ~/.config and no $LATENTSYNC_PRESETS."""
+    assert module_environment["LATENTSYNC_PRESETS"] is None
+    assert Path(module_environment["XDG_CONFIG_HOME"]).is_relative_to(tmp_path_factory.getbasetemp())
 
 
 def test_resolve_json_has_values_and_sources():

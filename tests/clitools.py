@@ -1,23 +1,32 @@
-"""Run `python3 -m latentsync_cli` as a real subprocess and inspect what it left behind.
+"""The two ways the tests run `latentsync`: in this process (`run_cli_here`) or as a real subprocess
+(`run_cli`, `start_cli`), and what they inspect afterwards.
 
-Shared by the unattended-operation tests (bad inputs, signals, resume, batch,
-concurrency): exit codes, stderr lines and leftovers are the real ones only in
-a separate process.
+In this process torch and the models' code are imported once for all tests, and
+a test may patch a function to reach an error path; a subprocess gives the real
+exit code, stderr and leftovers of a separate process (signals, kills,
+concurrent jobs). Both see the same environment: the tests' isolated user
+folders (conftest.py), no colour, a wide console.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
+import pytest
 
 from latentsync_cli.jobs.scratch import SCRATCH_PREFIX
 
 FAST = ["--weights", "random-tiny", "--device", "cpu", "--mode", "turbo", "--steps", "1"]
+CLI_ENV = {"NO_COLOR": "1", "COLUMNS": "200"}
 
 
 @dataclass
@@ -31,18 +40,71 @@ class Ran:
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+# --- in this process ---------------------------------------------------------------------------
 
 
-def cli_command(*args) -> list[str]:
-    return [sys.executable, "-m", "latentsync_cli", *map(str, args)]
+def run_cli_here(*args, env: Mapping[str, str | None] | None = None) -> Ran:
+    """`latentsync ARGS` through its entry point in this process; `env` sets (or, with None, removes) variables.
+
+    stderr is read at the file-descriptor level: main() sends native libraries'
+    output (fd 2) through a filter, and Python's own stderr elsewhere.
+    """
+    from latentsync_cli.cli import main
+
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryFile() as stderr:
+        for name, value in {**CLI_ENV, **(env or {})}.items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        with contextlib.redirect_stdout(stdout), stderr_file_descriptor_to(stderr):
+            try:
+                main([str(arg) for arg in args])
+                code = 0  # main() always exits; this only keeps the linter calm
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        stderr.seek(0)
+        return Ran(code, stdout.getvalue(), stderr.read().decode("utf-8", "replace"))
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: float = 300, preexec_fn=None) -> Ran:
+@contextlib.contextmanager
+def stderr_file_descriptor_to(sink) -> Iterator[None]:
+    """Send both Python's sys.stderr and file descriptor 2 (native code, filtered by main()) to `sink`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    python_stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb", buffering=0), encoding="utf-8")
+    try:
+        with contextlib.redirect_stderr(python_stderr):
+            yield
+    finally:
+        python_stderr.flush()
+        python_stderr.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# --- as a subprocess ---------------------------------------------------------------------------
+
+
+def cli_env(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment (the tests' isolated user folders) with `env` set or, with None, removed."""
+    merged = {**os.environ, **CLI_ENV, **(env or {})}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
+def cli_command(*args, python_flags: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *python_flags, "-m", "latentsync_cli", *map(str, args)]
+
+
+def run_cli(
+    *args, cwd: Path | None = None, timeout: float = 300, preexec_fn=None, env=None, python_flags=()
+) -> Ran:
+    """`python3 -m latentsync_cli ARGS` in a subprocess, to its end (`timeout` only catches a hang)."""
     done = subprocess.run(
-        cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout, check=False,
-        preexec_fn=preexec_fn,
+        cli_command(*args, python_flags=python_flags), cwd=cwd, env=cli_env(env), capture_output=True, text=True,
+        timeout=timeout, check=False, preexec_fn=preexec_fn,
     )  # fmt: skip
     return Ran(done.returncode, done.stdout, done.stderr)
 
@@ -51,6 +113,9 @@ def start_cli(*args, cwd: Path | None = None, stderr=subprocess.PIPE) -> subproc
     return subprocess.Popen(
         cli_command(*args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=stderr, text=True
     )
+
+
+# --- what a run left behind --------------------------------------------------------------------
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -1,17 +1,14 @@
 """`latentsync benchmark` end to end on the CPU: tiny model, a short synthetic clip, the real pipeline."""
 
-import contextlib
-import io
 import json
 import os
-from dataclasses import dataclass
 
 import pytest
+from clitools import run_cli_here
 
 from latentsync_cli import __version__
 from latentsync_cli.bench.runner import CPU_LABEL
 from latentsync_cli.benchmark_data import cache
-from latentsync_cli.cli import main
 from latentsync_cli.settings.benchmark_pick import pick_from_benchmark
 from latentsync_cli.settings.hardware import probe_devices
 from latentsync_cli.settings.presets import load_presets
@@ -19,36 +16,6 @@ from latentsync_cli.settings.request import SettingsRequest
 from latentsync_cli.settings.run_settings import choose_device, resolve_settings
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def _run(args: list[str], env: dict, capfd=None) -> Done:
-    """`latentsync ARGS` in this process (one import of torch for all tests), with `env` set.
-
-    The CLI moves Python's stderr to a duplicate of file descriptor 2, so stderr
-    is read at the descriptor level (pytest's capfd); without capfd only stdout is kept.
-    """
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        patch.delenv("LATENTSYNC_PRESETS", raising=False)
-        if capfd is not None:
-            capfd.readouterr()
-        with contextlib.redirect_stdout(stdout):
-            try:
-                main(args)
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code or 0
-    stderr = capfd.readouterr().err if capfd is not None else ""
-    return Done(code, stdout.getvalue(), stderr)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +33,8 @@ def env(tmp_path_factory):
 def quick_run(env, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("report")
     args = ["benchmark", "--quick", "--json", "--duration", "0.2", "--modes", "normal,turbo"]
-    done = _run(args + ["--gpu-price", "2", "--report", str(report_dir)], env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_cli_here(*args, "--gpu-price", "2", "--report", report_dir, env=env)
+    assert done.code == 0, done.stderr[-2000:]
     return json.loads(done.stdout), report_dir
 
 
@@ -127,22 +94,22 @@ def test_auto_picks_from_the_cache_this_run_wrote(quick_run, env, cpu_record, mo
     assert resolved.sources["mode"] == "benchmark cache"
 
 
-def test_show_then_clear(quick_run, env, capfd):
-    shown = _run(["benchmark", "--show", "--json"], env, capfd)
-    assert shown.returncode == 0, shown.stderr
+def test_show_then_clear(quick_run, env):
+    shown = run_cli_here("benchmark", "--show", "--json", env=env)
+    assert shown.code == 0, shown.stderr
     assert len(json.loads(shown.stdout)["entries"]) == 1
 
-    human = _run(["benchmark", "--show"], env, capfd)
-    assert human.returncode == 0 and "turbo+deepcache" in human.stderr
+    human = run_cli_here("benchmark", "--show", env=env)
+    assert human.code == 0 and "turbo+deepcache" in human.stderr
 
-    cleared = _run(["benchmark", "--clear"], env, capfd)
-    assert cleared.returncode == 0 and "removed 1" in cleared.stderr
-    empty = _run(["benchmark", "--show", "--json"], env, capfd)
+    cleared = run_cli_here("benchmark", "--clear", env=env)
+    assert cleared.code == 0 and "removed 1" in cleared.stderr
+    empty = run_cli_here("benchmark", "--show", "--json", env=env)
     assert json.loads(empty.stdout)["entries"] == []
-    assert "no benchmark" in _run(["benchmark", "--show"], env, capfd).stderr
+    assert "no benchmark" in run_cli_here("benchmark", "--show", env=env).stderr
 
 
-def test_bad_flags_are_one_line_usage_errors(env, capfd):
+def test_bad_flags_are_one_line_usage_errors(env):
     cases = (
         ["--quick", "--full"],
         ["--duration", "0"],
@@ -152,6 +119,6 @@ def test_bad_flags_are_one_line_usage_errors(env, capfd):
         ["--modes", "warp"],
     )
     for args in cases:
-        done = _run(["benchmark", *args], env, capfd)
-        assert done.returncode == 2, (args, done.stderr)
+        done = run_cli_here("benchmark", *args, env=env)
+        assert done.code == 2, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr

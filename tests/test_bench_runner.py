@@ -108,14 +108,27 @@ def test_drift_and_memory_growth():
     assert runner.memory_growth_gb(samples[:3]) is None
 
 
-def test_memory_watcher_and_stress_summary():
+def wait_for_samples(watcher: runner.MemoryWatcher, count: int) -> None:
+    """Until the watcher has taken `count` samples; the deadline only catches a watcher that never samples."""
+    deadline = time.monotonic() + 120
+    while len(watcher.samples) < count:
+        assert time.monotonic() < deadline, f"the watcher took {len(watcher.samples)} samples in 120 s"
+        time.sleep(0.01)
+
+
+def test_memory_watcher_sees_memory_grow_and_stress_summary():
     watcher = runner.MemoryWatcher(torch.device("cpu"), interval_s=0.01)
     watcher.start()
-    keep = [bytearray(2_000_000) for _ in range(5)]  # some allocation while it watches
-    time.sleep(0.1)
+    wait_for_samples(watcher, 2)
+    before = len(watcher.samples)  # these samples were read before the allocation
+    grown = np.ones(64_000_000, dtype=np.uint8)  # 64 MB written, so resident
+    after = len(watcher.samples)  # samples from index after + 1 on are read after it
+    wait_for_samples(watcher, after + 2)
     watcher.stop()
-    assert len(watcher.samples) >= 3 and all(size > 0 for _, size in watcher.samples)
-    assert keep
+    baseline = min(size for _, size in watcher.samples[:before])
+    assert max(size for _, size in watcher.samples[after + 1 :]) - baseline >= 48_000_000, watcher.samples
+    assert [t for t, _ in watcher.samples] == sorted(t for t, _ in watcher.samples)
+    del grown
 
     timer = StageTimer("cpu")
     for _ in range(4):

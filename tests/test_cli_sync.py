@@ -7,21 +7,15 @@ frames of the clip's face-less stretch.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from clitools import run_cli_here
 
-from latentsync_cli.cli import main
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.face.align import FaceAligner, crop_size
 from latentsync_cli.face.landmarks import MediapipeLandmarks
@@ -42,34 +36,6 @@ SIZE = (400, 300)
 FAST_FLAGS = ["--weights", "random-tiny", "--device", "cpu", "--steps", "2"]
 
 
-@contextlib.contextmanager
-def stderr_file_descriptor_to(sink) -> Iterator[None]:
-    """Send both Python's sys.stderr and file descriptor 2 (native code, filtered by main()) to `sink`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(sink.fileno(), 2)
-    python_stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb", buffering=0), encoding="utf-8")
-    try:
-        with contextlib.redirect_stderr(python_stderr):
-            yield
-    finally:
-        python_stderr.flush()
-        python_stderr.close()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """Run `latentsync ARGS` in this process; returns (exit code, stdout, stderr)."""
-    stdout = io.StringIO()
-    with tempfile.TemporaryFile() as stderr:
-        with contextlib.redirect_stdout(stdout), stderr_file_descriptor_to(stderr):
-            with pytest.raises(SystemExit) as exited:
-                main([str(arg) for arg in args])
-        stderr.seek(0)
-        return exited.value.code, stdout.getvalue(), stderr.read().decode("utf-8", "replace")
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("media")
@@ -85,11 +51,11 @@ def media(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def synced(media) -> dict:
     output = media["folder"] / "synced.mp4"
-    code, stdout, stderr = run_cli(
+    ran = run_cli_here(
         "sync", media["clip"], media["voice"], "-o", output, "--mode", "turbo", *FAST_FLAGS, "--json"
     )
-    assert code == 0, stderr
-    return {"output": output, "result": json.loads(stdout), "stderr": stderr}
+    assert ran.code == 0, ran.stderr
+    return {"output": output, "result": json.loads(ran.stdout), "stderr": ran.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -187,32 +153,32 @@ def test_pixels_outside_the_face_crop_are_the_input(frames):
 def test_an_existing_output_is_refused_without_overwrite(media, tmp_path):
     existing = tmp_path / "taken.mp4"
     existing.write_bytes(b"keep me")
-    code, stdout, stderr = run_cli("sync", media["clip"], media["voice"], "-o", existing, *FAST_FLAGS)
-    assert code == ExitCode.OUTPUT and "--overwrite" in stderr and stdout == ""
+    ran = run_cli_here("sync", media["clip"], media["voice"], "-o", existing, *FAST_FLAGS)
+    assert ran.code == ExitCode.OUTPUT and "--overwrite" in ran.stderr and ran.stdout == ""
     assert existing.read_bytes() == b"keep me"
 
 
 def test_the_output_may_not_be_an_input(media):
-    code, _, stderr = run_cli("sync", media["clip"], media["voice"], "-o", media["clip"], *FAST_FLAGS)
-    assert code == ExitCode.OUTPUT and "same as an input" in stderr
+    ran = run_cli_here("sync", media["clip"], media["voice"], "-o", media["clip"], *FAST_FLAGS)
+    assert ran.code == ExitCode.OUTPUT and "same as an input" in ran.stderr
 
 
 def test_a_missing_video_is_a_one_line_input_error(tmp_path):
-    code, _, stderr = run_cli("sync", tmp_path / "nope.mp4", *FAST_FLAGS)
-    assert code == ExitCode.BAD_INPUT and "nope.mp4" in stderr and len(stderr.strip().splitlines()) == 1
+    ran = run_cli_here("sync", tmp_path / "nope.mp4", *FAST_FLAGS)
+    assert ran.code == ExitCode.BAD_INPUT and "nope.mp4" in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_video_without_audio_needs_the_audio_argument(media):
-    code, _, stderr = run_cli("sync", media["clip"], *FAST_FLAGS, "-o", media["folder"] / "x.mp4")
+    ran = run_cli_here("sync", media["clip"], *FAST_FLAGS, "-o", media["folder"] / "x.mp4")
     # make_face_clip writes no audio track, so the speech must be given
-    assert code == ExitCode.BAD_INPUT and "no audio track" in stderr
+    assert ran.code == ExitCode.BAD_INPUT and "no audio track" in ran.stderr
     assert not (media["folder"] / "x.mp4").exists()
 
 
 def test_unknown_choices_are_usage_errors(media):
-    code, _, stderr = run_cli("sync", media["clip"], media["voice"], "--loop", "sideways", *FAST_FLAGS)
-    assert code == ExitCode.USAGE and "--loop" in stderr
+    ran = run_cli_here("sync", media["clip"], media["voice"], "--loop", "sideways", *FAST_FLAGS)
+    assert ran.code == ExitCode.USAGE and "--loop" in ran.stderr
 
 
 def test_missing_weights_stop_with_the_weights_error_and_write_nothing(media, tmp_path, monkeypatch):
@@ -220,9 +186,9 @@ def test_missing_weights_stop_with_the_weights_error_and_write_nothing(media, tm
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     output = tmp_path / "out.mp4"
-    code, stdout, stderr = run_cli("sync", media["clip"], media["voice"], "-o", output, "--device", "cpu")
-    assert code == ExitCode.WEIGHTS and "latentsync models download" in stderr
-    assert len(stderr.strip().splitlines()) == 1 and stdout == ""
+    ran = run_cli_here("sync", media["clip"], media["voice"], "-o", output, "--device", "cpu")
+    assert ran.code == ExitCode.WEIGHTS and "latentsync models download" in ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1 and ran.stdout == ""
     assert list(tmp_path.glob("*.mp4")) == [] and list(tmp_path.glob(".latentsync-*")) == []
 
 
@@ -248,11 +214,11 @@ def test_turbo_and_normal_differ_in_steps_scheduler_and_deepcache():
 
 def test_profile_json_ranks_stages_and_writes_a_chrome_trace(media, tmp_path):
     trace = tmp_path / "trace.json"
-    code, stdout, stderr = run_cli(
+    ran = run_cli_here(
         "profile", media["short_clip"], media["short_voice"], *FAST_FLAGS, "--trace", trace, "--json"
     )
-    assert code == 0, stderr
-    report = json.loads(stdout)
+    assert ran.code == 0, ran.stderr
+    report = json.loads(ran.stdout)
     seconds = [row["seconds"] for row in report["stage_table"]]
     assert seconds == sorted(seconds, reverse=True) and len(seconds) == 10
     assert report["verdict"].startswith("bottleneck: ") and "% of wall time" in report["verdict"]
@@ -272,7 +238,7 @@ def test_profile_json_ranks_stages_and_writes_a_chrome_trace(media, tmp_path):
 
 
 def test_profile_prints_the_stage_table_and_a_verdict(media):
-    code, stdout, stderr = run_cli("profile", media["short_clip"], media["short_voice"], *FAST_FLAGS, "--mode", "turbo")
-    assert code == 0 and stdout == ""
-    assert "Stages by time" in stderr and "critical path:" in stderr and "lanes busy: " in stderr
-    assert "bottleneck: " in stderr.strip().splitlines()[-1]
+    ran = run_cli_here("profile", media["short_clip"], media["short_voice"], *FAST_FLAGS, "--mode", "turbo")
+    assert ran.code == 0 and ran.stdout == ""
+    assert "Stages by time" in ran.stderr and "critical path:" in ran.stderr and "lanes busy: " in ran.stderr
+    assert "bottleneck: " in ran.stderr.strip().splitlines()[-1]

@@ -12,11 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise
-from latentsync_cli.weights.checkpoint import load_unet
 
 ATOL = 2e-3
 GUIDANCE = 1.5
@@ -27,12 +25,6 @@ def golden(golden_dir):
     tensors = load_file(str(golden_dir / "denoise_tiny.safetensors"))
     settings = json.loads((golden_dir / "denoise_tiny.json").read_text())
     return tensors, settings
-
-
-@pytest.fixture(scope="module")
-def tiny_unet(golden_dir):
-    config = UNetConfig.from_dict(json.loads((golden_dir / "unet_tiny_config.json").read_text()))
-    return load_unet(golden_dir / "unet_tiny_checkpoint.pt", config, "cpu", torch.float32)
 
 
 def _run(unet, tensors, steps: int, deepcache: DeepCachePlan):
@@ -60,10 +52,10 @@ def _run(unet, tensors, steps: int, deepcache: DeepCachePlan):
     return scheduler.timesteps, result.latents, torch.stack(per_step_latents), torch.stack(per_step_noise), full_passes
 
 
-def test_golden_denoise_ddim_4_steps_with_cfg(golden, tiny_unet):
+def test_golden_denoise_ddim_4_steps_with_cfg(golden, golden_unet):
     tensors, settings = golden
     assert settings["guidance_scale"] == GUIDANCE and settings["eta"] == 0.0
-    timesteps, final, latents, noise, full_passes = _run(tiny_unet, tensors, 4, DeepCachePlan(enabled=False))
+    timesteps, final, latents, noise, full_passes = _run(golden_unet, tensors, 4, DeepCachePlan(enabled=False))
 
     assert timesteps.tolist() == tensors["timesteps_4"].tolist()
     torch.testing.assert_close(latents, tensors["latents_per_step_4"], atol=ATOL, rtol=0)
@@ -72,14 +64,14 @@ def test_golden_denoise_ddim_4_steps_with_cfg(golden, tiny_unet):
     assert full_passes == settings["full_pass_steps_4"]
 
 
-def test_golden_deepcache_6_steps(golden, tiny_unet):
+def test_golden_deepcache_6_steps(golden, golden_unet):
     tensors, settings = golden
     plan = DeepCachePlan(
         enabled=True,
         interval=settings["deepcache"]["cache_interval"],
         branch=settings["deepcache"]["cache_branch_id"],
     )
-    timesteps, final, latents, noise, full_passes = _run(tiny_unet, tensors, 6, plan)
+    timesteps, final, latents, noise, full_passes = _run(golden_unet, tensors, 6, plan)
 
     assert timesteps.tolist() == tensors["timesteps_6"].tolist()
     assert full_passes == tensors["full_pass_steps_6_deepcache"].tolist() == [0, 3]
@@ -89,10 +81,10 @@ def test_golden_deepcache_6_steps(golden, tiny_unet):
     torch.testing.assert_close(final, tensors["final_latents_6_deepcache"], atol=ATOL, rtol=0)
 
 
-def test_golden_deepcache_differs_from_no_cache(golden, tiny_unet):
+def test_golden_deepcache_differs_from_no_cache(golden, golden_unet):
     tensors, settings = golden
-    _, cached, _, _, _ = _run(tiny_unet, tensors, 6, DeepCachePlan(enabled=True, interval=3, branch=0))
-    _, uncached, _, _, full_passes = _run(tiny_unet, tensors, 6, DeepCachePlan(enabled=False))
+    _, cached, _, _, _ = _run(golden_unet, tensors, 6, DeepCachePlan(enabled=True, interval=3, branch=0))
+    _, uncached, _, _, full_passes = _run(golden_unet, tensors, 6, DeepCachePlan(enabled=False))
 
     assert full_passes == settings["full_pass_steps_6_nocache"]
     torch.testing.assert_close(uncached, tensors["final_latents_6_nocache"], atol=ATOL, rtol=0)

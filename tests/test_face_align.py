@@ -5,9 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from conftest import differing
 from skimage import data
 
+from latentsync_cli.face import align
 from latentsync_cli.face.align import (
     FaceAligner,
     crop_size,
@@ -17,57 +18,58 @@ from latentsync_cli.face.align import (
 )
 
 
-@pytest.fixture(scope="module")
-def golden(golden_dir):
-    return load_file(str(golden_dir / "align_restore.safetensors"))
-
-
-def differing(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, float]:
-    """Max abs difference and fraction of values that differ."""
-    diff = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
-    return int(diff.max()), float((diff > 0).mean())
-
-
-def align_fixture_frames(golden) -> tuple[FaceAligner, list]:
+def align_fixture_frames(align_golden) -> tuple[FaceAligner, list]:
     aligner = FaceAligner(512)
     results = []
-    for frame, points in zip(golden["frames"], golden["landmarks"]):
+    for frame, points in zip(align_golden["frames"], align_golden["landmarks"]):
         aligned = aligner.align(frame, points)
         results.append((aligned, aligner.nose_bias.copy()))
     return aligner, results
 
 
-def test_golden_align_matrices_and_smoothing(golden):
-    _, results = align_fixture_frames(golden)
+def test_golden_align_matrices_and_smoothing(align_golden):
+    _, results = align_fixture_frames(align_golden)
     for index, (aligned, nose_bias) in enumerate(results):
-        expected = golden["affine_matrices"][index]
+        expected = align_golden["affine_matrices"][index]
         np.testing.assert_allclose(aligned.affine[:, :2], expected[:, :2], atol=1e-5, rtol=0)
         np.testing.assert_allclose(aligned.affine[:, 2], expected[:, 2], atol=5e-4, rtol=0)
-        np.testing.assert_allclose(nose_bias, golden["p_bias"][index], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(nose_bias, align_golden["p_bias"][index], atol=1e-5, rtol=0)
 
 
-def test_golden_align_warped_crops(golden):
-    _, results = align_fixture_frames(golden)
+def test_golden_align_warped_crops(align_golden):
+    _, results = align_fixture_frames(align_golden)
     for index, (aligned, _) in enumerate(results):
-        crop = warp_into_crop(golden["frames"][index], aligned.affine, (420, 560))
-        assert crop.shape == golden["warped_crops"][index].shape
-        max_diff, fraction = differing(crop, golden["warped_crops"][index])
+        crop = warp_into_crop(align_golden["frames"][index], aligned.affine, (420, 560))
+        assert crop.shape == align_golden["warped_crops"][index].shape
+        max_diff, fraction = differing(crop, align_golden["warped_crops"][index])
         assert max_diff <= 1 and fraction <= 0.01
 
 
-def test_golden_align_faces_512(golden):
-    _, results = align_fixture_frames(golden)
+def test_golden_align_faces_512(align_golden):
+    _, results = align_fixture_frames(align_golden)
     for index, (aligned, _) in enumerate(results):
-        expected = golden["faces_512"][index].transpose(1, 2, 0)
+        expected = align_golden["faces_512"][index].transpose(1, 2, 0)
         assert aligned.face.shape == (512, 512, 3) and aligned.face.dtype == np.uint8
         max_diff, fraction = differing(aligned.face, expected)
         assert max_diff <= 2 and fraction <= 0.015
 
 
-def test_golden_align_squeeze_is_exact_from_fixture_crops(golden):
-    for crop, expected in zip(golden["warped_crops"], golden["faces_512"]):
-        face = cv2.resize(crop, (512, 512), interpolation=cv2.INTER_LANCZOS4)
+def test_golden_align_squeeze_of_upstreams_crops_is_exact(align_golden, monkeypatch):
+    """The aligner's squeeze (the 420 x 560 crop -> the 512 x 512 face), fed upstream's own crops,
+    gives upstream's faces exactly (the README: exact when computed from the fixture's crops)."""
+    crops = iter(align_golden["warped_crops"])
+    sizes = []
+
+    def upstreams_crop(frame, affine, size):
+        sizes.append(size)
+        return next(crops)
+
+    monkeypatch.setattr(align, "warp_into_crop", upstreams_crop)
+    aligner = FaceAligner(512)
+    for frame, affine, expected in zip(align_golden["frames"], align_golden["affine_matrices"], align_golden["faces_512"]):
+        face = aligner.warp(frame, affine).face
         np.testing.assert_array_equal(face, expected.transpose(1, 2, 0))
+    assert sizes == [(420, 560)] * 5
 
 
 def test_crop_size_truncates_like_upstream():

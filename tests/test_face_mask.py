@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -30,16 +32,44 @@ def test_golden_mask_64_latent_channel_is_exact(golden_mask):
     np.testing.assert_allclose(ours, golden_mask["mask_64"][0], atol=1e-6, rtol=0)
 
 
-def test_mask_regions_follow_the_described_geometry():
-    mask = draw_mask_256()
-    assert set(np.unique(mask)) == {0, 255}
-    assert (mask[:95] == 255).all() and (mask[243:] == 255).all()
-    assert (mask[:, :9] == 255).all() and (mask[:, 248:] == 255).all()
-    assert (mask[95:128, 78:178] == 255).all()  # the notch around the nose stays
-    assert (mask[95:128, 9:78] == 0).all() and (mask[95:128, 178:247] == 0).all()
-    assert (mask[128:135, 9:248] == 0).all()  # full-width band under the notch
-    assert mask[242, 131] == 0 and mask[242, 130] == 255  # the off-centre chin tip
-    assert (mask == 0).sum() == 26673
+def black_runs(mask_256: np.ndarray) -> dict[int, list[list[int]]]:
+    """Row -> [first, last] column of each run of black (0 = generate) pixels, for the rows that have any."""
+    runs = {}
+    for row, values in enumerate(mask_256 == 0):
+        padded = np.concatenate([[False], values, [False]]).astype(np.int8)
+        starts, ends = np.flatnonzero(np.diff(padded) == 1), np.flatnonzero(np.diff(padded) == -1)
+        if len(starts):
+            runs[row] = [[int(start), int(end) - 1] for start, end in zip(starts, ends)]
+    return runs
+
+
+def test_golden_mask_drawn_at_256_is_upstreams_png(golden_mask):
+    np.testing.assert_array_equal(draw_mask_256(), golden_mask["mask_256_png"])
+
+
+def test_golden_mask_black_runs_row_by_row(golden_dir):
+    geometry = json.loads((golden_dir / "mask_geometry.json").read_text())
+    expected = {int(row): runs for row, runs in geometry["black_runs_per_row_inclusive"].items()}
+    assert black_runs(draw_mask_256()) == expected
+    assert int((draw_mask_256() == 0).sum()) == geometry["black_pixels_256"]
+
+
+def test_mask_geometry_as_the_golden_readme_describes_it():
+    """The README's words about mask.png (golden/README.md, section 5), checked on the drawn mask."""
+    runs = black_runs(draw_mask_256())
+    assert min(runs) == 95 and max(runs) == 242  # first and last black rows
+    for row in range(95, 128):  # a white notch at the nose, columns 78-177; column 247 white
+        assert runs[row] == [[9, 77], [178, 246]], row
+    for row in range(128, 135):
+        assert runs[row] == [[9, 247]], row
+    # One run per row from 135 on, narrowing steadily; the chin tip off-centre to the right.
+    assert {row: runs[row] for row in (140, 170, 200, 230, 242)} == {
+        140: [[10, 246]], 170: [[12, 243]], 200: [[33, 223]], 230: [[76, 185]], 242: [[131, 152]],
+    }  # fmt: skip
+    widths = [runs[row][0][1] - runs[row][0][0] for row in range(135, 243)]
+    assert all(len(runs[row]) == 1 for row in range(135, 243))
+    assert all(later <= earlier for earlier, later in zip(widths, widths[1:]))
+    assert int((draw_mask_256() == 0).sum()) == 26673  # 40.70 % of 256 x 256
 
 
 def test_mask_values_and_shape_at_other_resolutions():

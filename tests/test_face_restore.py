@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
-from test_face_align import differing, golden  # noqa: F401 (golden is a fixture)
+from conftest import differing
 
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.restore import faces_to_crops, paste_crop, paste_thread_count, restore_face, restore_faces
@@ -26,32 +26,32 @@ def to_model_range(face_uint8_hwc: np.ndarray) -> np.ndarray:
     return (face_uint8_hwc.transpose(2, 0, 1).astype(np.float32) / 255 - 0.5) / 0.5
 
 
-def test_golden_restore_own_face(golden):
-    face = to_model_range(golden["faces_512"][0].transpose(1, 2, 0))
-    restored = restore_face(golden["frames"][0], face, golden["affine_matrices"][0])
-    assert restored.shape == golden["frames"][0].shape and restored.dtype == np.uint8
-    max_diff, fraction = differing(restored, golden["restored_own_face"])
+def test_golden_restore_own_face(align_golden):
+    face = to_model_range(align_golden["faces_512"][0].transpose(1, 2, 0))
+    restored = restore_face(align_golden["frames"][0], face, align_golden["affine_matrices"][0])
+    assert restored.shape == align_golden["frames"][0].shape and restored.dtype == np.uint8
+    max_diff, fraction = differing(restored, align_golden["restored_own_face"])
     assert max_diff <= 3 and fraction <= 0.02
 
 
-def test_golden_restore_grey_face(golden):
+def test_golden_restore_grey_face(align_golden):
     grey = torch.zeros(3, 512, 512)
-    restored = restore_face(golden["frames"][0], grey, golden["affine_matrices"][0])
-    max_diff, fraction = differing(restored, golden["restored_grey_face"])
+    restored = restore_face(align_golden["frames"][0], grey, align_golden["affine_matrices"][0])
+    max_diff, fraction = differing(restored, align_golden["restored_grey_face"])
     assert max_diff <= 3 and fraction <= 0.02
 
 
-def test_golden_restore_torch_own_face(golden):
-    face = to_model_range(golden["faces_512"][0].transpose(1, 2, 0))
-    restored = restore_one_with_torch(golden["frames"][0], face, golden["affine_matrices"][0])
-    assert restored.shape == golden["frames"][0].shape and restored.dtype == np.uint8
-    max_diff, fraction = differing(restored, golden["restored_own_face"])
+def test_golden_restore_torch_own_face(align_golden):
+    face = to_model_range(align_golden["faces_512"][0].transpose(1, 2, 0))
+    restored = restore_one_with_torch(align_golden["frames"][0], face, align_golden["affine_matrices"][0])
+    assert restored.shape == align_golden["frames"][0].shape and restored.dtype == np.uint8
+    max_diff, fraction = differing(restored, align_golden["restored_own_face"])
     assert max_diff <= 3 and fraction <= 0.02
 
 
-def test_golden_restore_torch_grey_face(golden):
-    restored = restore_one_with_torch(golden["frames"][0], torch.zeros(3, 512, 512), golden["affine_matrices"][0])
-    max_diff, fraction = differing(restored, golden["restored_grey_face"])
+def test_golden_restore_torch_grey_face(align_golden):
+    restored = restore_one_with_torch(align_golden["frames"][0], torch.zeros(3, 512, 512), align_golden["affine_matrices"][0])
+    max_diff, fraction = differing(restored, align_golden["restored_grey_face"])
     assert max_diff <= 3 and fraction <= 0.02
 
 

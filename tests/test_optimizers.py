@@ -21,7 +21,6 @@ from torch._dynamo.utils import counters
 from latentsync_cli.advice import bottleneck_verdict
 from latentsync_cli.errors import DeviceMemoryError
 from latentsync_cli.models.unet import UNet3DConditionModel
-from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import random_vae, tiny_vae_config
 from latentsync_cli.optimizers import APPLIED, OFF, SKIPPED, OptimizationLog
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
@@ -32,25 +31,16 @@ from latentsync_cli.optimizers.torch_switches import torch_switches
 from latentsync_cli.pipeline import LipsyncPipeline
 from latentsync_cli.pipeline.denoise import DenoiseInputs, denoise, pad_inputs
 from latentsync_cli.pipeline.windows import WindowInput, WindowPlan
-from latentsync_cli.settings.run_settings import RunSettings
+from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.settings.presets import load_presets
+from latentsync_cli.settings.request import SettingsRequest
+from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
 from latentsync_cli.timing import StageTimer, critical_path
-from latentsync_cli.weights.load import load_models
 
 CPU = torch.device("cpu")
 
 FRAMES = 4
 LATENT = 8
-# Two levels instead of four: the same blocks (cross-attention, motion modules, skips), a
-# quarter of the Python work, which is what torch.compile tracing and CPU tests pay for.
-SMALL_UNET = replace(
-    UNetConfig.tiny(),
-    block_out_channels=(32, 32),
-    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    motion_module_resolutions=(1, 2),
-)
-
-
 class PlainCall(torch.nn.Module):
     """A minimal module with the UNet's call signature (for the compile fall-back wrapper)."""
 
@@ -64,16 +54,6 @@ class PlainCall(torch.nn.Module):
 
     def forward(self, sample, timestep, audio_embeds, cache=None):
         return sample[:, :4] * self.scale
-
-
-@pytest.fixture(scope="module")
-def tiny_unet():
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(SMALL_UNET).eval()
-    with torch.no_grad():
-        for parameter in unet.parameters():  # conv_out etc. must not be zero, or every step looks alike
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return unet
 
 
 def make_inputs(windows: int = 1, frames: int = FRAMES, seed: int = 0) -> tuple[torch.Tensor, DenoiseInputs]:
@@ -104,11 +84,6 @@ def plan_for(unet, settings: RunSettings, compile_backend="inductor"):
     return build_run_plan(unet, random_vae(tiny_vae_config(), seed=0), settings, CPU, 256, compile_backend)
 
 
-@pytest.fixture(scope="module")
-def tiny_models():
-    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
-
-
 def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], LipsyncPipeline]:
     """The timestep of every UNet call while a pipeline generates one 1-frame window, read at the UNet's input."""
     seen = []
@@ -134,21 +109,65 @@ def timesteps_the_unet_ran(models, settings: RunSettings) -> tuple[list[int], Li
 # --- schedulers and step scaling --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name, cls",
-    [
-        ("ddim", DDIMScheduler),
-        ("dpmpp_2m", DPMSolverMultistepScheduler),
-        ("euler", EulerDiscreteScheduler),
-        ("unipc", UniPCMultistepScheduler),
-    ],
-)
-def test_scheduler_swap_builds_the_class_from_the_same_betas(name, cls):
-    scheduler = make_scheduler(name, 20)
-    assert type(scheduler) is cls
-    upstream = make_scheduler("ddim", 20)
-    torch.testing.assert_close(scheduler.betas, upstream.betas)
-    assert len(scheduler.timesteps) == 20
+# Upstream's configs/scheduler_config.json (LATENTSYNC_REFERENCE.md), written out here, not imported.
+UPSTREAM_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}  # fmt: skip
+# Each mode's sampler and steps in presets.toml, and diffusers' class for it with that sampler's options.
+MODE_SCHEDULERS = {
+    "normal": ("ddim", 20, DDIMScheduler, {}),
+    "fast": ("dpmpp_2m", 12, DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "turbo": ("euler", 8, EulerDiscreteScheduler, {}),
+    "ultra": ("unipc", 5, UniPCMultistepScheduler, {}),
+}
+# "leading" spacing with steps_offset 1, worked out by hand: DDIM and Euler take every (1000 // steps)-th
+# timestep from 0 up, the multistep solvers every (1000 // (steps + 1))-th and drop the 0; then + 1.
+TIMESTEPS = {
+    "normal": [951 - 50 * k for k in range(20)],
+    "fast": [913 - 76 * k for k in range(12)],
+    "turbo": [876 - 125 * k for k in range(8)],
+    "ultra": [831 - 166 * k for k in range(5)],
+}
+
+
+def upstream_alphas_cumprod() -> np.ndarray:
+    """The scaled-linear betas of the config, in float64: the cumulative product of (1 - beta)."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+@pytest.mark.parametrize("mode", list(MODE_SCHEDULERS))
+def test_each_modes_scheduler_is_diffusers_own_for_upstreams_config(mode):
+    """The scheduler a mode runs with (as presets.toml resolves it, built by the run plan) has the timesteps,
+    sigmas and initial noise scale of diffusers' class built from upstream's config, and those are the
+    upstream betas' values at hand-computed timesteps."""
+    table = load_presets(environ={})
+    settings = resolve_settings(table, SettingsRequest(mode=mode), DeviceRecord(backend="cpu", name="CPU")).settings
+    name, steps, cls, solver_options = MODE_SCHEDULERS[mode]
+    assert (settings.scheduler, settings.steps) == (name, steps)
+    ours = plan_for(PlainCall(), settings).make_scheduler()
+    theirs = cls.from_config({**UPSTREAM_SCHEDULER_CONFIG, **solver_options})
+    theirs.set_timesteps(steps)
+
+    assert type(ours) is cls
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist() == TIMESTEPS[mode]
+    assert float(ours.init_noise_sigma) == float(theirs.init_noise_sigma)
+    alphas_cumprod = upstream_alphas_cumprod()
+    torch.testing.assert_close(ours.alphas_cumprod.double(), torch.from_numpy(alphas_cumprod), atol=1e-6, rtol=0)
+    if cls is DDIMScheduler:  # no sigmas: the last step goes to alpha_cumprod[0], not to 1 (set_alpha_to_one false)
+        assert not hasattr(ours, "sigmas") and float(ours.init_noise_sigma) == 1.0
+        assert float(ours.final_alpha_cumprod) == pytest.approx(1 - 0.00085, abs=1e-7)
+        return
+    torch.testing.assert_close(ours.sigmas, theirs.sigmas, atol=0, rtol=0)
+    # sigma_t = sqrt((1 - abar_t) / abar_t) at each timestep, then 0 (the last step goes to the clean sample).
+    timesteps = np.array(TIMESTEPS[mode])
+    expected = np.append(np.sqrt((1 - alphas_cumprod[timesteps]) / alphas_cumprod[timesteps]), 0.0)
+    np.testing.assert_allclose(ours.sigmas.double().numpy(), expected, rtol=1e-5, atol=0)
+    # Euler works on x / sqrt(abar), so it starts from noise of std sqrt(sigma_max^2 + 1); the others from 1.
+    start = np.sqrt(expected[0] ** 2 + 1) if cls is EulerDiscreteScheduler else 1.0
+    assert float(ours.init_noise_sigma) == pytest.approx(start, rel=1e-5)
 
 
 def test_upstream_ddim_timesteps_and_swap_changes_them():
@@ -174,10 +193,10 @@ def test_step_scaling_changes_the_timesteps_the_pipeline_runs_and_is_recorded(ti
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "euler", "unipc"])
-def test_every_scheduler_denoises_with_the_tiny_unet(tiny_unet, name):
-    result = run(tiny_unet, steps=3, scheduler=name)
+def test_every_scheduler_denoises_with_the_tiny_unet(small_unet, name):
+    result = run(small_unet, steps=3, scheduler=name)
     assert torch.isfinite(result).all()
-    assert not torch.allclose(result, run(tiny_unet, steps=3, scheduler="ddim"))
+    assert not torch.allclose(result, run(small_unet, steps=3, scheduler="ddim"))
 
 
 # --- DeepCache ---------------------------------------------------------------------------------
@@ -190,48 +209,48 @@ def test_deepcache_plan_full_pass_steps():
     assert DeepCachePlan(enabled=False).full_pass_steps(4) == [0, 1, 2, 3]
 
 
-def test_deepcache_runs_the_deep_blocks_only_on_full_steps_and_restarts_per_window(tiny_unet):
+def test_deepcache_runs_the_deep_blocks_only_on_full_steps_and_restarts_per_window(small_unet):
     calls = []
     steps_seen = []
-    hook = tiny_unet.mid_block.register_forward_hook(lambda *_: calls.append(len(steps_seen)))
-    counter = tiny_unet.conv_in.register_forward_hook(lambda *_: steps_seen.append(1))
+    hook = small_unet.mid_block.register_forward_hook(lambda *_: calls.append(len(steps_seen)))
+    counter = small_unet.conv_in.register_forward_hook(lambda *_: steps_seen.append(1))
     plan = DeepCachePlan(enabled=True, interval=2, branch=1)
     try:
-        run(tiny_unet, steps=5, deepcache=plan)  # window 1
+        run(small_unet, steps=5, deepcache=plan)  # window 1
         first = [step - 1 for step in calls]
         calls.clear(), steps_seen.clear()
-        run(tiny_unet, steps=5, deepcache=plan)  # window 2: the counter starts over
+        run(small_unet, steps=5, deepcache=plan)  # window 2: the counter starts over
         second = [step - 1 for step in calls]
     finally:
         hook.remove(), counter.remove()
     assert first == second == [0, 2, 4]
 
 
-def test_deepcache_changes_the_result_and_matches_full_runs_at_interval_1(tiny_unet):
-    plain = run(tiny_unet, steps=4)
-    assert not torch.allclose(plain, run(tiny_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=2)))
-    torch.testing.assert_close(plain, run(tiny_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=1)))
+def test_deepcache_changes_the_result_and_matches_full_runs_at_interval_1(small_unet):
+    plain = run(small_unet, steps=4)
+    assert not torch.allclose(plain, run(small_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=2)))
+    torch.testing.assert_close(plain, run(small_unet, steps=4, deepcache=DeepCachePlan(enabled=True, interval=1)))
 
 
 # --- batch shape: guidance and windows per call ------------------------------------------------
 
 
-def test_guidance_one_halves_the_unet_batch(tiny_unet):
+def test_guidance_one_halves_the_unet_batch(small_unet):
     batches = []
-    hook = tiny_unet.conv_in.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    hook = small_unet.conv_in.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     try:
-        run(tiny_unet, steps=1, guidance=1.5)
-        run(tiny_unet, steps=1, guidance=1.0)
+        run(small_unet, steps=1, guidance=1.5)
+        run(small_unet, steps=1, guidance=1.0)
     finally:
         hook.remove()
     assert batches == [2 * FRAMES, FRAMES]
 
 
-def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
+def test_several_windows_per_call_equal_one_window_per_call(small_unet):
     latents, inputs = make_inputs(windows=2, seed=5)
     with torch.no_grad():
         together = denoise(
-            tiny_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True)
+            small_unet, make_scheduler("ddim", 3), latents, inputs, 1.5, DeepCachePlan(enabled=True)
         ).latents
         separate = []
         for window in range(2):
@@ -245,7 +264,7 @@ def test_several_windows_per_call_equal_one_window_per_call(tiny_unet):
             scheduler = make_scheduler("ddim", 3)
             separate.append(
                 denoise(
-                    tiny_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)
+                    small_unet, scheduler, latents[window : window + 1], one, 1.5, DeepCachePlan(enabled=True)
                 ).latents
             )
     # Equal up to float rounding: a different batch size changes how convolutions and matmuls
@@ -266,10 +285,10 @@ def test_padding_repeats_the_last_frame():
 # --- device-dependent optimizers on CPU: recorded as skipped, never claimed -----------------
 
 
-def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
+def test_cuda_only_optimizations_are_skipped_on_cpu(small_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
     settings = RunSettings(tf32=True, cuda_graphs=True, channels_last=True, memory_fraction=0.5)
-    plan = build_run_plan(tiny_unet, vae, settings, CPU, face_size=256)
+    plan = build_run_plan(small_unet, vae, settings, CPU, face_size=256)
     for name in ("tf32", "cuda graphs", "memory fraction"):
         entry = plan.log.find(name)[0]
         assert entry.status == SKIPPED and "cpu" in entry.detail, entry
@@ -279,11 +298,11 @@ def test_cuda_only_optimizations_are_skipped_on_cpu(tiny_unet):
     json.dumps(plan.log.to_list())  # the JSON result carries the log
 
 
-def test_vae_slicing_and_tiling_switch_diffusers_flags(tiny_unet):
+def test_vae_slicing_and_tiling_switch_diffusers_flags(small_unet):
     vae = random_vae(tiny_vae_config(), seed=0)
-    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), CPU, face_size=256)
+    build_run_plan(small_unet, vae, RunSettings(vae_slicing=True, vae_tiling=True), CPU, face_size=256)
     assert vae.use_slicing and vae.use_tiling
-    build_run_plan(tiny_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), CPU, face_size=256)
+    build_run_plan(small_unet, vae, RunSettings(vae_slicing=False, vae_tiling=False), CPU, face_size=256)
     assert not vae.use_slicing and not vae.use_tiling
 
 
@@ -302,10 +321,10 @@ def test_compile_failure_falls_back_to_eager_and_says_why():
     assert entry.status == SKIPPED and "no compiler here" in entry.detail and "running eager" in entry.detail
 
 
-def test_deepcache_traces_under_torch_compile():
+def test_deepcache_traces_under_torch_compile(small_unet):
     # Tracing costs Python time per layer: one layer per block is enough to cross every kind of block.
     torch.manual_seed(1)
-    unet = UNet3DConditionModel(replace(SMALL_UNET, layers_per_block=1)).eval()
+    unet = UNet3DConditionModel(replace(small_unet.config, layers_per_block=1)).eval()
     run_plan = plan_for(unet, RunSettings(compile=True), compile_backend="eager")
     compiled = run_plan.unet_call
     plan = DeepCachePlan(enabled=True, interval=2)  # step 0 traces the full pass, step 1 the shallow one
@@ -460,9 +479,9 @@ def test_torch_switches_set_tf32_for_the_run_and_restore_it_even_after_an_error(
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def test_the_optimization_table_keeps_one_row_per_optimization_in_order(tiny_unet):
-    names = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=True)).log.entries]
-    without_channels_last = [entry.name for entry in plan_for(tiny_unet, RunSettings(channels_last=False)).log.entries]
+def test_the_optimization_table_keeps_one_row_per_optimization_in_order(small_unet):
+    names = [entry.name for entry in plan_for(small_unet, RunSettings(channels_last=True)).log.entries]
+    without_channels_last = [entry.name for entry in plan_for(small_unet, RunSettings(channels_last=False)).log.entries]
     assert without_channels_last == [name for name in names if name != "channels_last (UNet)"]
     assert names == [
         "precision",

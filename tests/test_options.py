@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import typer
+from clitools import run_cli_here
 
-from latentsync_cli.cli import app, main
+from latentsync_cli.cli import app
 from latentsync_cli.jobs.batch import BatchRow, option_columns, row_job
 from latentsync_cli.jobs.job import Job
 from latentsync_cli.options import OptionError, check_options, declared_options, parse_column
@@ -87,10 +88,9 @@ def test_choices_and_ranges_are_checked_the_same_for_a_flag_and_a_row():
     check_options(Job(Path("a.mp4")))  # the defaults are allowed
 
 
-def test_a_new_settings_flag_reaches_the_resolved_settings(capsys):
+def test_a_new_settings_flag_reaches_the_resolved_settings():
     """--windows-per-call was added as one field of SettingsRequest: presets resolve shows it as a user flag."""
-    with pytest.raises(SystemExit) as exited:
-        main(["presets", "resolve", "--device", "cpu", "--windows-per-call", "3", "--json"])
-    resolved = json.loads(capsys.readouterr().out)
-    assert exited.value.code == 0
+    ran = run_cli_here("presets", "resolve", "--device", "cpu", "--windows-per-call", "3", "--json")
+    assert ran.code == 0, ran.stderr
+    resolved = json.loads(ran.stdout)
     assert resolved["settings"]["windows_per_call"] == 3 and resolved["sources"]["windows_per_call"] == "user flag"

@@ -19,10 +19,12 @@ import torch
 from conftest import FrameList
 
 from latentsync_cli.errors import DeviceMemoryError, ExitCode
+from latentsync_cli.face.align import crop_size
 from latentsync_cli.face.mask import mouth_mask
+from latentsync_cli.face.restore import restore_faces
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
-from latentsync_cli.media.video import probe_video
+from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor, output_frame_count
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
@@ -30,15 +32,9 @@ from latentsync_cli.pipeline.windows import WindowInput, WindowPlan, batches_of_
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
-from latentsync_cli.weights.load import load_models
 
 # One denoising step keeps the tests fast; guidance 1.5 keeps the CFG path in play.
 FAST = RunSettings(steps=1, guidance=1.5, window=2, vae_slicing=False, deepcache=False)
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_models("random-tiny", None, "cpu", torch.float32, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +129,11 @@ def test_batches_share_a_call_only_with_equal_face_counts():
 # --- the GPU stage -------------------------------------------------------------------------------
 
 
-def test_only_frames_with_a_face_are_generated(models, audio_features):
+def test_only_frames_with_a_face_are_generated(tiny_models, audio_features):
     windows = make_windows([[True, False, True]])
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, (faces,) = generate(models, dataclasses.replace(FAST, window=3), windows, audio_features)
+        _, (faces,) = generate(tiny_models, dataclasses.replace(FAST, window=3), windows, audio_features)
     finally:
         hook.remove()
     assert faces.shape == (2, 3, 256, 256)
@@ -145,13 +141,13 @@ def test_only_frames_with_a_face_are_generated(models, audio_features):
     assert torch.isfinite(faces).all() and faces.abs().max() < 10
 
 
-def test_several_windows_per_call_match_one_window_per_call(models, audio_features):
+def test_several_windows_per_call_match_one_window_per_call(tiny_models, audio_features):
     windows = make_windows([[True, True]] * 3)
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, one_by_one = generate(models, FAST, windows, audio_features)
+        _, one_by_one = generate(tiny_models, FAST, windows, audio_features)
         calls_one = len(batches)
-        _, together = generate(models, dataclasses.replace(FAST, windows_per_call=3), windows, audio_features)
+        _, together = generate(tiny_models, dataclasses.replace(FAST, windows_per_call=3), windows, audio_features)
     finally:
         hook.remove()
     assert calls_one == 3 and batches[3:] == [3 * 2 * 2]  # one call: 3 windows x CFG 2 x 2 frames
@@ -159,42 +155,42 @@ def test_several_windows_per_call_match_one_window_per_call(models, audio_featur
         torch.testing.assert_close(batched, single, atol=2e-3, rtol=0)
 
 
-def test_out_of_memory_lowers_windows_per_call_and_gives_the_same_faces(models, audio_features):
+def test_out_of_memory_lowers_windows_per_call_and_gives_the_same_faces(tiny_models, audio_features):
     windows = make_windows([[True, True]] * 2)
     settings = dataclasses.replace(FAST, windows_per_call=2)
-    _, expected = generate(models, settings, windows, audio_features)
+    _, expected = generate(tiny_models, settings, windows, audio_features)
 
-    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=2))
+    faulty = dataclasses.replace(tiny_models, unet=OutOfMemoryAtFirst(tiny_models.unet, failures=2))
     pipeline, faces = generate(faulty, settings, windows, audio_features)
 
     assert pipeline.ladder.downgrades == ["windows per call 2 -> 1", "VAE slicing on"]
-    assert pipeline.ladder.current.windows_per_call == 1 and models.vae.use_slicing
+    assert pipeline.ladder.current.windows_per_call == 1 and tiny_models.vae.use_slicing
     assert [entry.status for entry in pipeline.log.find("memory")] == ["downgraded", "downgraded"]
     for got, want in zip(faces, expected):
         torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
 
 
-def test_out_of_memory_at_the_smallest_setting_is_a_clear_error(models, audio_features):
+def test_out_of_memory_at_the_smallest_setting_is_a_clear_error(tiny_models, audio_features):
     windows = make_windows([[True, True]])
-    faulty = dataclasses.replace(models, unet=OutOfMemoryAtFirst(models.unet, failures=100))
+    faulty = dataclasses.replace(tiny_models, unet=OutOfMemoryAtFirst(tiny_models.unet, failures=100))
     with pytest.raises(DeviceMemoryError) as caught:
         generate(faulty, FAST, windows, audio_features)
     assert caught.value.exit_code == ExitCode.OUT_OF_MEMORY
     assert "\n" not in str(caught.value) and "window 0" in str(caught.value)
 
 
-def test_finished_windows_are_taken_and_later_windows_do_not_change(models, audio_features):
+def test_finished_windows_are_taken_and_later_windows_do_not_change(tiny_models, audio_features):
     windows = make_windows([[True, True], [True, True], [True, True]])
     saved = {}
-    _, uninterrupted = generate(models, FAST, windows, audio_features,
+    _, uninterrupted = generate(tiny_models, FAST, windows, audio_features,
                                 on_generated=lambda index, faces, flags: saved.update({index: faces}))  # fmt: skip
     assert sorted(saved) == [0, 1, 2]
 
     # A killed job left windows 0 and 1; mark their faces so we can tell they were taken, not made again.
     finished = {0: np.full_like(saved[0], 0.25), 1: saved[1]}
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     try:
-        _, resumed = generate(models, FAST, windows, audio_features, finished)
+        _, resumed = generate(tiny_models, FAST, windows, audio_features, finished)
     finally:
         hook.remove()
     assert len(batches) == 1  # only window 2 went through the UNet
@@ -226,20 +222,20 @@ def pipeline_job(video, speech, settings, sink, **fields) -> SyncJob:
     return SyncJob(video=probe_video(video), speech=speech, plan=plan, sink=sink, **fields)
 
 
-def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progress(models, tmp_path):
+def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progress(tiny_models, tmp_path):
     video = make_face_clip(tmp_path / "face.mp4", 0.6, size=(320, 240))
     audio = make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False)
     speech = load_audio(audio)[:6400]  # the first 0.4 s of the 0.6 s file
-    extractor = AudioFeatureExtractor(models.audio_encoder, torch.device("cpu"))
+    extractor = AudioFeatureExtractor(tiny_models.audio_encoder, torch.device("cpu"))
     frames = extractor(speech).shape[0]
     assert frames == output_frame_count(speech.size) < extractor(load_audio(audio)).shape[0]
 
     settings = dataclasses.replace(FAST, steps=3, window=4, deepcache=True, deepcache_interval=2)
     progress = RecordingProgress()
-    batches, hook = count_unet_calls(models.unet)
+    batches, hook = count_unet_calls(tiny_models.unet)
     sink = FrameList()
     try:
-        pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"), progress)
+        pipeline = LipsyncPipeline(tiny_models, settings, StageTimer("cpu"), progress)
         result = pipeline.run(pipeline_job(video, speech, settings, sink))
     finally:
         hook.remove()
@@ -256,7 +252,7 @@ def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progres
     assert "cpu" in result.lane_busy_s and "gpu" not in result.lane_busy_s
 
 
-def test_faces_pasted_back_with_torch_match_the_opencv_paste(models, tmp_path):
+def test_faces_pasted_back_with_torch_match_the_opencv_paste(tiny_models, tmp_path):
     """The device path (torch affine_grid/grid_sample restore, as on CUDA) forced on the CPU."""
     video = make_face_clip(tmp_path / "face.mp4", 0.4, size=(320, 240))
     speech = load_audio(make_speech(tmp_path / "voice.wav", 0.4, use_espeak=False))
@@ -264,7 +260,7 @@ def test_faces_pasted_back_with_torch_match_the_opencv_paste(models, tmp_path):
     frames = {}
     for backend in ("opencv", "torch"):
         sink = FrameList()
-        pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+        pipeline = LipsyncPipeline(tiny_models, settings, StageTimer("cpu"))
         result = pipeline.run(pipeline_job(video, speech, settings, sink, restore=backend))
         frames[backend] = np.stack(sink.frames).astype(np.int16)
         [row] = [entry for entry in result.optimizations if entry["name"] == "restore on device"]
@@ -272,6 +268,102 @@ def test_faces_pasted_back_with_torch_match_the_opencv_paste(models, tmp_path):
     difference = np.abs(frames["torch"] - frames["opencv"])
     # The two pastes differ by at most 1 in a few values (OpenCV rounds sample positions to 1/32 px).
     assert difference.max() <= 1 and np.mean(difference > 0) < 0.001
+
+
+# --- what the product changes: the mouth, and nothing outside the face ------------------------------
+
+
+def test_generated_faces_differ_from_the_input_only_where_the_mask_says_generate(tiny_models, audio_features):
+    """The paste mask keeps the input's pixels (mask 1) and takes the generated ones in the mouth (mask 0):
+    a flipped mask, a uniform one or a paste that drops the generated face would each fail here."""
+    windows = make_windows([[True, True, True]])
+    _, (faces,) = generate(tiny_models, dataclasses.replace(FAST, window=3), windows, audio_features)
+    inputs = windows[0].faces.float() / 127.5 - 1.0  # what the model lane got, in its [-1, 1]
+    mask = torch.from_numpy(mouth_mask(256))
+    difference = (faces - inputs).abs().amax(dim=1)  # (n, R, R): the largest change over the colours
+    kept, generated = difference[:, mask == 1], difference[:, mask == 0]
+    assert kept.max() <= 1e-3  # the input itself, rounded to float16 (steps of at most 2^-11)
+    assert generated.mean() > 0.05 and (generated > 4 / 127.5).float().mean() > 0.5  # most of the mouth changed
+
+
+def faces_run(models, video, speech, settings) -> tuple[list[np.ndarray], dict[int, WindowInput]]:
+    """The output frames of a pipeline run (before encoding), and every window the model lane saw."""
+    sink, windows = FrameList(), {}
+    pipeline = LipsyncPipeline(models, settings, StageTimer("cpu"))
+    generate_windows = pipeline.generate_windows
+
+    def recording(batch, *args, **kwargs):
+        windows.update({window.index: window for window in batch})
+        return generate_windows(batch, *args, **kwargs)
+
+    pipeline.generate_windows = recording
+    pipeline.run(pipeline_job(video, speech, settings, sink))
+    return sink.frames, windows
+
+
+def crop_coordinates(affine: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """For every frame pixel, where it lands in the aligned crop (x, y), through the frame -> crop matrix."""
+    rows, columns = np.mgrid[0 : frame_shape[0], 0 : frame_shape[1]].astype(np.float64)
+    return (affine[0, 0] * columns + affine[0, 1] * rows + affine[0, 2],
+            affine[1, 0] * columns + affine[1, 1] * rows + affine[1, 2])  # fmt: skip
+
+
+PASTE_FEATHER_PX = 3  # the paste's blurred blend mask reaches a pixel or two past the crop (as upstream's)
+
+
+def face_regions(affine: np.ndarray, frame_shape: tuple[int, ...], resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """(footprint, mouth) masks of a frame: the pixels the pasted crop can touch (those its bilinear warp
+    samples, grown by the blend's feather), and those deep inside the mouth mask's generate region."""
+    width, height = crop_size(resolution)
+    x, y = crop_coordinates(affine, frame_shape)
+    warped = ((x > -1) & (x < width) & (y > -1) & (y < height)).astype(np.uint8)
+    footprint = cv2.dilate(warped, np.ones((2 * PASTE_FEATHER_PX + 1,) * 2, np.uint8)) > 0
+    margin = resolution // 16
+    generate = cv2.erode((mouth_mask(resolution) == 0).astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8))
+    face_x = np.round((x + 0.5) * resolution / width - 0.5).astype(np.int64)  # the crop is squeezed to R x R
+    face_y = np.round((y + 0.5) * resolution / height - 0.5).astype(np.int64)
+    inside = (face_x >= 0) & (face_x < resolution) & (face_y >= 0) & (face_y < resolution)
+    mouth = np.zeros(frame_shape[:2], bool)
+    mouth[inside] = generate[face_y[inside], face_x[inside]] > 0
+    return footprint, mouth
+
+
+def mouth_change(frame_in: np.ndarray, frame_out: np.ndarray, mouth: np.ndarray) -> float:
+    """Mean absolute change of the mouth pixels, in grey levels."""
+    return float(np.abs(frame_out.astype(np.int16) - frame_in.astype(np.int16))[mouth].mean())
+
+
+def test_the_mouth_changes_and_nothing_outside_the_face_crop_does(tiny_models, tmp_path):
+    """Output frames (before encoding) against the frames the pipeline read: outside each face crop's
+    footprint, and in frames without a face, every pixel is the input's; inside the mouth, the pixels
+    changed by far more than pasting the input face back would change them."""
+    video = make_face_clip(tmp_path / "face.mp4", 0.6, size=(320, 240), faceless=(0.2, 0.32))
+    speech = load_audio(make_speech(tmp_path / "voice.wav", 0.6, use_espeak=False))
+    settings = dataclasses.replace(FAST, window=8)
+    frames_out, windows = faces_run(tiny_models, video, speech, settings)
+    frames_in = list(read_frames(probe_video(video), len(frames_out), loop="pingpong"))
+    resolution = tiny_models.resolution
+
+    changes, unchanged_pastes, faces_seen = [], [], 0
+    for window in windows.values():
+        affines, faces = iter(window.affines), iter(window.faces)
+        for number, found in zip(range(window.first_frame, window.first_frame + len(window.frames)), window.has_face):
+            frame_in, frame_out = frames_in[number], frames_out[number]
+            if not found:
+                np.testing.assert_array_equal(frame_out, frame_in, err_msg=f"frame {number} has no face")
+                continue
+            affine, face = next(affines), next(faces)
+            footprint, mouth = face_regions(affine, frame_in.shape, resolution)
+            assert (~footprint).mean() > 0.2 and mouth.sum() > 500  # both regions are there to be checked
+            np.testing.assert_array_equal(frame_out[~footprint], frame_in[~footprint], err_msg=f"frame {number}")
+            changes.append(mouth_change(frame_in, frame_out, mouth))
+            # The broken product this test must catch: the input's own aligned face pasted back.
+            [pasted] = restore_faces([frame_in], face[None].float() / 127.5 - 1.0, [affine])
+            unchanged_pastes.append(mouth_change(frame_in, pasted, mouth))
+            faces_seen += 1
+    assert faces_seen == len(frames_out) - 3  # frames 5, 6 and 7 have no face
+    assert max(unchanged_pastes) < 4  # resampling the input face there and back changes it only a little
+    assert min(changes) > 3 * max(unchanged_pastes) and min(changes) > 10, (changes, unchanged_pastes)
 
 
 # --- overlap of the three stages -----------------------------------------------------------------
@@ -329,8 +421,13 @@ def test_read_ahead_gives_every_item_in_order_and_stays_within_its_depth():
 
     ahead = ReadAhead(items(), depth=3)
     assert next(ahead) == 0
-    time.sleep(0.2)  # let it fill: the queue holds 3, the thread holds one more waiting to be put
-    assert len(taken) <= 1 + 3 + 1
+    # It fills up: the one given, 3 in the queue and one more held by the thread, waiting to be put ...
+    deadline = time.monotonic() + 120  # only catches a read-ahead that never reads
+    while len(taken) < 1 + 3 + 1:
+        assert time.monotonic() < deadline, taken
+        time.sleep(0.01)
+    time.sleep(0.1)  # ... and reads no further while nothing is taken (more time only makes this stricter)
+    assert len(taken) == 1 + 3 + 1
     assert [0, *ahead] == list(range(20))
     ahead.close()
     assert not read_ahead_alive()

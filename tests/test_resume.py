@@ -7,7 +7,6 @@ Every job here is killed while it generates: the first finished window in
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -43,18 +42,30 @@ def wait_for_window(process, work_dir: Path, timeout_s: float = 240) -> None:
         time.sleep(0.05)
 
 
-def child_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(word) for word in children.read_text().split()] if children.exists() else []
-
-
-def pid_alive(pid: int) -> bool:
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None once it has exited (a zombie has too)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))  # a zombie has exited
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def children_of(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of each child of `pid`: the pair names a process even after its pid is reused."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [int(word) for word in children.read_text().split()] if children.exists() else []
+    return [(child, started) for child in pids if (started := start_time(child)) is not None]
+
+
+def still_running(processes: list[tuple[int, int]], timeout_s: float = 120) -> list[int]:
+    """The pids among `processes` still running after up to `timeout_s` (the wait only catches a leak)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = [pid for pid, started in processes if start_time(pid) == started]
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, ExitCode.TERMINATED), (signal.SIGINT, ExitCode.INTERRUPTED)])
@@ -63,7 +74,7 @@ def test_signal_stops_the_job_quickly_and_removes_temporary_files(media, tmp_pat
     work_dir = tmp_path / "work"
     process = start_cli("sync", media["clip"], media["voice"], "-o", target, "--work-dir", work_dir, *JOB_FLAGS)
     wait_for_window(process, work_dir)
-    children = child_pids(process.pid)  # ffmpeg decoders/encoders running for the job
+    children = children_of(process.pid)  # ffmpeg decoders/encoders running for the job
     stored_when_signalled = len(list(work_dir.glob("window-*.npz")))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)  # only catches a hang; the real check is the next line
@@ -77,8 +88,7 @@ def test_signal_stops_the_job_quickly_and_removes_temporary_files(media, tmp_pat
     ]
     assert not target.exists()
     assert leftovers(tmp_path) == []
-    time.sleep(0.2)
-    assert [pid for pid in children if pid_alive(pid)] == []
+    assert still_running(children) == []  # the job's ffmpeg processes ended with it
 
 
 def test_sigkill_then_same_command_resumes_to_an_identical_video(media, tmp_path):

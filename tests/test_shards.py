@@ -7,13 +7,10 @@ windows each. Everything runs with the tiny model and one denoising step.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, video_stream_bytes
+from clitools import FAST, clip_with_reference, leftovers, run_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 
@@ -81,16 +78,3 @@ def test_shard_flag_mistakes_are_usage_errors(media, tmp_path, flags, fragment):
     assert ran.code == ExitCode.USAGE, ran.stderr
     assert len(ran.error_lines) == 1 and fragment in ran.error_lines[0], ran.stderr
 
-
-def test_without_ray_the_flag_names_the_extra(media, tmp_path):
-    """Run with a Python path where `import ray` fails, as on a machine without the extra."""
-    blocker = tmp_path / "blocker"
-    (blocker / "ray").mkdir(parents=True)
-    (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
-    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "latentsync_cli", "sync", str(media["clip"]), str(media["voice"]), "--ray", "auto",
-               "-o", str(tmp_path / "out.mp4"), *JOB_FLAGS]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == ExitCode.USAGE, done.stderr
-    assert "pip install 'latentsync[ray]'" in done.stderr
-    assert not (tmp_path / "out.mp4").exists()

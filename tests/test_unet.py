@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from latentsync_cli.errors import WeightsError
 from latentsync_cli.models.motion import sinusoid_table
-from latentsync_cli.models.unet import FeatureCache, UNet3DConditionModel
+from latentsync_cli.models.unet import FeatureCache
 from latentsync_cli.models.unet_blocks import FrameGroupNorm
 from latentsync_cli.models.unet_config import UNetConfig
-from latentsync_cli.weights.checkpoint import build_meta_unet, build_random_unet, load_unet
+from latentsync_cli.weights.checkpoint import build_meta_unet, build_random_unet
 
 TINY = UNetConfig.tiny()
 
@@ -32,11 +32,6 @@ UPSTREAM_1_6 = {
         "temporal_position_encoding_max_len": 24,
     },
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_unet() -> UNet3DConditionModel:
-    return build_random_unet(TINY, "cpu", torch.float32, seed=0)
 
 
 def make_inputs(batch: int = 2, frames: int = 4, size: int = 16, seed: int = 0):
@@ -348,12 +343,6 @@ def test_cache_misuse_is_reported(tiny_unet):
 
 
 # --- golden parity with upstream (fixtures made by upstream's code on CPU, fp32) ---------
-
-
-@pytest.fixture(scope="module")
-def golden_unet(golden_dir) -> UNet3DConditionModel:
-    config = UNetConfig.from_dict(json.loads((golden_dir / "unet_tiny_config.json").read_text()))
-    return load_unet(golden_dir / "unet_tiny_checkpoint.pt", config, "cpu", torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -18,59 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import UNET_KEY
 from safetensors.torch import load_file, save_file
 
 from latentsync_cli.errors import UsageError, WeightsError
-from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
-from latentsync_cli.models.vae import load_vae, random_vae, tiny_vae_config
+from latentsync_cli.models.vae import load_vae
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder
 from latentsync_cli.weights.checkpoint import expected_state_shapes
 from latentsync_cli.weights.files import check_weights_available, find_weight_files, locate_weights
 from latentsync_cli.weights.load import load_models
 from latentsync_cli.weights.verify import Architecture, read_state_shapes, verify_weights
 
-UNET_KEY = "conv_in.weight"
 VAE_ATTENTION = "encoder.mid_block.attentions.0"
-
-
-def write_tiny_checkpoint_dir(folder: Path) -> Path:
-    """A folder laid out like the Hub repo, holding tiny-architecture weights in the real formats."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(UNetConfig.tiny())
-    torch.save({"global_step": 0, "state_dict": unet.state_dict()}, folder / "latentsync_unet.pt")
-
-    encoder = AudioEncoder(WhisperDims.tiny())
-    whisper_state = {"encoder." + key: value.half() for key, value in encoder.state_dict().items()}
-    whisper_state["decoder.token_embedding.weight"] = torch.zeros(4, 384, dtype=torch.float16)  # ignored by verify
-    (folder / "whisper").mkdir(exist_ok=True)
-    torch.save({"dims": WhisperDims.tiny().to_dict(), "model_state_dict": whisper_state}, folder / "whisper" / "tiny.pt")
-
-    random_vae(tiny_vae_config(), seed=0).save_pretrained(folder / "vae")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_dir_template(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint_dir(tmp_path_factory.mktemp("weights") / "checkpoints")
-
-
-@pytest.fixture
-def tiny_dir(tiny_dir_template, tmp_path) -> Path:
-    """A fresh copy that a test may break."""
-    return Path(shutil.copytree(tiny_dir_template, tmp_path / "checkpoints"))
-
-
-@pytest.fixture
-def offline_empty_hub(monkeypatch, tmp_path) -> Path:
-    """HF_HUB_OFFLINE=1 and an empty HF_HOME."""
-    home = tmp_path / "hf_home"
-    home.mkdir()
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
 
 
 def _read_manifest(path: Path) -> dict[str, tuple[int, ...]]:

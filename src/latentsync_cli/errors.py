@@ -16,7 +16,7 @@ class ExitCode(IntEnum):
     OK = 0
     INTERNAL = 1  # a bug: please report it (run again with --debug for the traceback)
     USAGE = 2  # bad flags, unknown mode or preset, invalid presets file
-    NOT_AVAILABLE = 3  # the command or option is not available in this build
+    NOT_AVAILABLE = 3  # the option needs an optional extra this install lacks (--ray without Ray)
     BAD_INPUT = 4  # an input file is missing, unreadable, or has no usable face/speech
     WEIGHTS = 5  # model weights are missing, corrupt or do not match the architecture
     OUTPUT = 6  # the output cannot be written (exists, unwritable, disk full)
@@ -31,7 +31,7 @@ EXIT_CODE_MEANINGS = {
     ExitCode.OK: "success",
     ExitCode.INTERNAL: "internal error (a bug); rerun with --debug and report the traceback",
     ExitCode.USAGE: "invalid usage: unknown or conflicting flags, bad mode/preset name, invalid presets file",
-    ExitCode.NOT_AVAILABLE: "command or option not available in this build",
+    ExitCode.NOT_AVAILABLE: "option needs an optional extra this install lacks (--ray: latentsync[ray])",
     ExitCode.BAD_INPUT: "bad input: missing, unreadable or unusable video/image/audio, or no face found",
     ExitCode.WEIGHTS: "model weights missing, corrupt or mismatched (see `latentsync models`)",
     ExitCode.OUTPUT: "output cannot be written: exists (use --overwrite), same as an input, unwritable, disk full",
@@ -73,6 +73,8 @@ class ConfigError(UsageError):
 
 
 class NotAvailableError(LatentsyncError):
+    """The option needs an optional extra that is not installed here: the command is fine, the install is not."""
+
     exit_code = ExitCode.NOT_AVAILABLE
 
 

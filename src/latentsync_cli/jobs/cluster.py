@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from latentsync_cli.constants import FPS
-from latentsync_cli.errors import InputError, LatentsyncError, UsageError
+from latentsync_cli.errors import InputError, LatentsyncError, NotAvailableError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
 from latentsync_cli.jobs.job import Job
 from latentsync_cli.jobs.models import ModelCache
@@ -51,7 +51,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError(f"--ray needs Ray, an optional extra: {RAY_EXTRA_HINT}") from None
+        raise NotAvailableError(f"--ray needs Ray, an optional extra this install lacks: {RAY_EXTRA_HINT}") from None
     return ray
 
 

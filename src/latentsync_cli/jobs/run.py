@@ -17,6 +17,8 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +28,15 @@ from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.jobs.job import FinishedJob, Job, PreparedJob
 from latentsync_cli.jobs.models import ModelCache, absolute
-from latentsync_cli.jobs.outputs import check_output_path, default_output_path
+from latentsync_cli.jobs.outputs import check_output_path, claimed_path, default_output_path
 from latentsync_cli.jobs.scratch import job_scratch_dir, remove_stale_scratch
-from latentsync_cli.media.audio import SAMPLE_RATE
-from latentsync_cli.media.encode import choose_encoder
+from latentsync_cli.jobs.shards import Shard
+from latentsync_cli.media.audio import SAMPLE_RATE, speech_stream
+from latentsync_cli.media.encode import EncoderChoice, choose_encoder
+from latentsync_cli.media.outputs import FFMPEG_ENCODERS, STDOUT, OutputSpec, Speech, check_codec, choose_output
+from latentsync_cli.media.pipes import STDIN, spool_stdin
+from latentsync_cli.media.sequences import is_sequence_pattern, parse_rate
+from latentsync_cli.models.frame_count import output_frame_count, speech_samples_for
 from latentsync_cli.options import OptionError, check_options
 from latentsync_cli.progress import NoProgress, Progress
 from latentsync_cli.settings.hardware import HardwareReport, probe_devices
@@ -41,6 +48,7 @@ from latentsync_cli.weights.info import WeightsInfo
 
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
     from latentsync_cli.jobs.workdir import WorkDirStore
+    from latentsync_cli.media.outputs import OutputWriter
     from latentsync_cli.media.video import VideoInfo
     from latentsync_cli.timing import StageTimer
     from latentsync_cli.weights.load import ModelBundle
@@ -62,10 +70,19 @@ def run(
     (silent speech, random weights, ...); `progress` is started only once every check has passed."""
     warn = warn or (lambda text: None)
     progress = progress or NoProgress()
-    prepared = prepare(job)
-    for warning in prepared.warnings:
-        warn(warning)
-    with claim_output(prepared) as scratch:
+    with ExitStack() as stack:
+        if job.video == STDIN:  # spooled into the job's scratch folder first: the job reads its video many times
+            table = load_presets(job.settings.presets_file)
+            check_flags(job, table)
+            output = checked_output(job, [job.audio])  # a bad -o costs no spooling
+            scratch = stack.enter_context(claim_folder(output, job.shard))
+            progress.message("reading the video from stdin")
+            prepared = prepare(replace(job, video=spool_stdin(scratch, job.input_fd)), table)
+        else:
+            prepared = prepare(job)
+            scratch = stack.enter_context(claim_output(prepared))
+        for warning in prepared.warnings:
+            warn(warning)
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
         if models.is_random:
@@ -88,33 +105,63 @@ def prepare(
     # then the device probe (it may import torch), the media, and the settings for the speech length.
     table = table if table is not None else load_presets(job.settings.presets_file)
     check_flags(job, table)
-    video = existing_input(job.video, "video")
+    video = existing_video(job.video)
     audio = existing_input(job.audio, "audio") if job.audio is not None else None
-    output = None
-    if job.keep_output:
-        wanted = job.output if job.output is not None else default_output_path(video)
-        output = check_output_path(wanted, [video, audio], job.overwrite)
+    target = checked_output(replace(job, video=video), [video, audio])
     check_weights_available(job.weights, absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
     hardware = hardware if hardware is not None else probe_devices()
     resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
-    video_info, speech, warnings = read_media(video, audio)
+    video_info, speech, warnings = read_media(video, audio, job)
+    num_frames, speech = frames_and_speech(video_info, speech, job.length)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
-    encoder = choose_encoder(job.encoder, device=resolved.settings.device)
+    spec = choose_output(target, job.codec, job.format, video_info) if target is not None else None
+    encoder = video_encoder(job, spec, resolved.settings.device)
+    speech_source = Speech(audio or video, speech_stream(audio or video))
     notes = tuple(resolved.notes) + warnings
-    return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes)
+    return PreparedJob(job, video, audio, claimed_path(target) if target is not None else None, video_info, speech,
+                       resolved, encoder, num_frames, spec, speech_source, notes)  # fmt: skip
+
+
+def checked_output(job: Job, inputs: list[Path | None]) -> Path | None:
+    """The job's output checked before any work (None when it is not kept): the file, the sequence's
+    pattern or "-" (stdout), absolute."""
+    if not job.keep_output:
+        return None
+    wanted = job.output if job.output is not None else default_output_path(job.video)
+    target = check_output_path(wanted, inputs, job.overwrite, job.format)
+    check_codec(target, job.codec, job.format)
+    return target
+
+
+def video_encoder(job: Job, spec: OutputSpec | None, device: str) -> EncoderChoice:
+    """The encoder of the output's codec, and why (H.264: NVENC where it opens, --encoder)."""
+    codec = spec.codec if spec is not None else "h264"
+    if codec == "h264":
+        return choose_encoder(job.encoder, device=device)
+    if job.encoder == "h264_nvenc":
+        raise UsageError(f"--encoder h264_nvenc is for H.264 output; this job writes {codec}")
+    return EncoderChoice(FFMPEG_ENCODERS[codec], f"{codec} output ({'--codec' if job.codec != 'auto' else 'auto'})")
 
 
 @contextmanager
 def claim_output(prepared: PreparedJob) -> Iterator[Path]:
     """The job's scratch folder, which also claims its output until the job ends (OutputError if another
     running job holds it). Without a kept output (`profile` without -o): a temporary folder."""
-    if prepared.output is None or prepared.job.shard is not None:  # nothing is written at the output path
+    with claim_folder(prepared.output, prepared.job.shard) as scratch:
+        yield scratch
+
+
+@contextmanager
+def claim_folder(output: Path | None, shard: Shard | None = None) -> Iterator[Path]:
+    """The scratch folder that claims `output` (a file or a sequence's folder; "-" or None: a temporary folder)."""
+    if output is None or output == STDOUT or shard is not None:  # nothing is written at an output path
         with tempfile.TemporaryDirectory(prefix="latentsync-") as scratch:
             yield Path(scratch)
         return
-    remove_stale_scratch(prepared.output.parent)  # what SIGKILL-ed jobs of this host left behind
-    with job_scratch_dir(prepared.output) as scratch:
+    output = claimed_path(output)
+    remove_stale_scratch(output.parent)  # what SIGKILL-ed jobs of this host left behind
+    with job_scratch_dir(output) as scratch:
         yield scratch
 
 
@@ -128,8 +175,6 @@ def execute(
     """
     from latentsync_cli.face.track import check_for_a_face
     from latentsync_cli.jobs.window_plan import plan_windows
-    from latentsync_cli.media.encode import DEFAULT_X264_PRESET, MuxedVideo
-    from latentsync_cli.models.audio_features import output_frame_count
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
     from latentsync_cli.pipeline.windows import window_ranges
     from latentsync_cli.timing import StageTimer
@@ -141,7 +186,7 @@ def execute(
     progress.message("checking for a face")
     with timer.stage("landmarks", MAIN_LANE):
         check_for_a_face(prepared.video_info, job.face)
-    ranges = window_ranges(output_frame_count(prepared.speech.size), settings.window)
+    ranges = window_ranges(prepared.num_frames, settings.window)
     with ExitStack() as stack:
         store = open_work_dir(stack, prepared, weights)
         track = None
@@ -149,14 +194,12 @@ def execute(
             progress.message("finding the faces of the whole video")
             track = stored_track(store, prepared, ranges[-1].stop, models.resolution, timer)
         plan = plan_windows(ranges, store, track, job.shard, job.finalize)
-        target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
-        sink = MuxedVideo(target, scratch_dir / "video.mp4", prepared.speech, plan.num_frames, FPS,
-                          job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)  # fmt: skip
         sync_job = SyncJob(
             video=prepared.video_info,
+            fps=prepared.video_info.rate,
             speech=prepared.speech,
             plan=plan,
-            sink=sink if plan.make_frames else None,
+            sink=output_sink(prepared, plan.num_frames, scratch_dir) if plan.make_frames else None,
             loop=job.loop,
             face=job.face,
             mask_feather_px=job.mask_feather,
@@ -167,6 +210,20 @@ def execute(
         )
         result = LipsyncPipeline(models, settings, timer, progress).run(sync_job)
     return FinishedJob(prepared, result, weights)
+
+
+def output_sink(prepared: PreparedJob, num_frames: int, scratch_dir: Path) -> OutputWriter:
+    """Where the frames go: the output (a file, a sequence, stdout), or an MP4 in the scratch folder (profile)."""
+    from latentsync_cli.media.encode import DEFAULT_X264_PRESET
+    from latentsync_cli.media.outputs import EncodeSettings, OutputWriter
+
+    job, info = prepared.job, prepared.video_info
+    spec = prepared.output_spec
+    if spec is None:  # profile without -o: made, then dropped with the scratch folder
+        spec = choose_output(scratch_dir / f"{prepared.video.stem}_profile.mp4", "auto", None, info)
+    encoding = EncodeSettings(job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)
+    duration = Fraction(num_frames) / info.rate
+    return OutputWriter(spec, info, prepared.speech_source, duration, scratch_dir, encoding, job.output_fd)
 
 
 def stored_track(store: WorkDirStore, prepared: PreparedJob, num_frames: int, resolution: int, timer: StageTimer):
@@ -192,8 +249,10 @@ def open_work_dir(stack: ExitStack, prepared: PreparedJob, weights: WeightsInfo)
     fingerprint = job_fingerprint(
         [prepared.video, prepared.audio],
         settings,
-        # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
-        {"weights": weights.to_dict(), "face": job.face, "mask_feather": job.mask_feather, "loop": job.loop},
+        # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop, the
+        # frame rate and count (which frames, and which audio rows each one takes).
+        {"weights": weights.to_dict(), "face": job.face, "mask_feather": job.mask_feather, "loop": job.loop,
+         "rate": str(prepared.video_info.rate), "frames": prepared.num_frames},
     )
     return stack.enter_context(WorkDirStore(job.work_dir.expanduser(), fingerprint, job.shard))
 
@@ -208,7 +267,19 @@ def check_flags(job: Job, table: PresetTable) -> None:
     except OptionError as error:
         raise UsageError(str(error)) from None
     check_shard_flags(job)
+    check_stream_flags(job)
+    parse_rate(job.input_fps)
     check_request(table, job.settings)
+
+
+def check_stream_flags(job: Job) -> None:
+    """What stdin and stdout allow: `-` needs -o, and is one job's stream (no shards)."""
+    if job.video == STDIN and job.keep_output and job.output is None:
+        raise UsageError("the video comes from stdin (-): name the output with -o (a file, a sequence, or - for stdout)")
+    if STDIN in (job.video, job.output) and (job.shard is not None or job.finalize):
+        raise UsageError("--shard and --finalize need files every task can read and write, not - (stdin/stdout)")
+    if job.audio == STDIN:
+        raise UsageError("the speech cannot come from stdin: pass its file (only VIDEO may be -)")
 
 
 def check_shard_flags(job: Job) -> None:
@@ -230,17 +301,25 @@ def existing_input(path: Path, what: str) -> Path:
     return path.absolute()
 
 
-def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
+def existing_video(path: Path) -> Path:
+    """The video's absolute path: a file, or an image sequence's pattern or folder (checked when probed)."""
+    path = Path(path).expanduser()
+    if is_sequence_pattern(path) or path.is_dir():
+        return path.absolute()
+    return existing_input(path, "video")
+
+
+def read_media(video: Path, audio: Path | None, job: Job) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
     """Probe the video (once for the whole job), decode its first frame and the whole speech.
 
-    Returns what the probe found, the speech and warnings. A file that is not
-    media, has no video/audio stream or no samples fails here with a line naming
-    it; silent speech is valid and only warned about.
+    Returns what the probe found (at the output's frame rate), the speech and
+    warnings. A file that is not media, has no video/audio stream or no samples
+    fails here with a line naming it; silent speech is valid and only warned about.
     """
     from latentsync_cli.media.audio import is_silent, load_audio
     from latentsync_cli.media.video import probe_video, read_frames
 
-    info = probe_video(video)
+    info, warnings = at_output_rate(probe_video(video, parse_rate(job.input_fps)), job)
     frames = read_frames(info, 1, loop="freeze")  # a damaged stream fails here, not after the models load
     try:
         next(frames)
@@ -256,5 +335,38 @@ def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, 
             f"at least {1000 // FPS} ms (one video frame) is needed"
         )
     if is_silent(speech):
-        return info, speech, (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
-    return info, speech, ()
+        warnings += (f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move",)
+    return info, speech, warnings
+
+
+def at_output_rate(info: VideoInfo, job: Job) -> tuple[VideoInfo, tuple[str, ...]]:
+    """The video read at the output's rate: its own constant rate (--fps source), or 25 fps by timestamp."""
+    from latentsync_cli.media.video import frame_timing
+
+    if info.is_image:
+        if job.length == "video":
+            raise UsageError(f"{info.path} is a still image, which has no length: use --length speech")
+        return info, ()
+    if job.fps == "25" and job.length == "speech":
+        return info, ()  # 25 fps by timestamp, as probed: no need to read the timestamps
+    timing = frame_timing(info)
+    if job.fps == "source" and timing.rate is not None:
+        return info.at_rate(timing.rate, timing.count), ()
+    note = ()
+    if job.fps == "source":
+        note = (f"{info.path}: the frame rate varies ({timing.count} frames in {info.duration_s:.2f} s); "
+                "the output is conformed to 25 fps",)  # fmt: skip
+    if timing.rate is not None:  # a constant rate conformed to 25: the frames 25 fps slots pick
+        return info.at_rate(Fraction(FPS), round(timing.count * FPS / timing.rate)), note
+    return info, note
+
+
+def frames_and_speech(info: VideoInfo, speech: np.ndarray, length: str) -> tuple[int, np.ndarray]:
+    """The output's frame count and the speech that drives it: the speech's frames (--length speech), or
+    exactly the video's, the speech cut or padded with silence to make them (--length video)."""
+    if length == "speech":
+        return output_frame_count(speech.size, info.rate), speech
+    samples = speech_samples_for(info.frame_count, info.rate)
+    fitted = np.zeros(samples, dtype=np.float32)
+    fitted[: min(samples, speech.size)] = speech[:samples]
+    return info.frame_count, fitted

@@ -31,8 +31,8 @@ from latentsync_cli.errors import (
 from latentsync_cli.jobs.job import FinishedJob, Job
 from latentsync_cli.jobs.models import ModelCache
 from latentsync_cli.jobs.outputs import default_output_path, output_exists
-from latentsync_cli.media.pipes import STDIN
 from latentsync_cli.jobs.run import check_flags, run
+from latentsync_cli.media.pipes import STDIN
 from latentsync_cli.options import DeclaredOption, OptionError, declared_options, parse_column
 from latentsync_cli.settings.presets import load_presets
 from latentsync_cli.settings.request import SettingsRequest

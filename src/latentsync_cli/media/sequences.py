@@ -60,8 +60,8 @@ def check_output_pattern(pattern: Path) -> None:
         raise UsageError(
             f"{pattern}: an image sequence is written as {', '.join(SEQUENCE_SUFFIXES)}; e.g. out/frame_%05d.exr"
         )
-    if _NUMBER_FIELD.sub("", pattern.name).count("%"):
-        raise UsageError(f"{pattern}: only one %d field may be in the name (write %% for a percent sign)")
+    if len(_NUMBER_FIELD.findall(pattern.name)) != 1 or _NUMBER_FIELD.sub("", pattern.name).replace("%%", "").count("%"):
+        raise UsageError(f"{pattern}: only one %d field may be in the name, e.g. frame_%05d (%% for a percent sign)")
 
 
 def find_sequence(path: Path) -> ImageSequence:

@@ -64,7 +64,7 @@ OutputOption = Annotated[
 ]  # fmt: skip
 ProfileOutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Keep the MP4 here. [default: not kept]", dir_okay=False,
+    typer.Option("--output", "-o", help="Keep the output here (as sync names it). [default: not kept]", dir_okay=False,
                  rich_help_panel=INPUT_AND_OUTPUT),
 ]  # fmt: skip
 WorkDirOption = Annotated[
@@ -199,8 +199,10 @@ def profile(
     out = get_output(ctx)
     if trace is not None and not trace.expanduser().absolute().parent.is_dir():
         raise OutputError(f"{trace}: the folder for the trace does not exist; create it first")
-    with stop_on_signals():
-        job = job_of(video, job_options, request, audio=audio, output=output, keep_output=output is not None)
+    check_streams(video, output, FarmFlags(), json_output)
+    with stop_on_signals(), stdout_kept_for(output) as output_fd:
+        job = job_of(video, job_options, request, audio=audio, output=output, keep_output=output is not None,
+                     output_fd=output_fd)  # fmt: skip
         finished = run_job(out, job, progress)
     report = profile_json(finished)
     if trace is not None:

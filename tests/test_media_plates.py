@@ -52,16 +52,21 @@ def stored_frames(path: Path, width: int, height: int, pix_fmt="rgb24", dtype=np
         ("ffv1.mkv", NTSC_FILM, ["-c:v", "ffv1"]),  # Matroska: 1 ms ticks, rounded every frame
         ("h264.ts", Fraction(50), ["-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts"]),
         ("prores.mov", Fraction(24), ["-c:v", "prores_ks", "-pix_fmt", "yuv422p10le"]),
+        ("hevc10.mkv", Fraction(25), ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+                                      "-x265-params", "log-level=error"]),  # fmt: skip
+        ("dnxhr.mov", NTSC_VIDEO, ["-c:v", "dnxhd", "-profile:v", "dnxhr_hq", "-pix_fmt", "yuv422p"]),
     ],
 )
 def test_a_constant_rate_is_found_and_every_stored_frame_read_in_order(tmp_path, name, rate, arguments):
-    path = make_plate(tmp_path / name, 0.6, arguments, fps=rate, size=(96, 64))
+    width, height = (256, 128) if "dnxhr" in name else (96, 64)  # DNxHR's smallest frame is 256x120
+    path = make_plate(tmp_path / name, 0.6, arguments, fps=rate, size=(width, height))
     info = video.probe_video(path)
     timing = video.frame_timing(info)
     assert timing.rate == rate and timing.count == round(0.6 * rate)
     frames = list(video.decode_frames(info.at_rate(timing.rate, timing.count)))
     deep = info.samples == "uint16"
-    stored = stored_frames(path, 96, 64, "rgb48le" if deep else "rgb24", np.uint16 if deep else np.uint8)
+    assert deep == ("10" in info.details.pix_fmt)
+    stored = stored_frames(path, width, height, "rgb48le" if deep else "rgb24", np.uint16 if deep else np.uint8)
     assert len(frames) == len(stored) == timing.count
     assert all(np.array_equal(a, b) for a, b in zip(frames, stored))
 

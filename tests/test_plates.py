@@ -195,3 +195,21 @@ def test_stream_flag_mistakes_are_usage_errors(plates, args, words):
         ran = subprocess.run(cli_command("sync", "-", plates["take"], *args, *FLAGS), stdin=stdin,
                              capture_output=True, text=True, env=cli_env(), cwd=plates["folder"], timeout=300)  # fmt: skip
     assert ran.returncode == ExitCode.USAGE and words in ran.stderr, ran.stderr
+
+
+def test_a_batch_writes_a_sequence_and_skips_a_finished_one(plates, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "f_1001.png").write_bytes(b"an earlier result")
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(
+        "video,audio,output,input_fps\n"
+        f"{plates['png16']},{plates['take']},fresh/f_%04d.png,24\n"
+        f"{plates['png16']},{plates['take']},done/f_%04d.png,24\n"
+    )
+    ran = run_cli("sync", "--batch", manifest, "--json", *FLAGS, timeout=900)
+    assert ran.code == 0, ran.stderr
+    statuses = [line.split('"status": "')[1].split('"')[0] for line in ran.stdout.splitlines()]
+    assert statuses == ["ok", "skipped"]
+    assert len(list((tmp_path / "fresh").glob("f_*.png"))) == round(SECONDS * 24)
+    assert os.listdir(done) == ["f_1001.png"] and leftovers(tmp_path) == []

@@ -223,7 +223,7 @@ def video_arguments(spec: OutputSpec, source: VideoInfo, samples: str, settings:
     if codec == "exr":  # half-float sources stay half; integer and float ones are written as 32-bit floats
         precision = "half" if source.details.is_float and source.details.bits == 16 else "float"
         return ["-c:v", "exr", "-compression", "zip1", "-format", precision]
-    if codec == "png":  # zlib level 1: 5x faster than the default level, files 20 % larger (1080p, measured)
+    if codec == "png":  # zlib level 1: 6.6x less CPU than the default level, files 20 % larger (1080p, measured)
         return ["-c:v", "png", "-compression_level", "1", "-pix_fmt", "rgb24" if bits == 8 else "rgb48be"]
     if codec == "dpx":  # 10 and 12 bits stay packed at their depth
         return ["-c:v", "dpx", "-pix_fmt", {8: "rgb24", 10: "gbrp10le", 12: "gbrp12le", 16: "rgb48le"}[bits]]

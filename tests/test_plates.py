@@ -113,9 +113,17 @@ def test_ffv1_output_is_the_decoded_source_outside_the_face(plates, tmp_path):
     assert_same_outside_the_face(frames_at(plates["prores"], 24, count), frames_at(out, 24, count), work)
 
 
-def test_a_16bit_png_sequence_comes_back_as_one_bit_identical_outside_the_face(plates, tmp_path):
-    out, work = tmp_path / "synced" / "f_%04d.png", tmp_path / "work"
+@pytest.fixture(scope="module")
+def png_run(plates, tmp_path_factory) -> tuple[Path, Path]:
+    """The 16-bit PNG plate synced into a PNG sequence once: its pattern and work dir."""
+    folder = tmp_path_factory.mktemp("png-run")
+    out, work = folder / "synced" / "f_%04d.png", folder / "work"
     sync(plates["png16"], plates["take"], "--input-fps", "24", "-o", out, "--work-dir", work)
+    return out, work
+
+
+def test_a_16bit_png_sequence_comes_back_as_one_bit_identical_outside_the_face(plates, png_run):
+    out, work = png_run
     count = round(SECONDS * 24)
     names = sorted(os.listdir(out.parent))
     assert names == ["f.wav", *(f"f_{number:04d}.png" for number in range(1001, 1001 + count))]
@@ -123,7 +131,7 @@ def test_a_16bit_png_sequence_comes_back_as_one_bit_identical_outside_the_face(p
     assert "pcm_s24le" in description(out.parent / "f.wav") and "48000 Hz, stereo" in description(out.parent / "f.wav")
     source, output = frames_at(plates["png16"], 24, count, 24), frames_at(out.parent, 24, count, 24)
     assert_same_outside_the_face(source, output, work)
-    assert leftovers(tmp_path) == []
+    assert leftovers(out.parent.parent) == []
 
 
 def test_an_exr_sequence_comes_back_as_an_exr_sequence(plates, tmp_path):
@@ -135,9 +143,8 @@ def test_an_exr_sequence_comes_back_as_an_exr_sequence(plates, tmp_path):
     assert_same_outside_the_face(frames_at(plates["exr"], 25, count), frames_at(out.parent, 25, count), work)
 
 
-def test_shards_and_finalize_write_the_sequence_one_run_writes(plates, tmp_path):
-    single, work_single = tmp_path / "single" / "f_%04d.png", tmp_path / "work-single"
-    sync(plates["png16"], plates["take"], "--input-fps", "24", "-o", single, "--work-dir", work_single)
+def test_shards_and_finalize_write_the_sequence_one_run_writes(plates, png_run, tmp_path):
+    single = png_run[0]
     sharded, work = tmp_path / "sharded" / "f_%04d.png", tmp_path / "work"
     for shard in ("2/2", "1/2"):
         sync(plates["png16"], plates["take"], "--input-fps", "24", "-o", sharded, "--work-dir", work, "--shard", shard)

@@ -104,10 +104,6 @@ class OutputSpec:
     codec: str
     audio: str
 
-    @property
-    def is_lossless(self) -> bool:
-        return self.codec in ("ffv1", "raw", "png", "tiff", "exr", "dpx")
-
 
 @dataclass(frozen=True)
 class EncodeSettings:
@@ -309,14 +305,8 @@ class OutputWriter:
         self.sequence_folder = Path(scratch) / "sequence" if spec.kind == "sequence" else None
         self.temp_path = partial_path(spec.path) if spec.kind == "file" else None
         self.process: subprocess.Popen | None = None
-        self.frames_written = 0
         self._errors = None  # ffmpeg's stderr, once it runs
         self._input_format = ""
-
-    @property
-    def temp_paths(self) -> list[Path]:
-        """What this writer may have made and not yet moved into place."""
-        return [path for path in (self.temp_path, self.sequence_folder) if path is not None]
 
     def write(self, frame: np.ndarray) -> None:
         if self.process is None:
@@ -328,7 +318,6 @@ class OutputWriter:
             error = self._failure()
             self.abort()
             raise error from None
-        self.frames_written += 1
 
     def end_of_frames(self) -> None:
         if self.process is None:

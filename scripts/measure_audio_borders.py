@@ -34,7 +34,6 @@ import torch
 
 from latentsync_cli.media.audio import SAMPLE_RATE, load_audio
 from latentsync_cli.models.audio_features import (
-    FEATURE_RATE,
     EncoderWindow,
     WindowLayout,
     consecutive_windows,
@@ -42,6 +41,7 @@ from latentsync_cli.models.audio_features import (
     log_mel_spectrogram,
     overlapping_windows,
 )
+from latentsync_cli.models.frame_count import FEATURE_RATE
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, random_audio_encoder
 
 DEFAULT_MEDIA_DIR = Path(__file__).resolve().parents[2] / "shared" / "media"

@@ -17,11 +17,17 @@ face work: the ratio is at best floor CPU / (floor CPU + face CPU). The
 per-clip line gives the face lanes' CPU milliseconds a frame, what the goal
 ratio allows, and the lane that costs the most.
 
-It prints one line per clip and last `ratio to transcode floor: R`, R being
-the worst clip's media path fps / transcode floor fps (1.0: the face work
-costs nothing; the GPU can only be starved by the media path below that).
+With several `--codecs` (the job's output codecs: h264, hevc, prores, dnxhr,
+ffv1, png, tiff, exr, dpx), the media path and its floor are measured for each,
+through the job's own writer (media/outputs.OutputWriter, with the speech muxed
+in as a job does), in the same run; the lanes alone for the first codec, and the
+encode lane alone for each.
 
-    PYTHONPATH=src python3 scripts/measure_media_path.py [--clips DIR] [--frames 100]
+It prints one line per clip and codec and last `ratio to transcode floor: R`, R
+being the worst media path fps / transcode floor fps (1.0: the face work costs
+nothing; the GPU can only be starved by the media path below that).
+
+    PYTHONPATH=src python3 scripts/measure_media_path.py [--clips DIR] [--frames 100] [--codecs h264,prores]
         [--encoder auto] [--restore opencv|torch] [--restore-threads N] [--device cpu|cuda|auto]
 """
 
@@ -30,11 +36,13 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +52,22 @@ from latentsync_cli.face.align import AlignedFace, FaceAligner
 from latentsync_cli.face.landmarks import MediapipeLandmarks
 from latentsync_cli.face.restore import paste_thread_count, restore_faces
 from latentsync_cli.face.restore_torch import restore_faces_torch
-from latentsync_cli.media.encode import ENCODER_CHOICES, VideoEncoder, choose_encoder
-from latentsync_cli.media.synthetic import make_face_clip
-from latentsync_cli.media.video import probe_video, read_frames
+from latentsync_cli.media.audio import speech_stream
+from latentsync_cli.media.encode import ENCODER_CHOICES, choose_encoder
+from latentsync_cli.media.outputs import EncodeSettings, OutputWriter, Speech, choose_output
+from latentsync_cli.media.synthetic import make_face_clip, make_speech
+from latentsync_cli.media.video import VideoInfo, probe_video, read_frames
 from latentsync_cli.pipeline.lipsync import READ_AHEAD_FRAMES
 from latentsync_cli.pipeline.overlap import ReadAhead
 
 RESTORE_BATCH = 16  # faces pasted per call: the pipeline's default window
-LANES = ("decode", "landmarks", "align", "restore", "encode")
+LANES = ("decode", "landmarks", "align", "restore")  # each alone; then the encode of each codec
 FACE_LANES = ("landmarks", "align", "restore")  # the work the transcode floor does not do
 GOAL_RATIO = 0.7
+# Where each codec is written (a sequence into a folder of its own).
+OUTPUT_NAMES = {"h264": "out.mp4", "hevc": "out.mp4", "prores": "out.mov", "prores4444": "out.mov",
+                "dnxhr": "out.mov", "ffv1": "out.mkv", "png": "seq/f_%05d.png", "tiff": "seq/f_%05d.tif",
+                "exr": "seq/f_%05d.exr", "dpx": "seq/f_%05d.dpx"}  # fmt: skip
 
 
 def cpu_seconds() -> float:
@@ -74,12 +88,16 @@ class Measured:
 class Setup:
     n_frames: int
     stride: int
-    codec: str
+    h264_encoder: str  # libx264 or h264_nvenc
     preset: str
     crf: int
     restore: str  # "opencv" or "torch"
     pool: ThreadPoolExecutor | None
     device: torch.device  # where the torch restore runs (the pipeline's: the model's device)
+    scratch: Path
+    speech: Speech
+    codec: str = "h264"  # the output codec (media/outputs.py)
+    source: VideoInfo | None = None  # the clip being measured
 
 
 def model_input(aligned: AlignedFace) -> np.ndarray:
@@ -105,19 +123,20 @@ def restore_batch(frames: list[np.ndarray], aligned: list[AlignedFace | None], s
     return result
 
 
-def new_encoder(path: Path, frame: np.ndarray, setup: Setup) -> VideoEncoder:
-    height, width = frame.shape[:2]
-    return VideoEncoder(path, width, height, crf=setup.crf, preset=setup.preset, codec=setup.codec)
-
-
-def encode_all(frames, path: Path, setup: Setup) -> int:
-    encoder = None
+def encode_all(frames, setup: Setup) -> int:
+    """The frames through the job's writer for `setup.codec`, with the speech, into a folder dropped after."""
+    folder = Path(tempfile.mkdtemp(dir=setup.scratch))
+    spec = choose_output(folder / OUTPUT_NAMES[setup.codec], setup.codec, None, setup.source)
+    duration = Fraction(setup.n_frames) / setup.source.rate
+    encoding = EncodeSettings(setup.crf, setup.preset, setup.h264_encoder)
+    writer = OutputWriter(spec, setup.source, setup.speech, duration, folder, encoding)
     count = 0
     for frame in frames:
-        encoder = encoder or new_encoder(path, frame, setup)
-        encoder.write(frame)
+        writer.write(frame)
         count += 1
-    encoder.finish()
+    writer.end_of_frames()
+    writer.finish()
+    shutil.rmtree(folder)
     return count
 
 
@@ -149,7 +168,7 @@ def restored_frames(items, setup: Setup):
         yield from restore_batch([frame for frame, _ in batch], [face for _, face in batch], setup)
 
 
-def media_path(clip: Path, out: Path, setup: Setup) -> Measured:
+def media_path(clip: Path, setup: Setup) -> Measured:
     """The whole path on two threads, as the pipeline overlaps it."""
     handoff: queue.Queue = queue.Queue(maxsize=2 * RESTORE_BATCH)
     done = object()
@@ -162,14 +181,14 @@ def media_path(clip: Path, out: Path, setup: Setup) -> Measured:
     start, cpu_start = time.perf_counter(), cpu_seconds()
     thread = threading.Thread(target=producer)
     thread.start()
-    count = encode_all(restored_frames(iter(handoff.get, done), setup), out, setup)
+    count = encode_all(restored_frames(iter(handoff.get, done), setup), setup)
     thread.join()
     return measured(count, start, cpu_start)
 
 
-def transcode_floor(clip: Path, out: Path, setup: Setup) -> Measured:
+def transcode_floor(clip: Path, setup: Setup) -> Measured:
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    count = encode_all(read_frames(clip, setup.n_frames), out, setup)
+    count = encode_all(read_frames(clip, setup.n_frames), setup)
     return measured(count, start, cpu_start)
 
 
@@ -178,7 +197,7 @@ def measured(count: int, start: float, cpu_start: float) -> Measured:
     return Measured(fps=count / wall, cpu_ms=1e3 * cpu / count)
 
 
-def lanes_alone(clip: Path, out: Path, setup: Setup) -> dict[str, Measured]:
+def lanes_alone(clip: Path, setup: Setup, codecs: list[str]) -> dict[str, Measured]:
     """Each lane alone, on the previous lane's output held in memory."""
     marks = [(time.perf_counter(), cpu_seconds())]
 
@@ -205,38 +224,44 @@ def lanes_alone(clip: Path, out: Path, setup: Setup) -> dict[str, Measured]:
     lane_done()
     del frames  # only the restored frames stay in memory
 
-    marks[-1] = (time.perf_counter(), cpu_seconds())
-    encode_all(restored, out, setup)
-    lane_done()
     count = len(restored)
-    return {
+    lanes = {
         lane: Measured(fps=count / (end[0] - begin[0]), cpu_ms=1e3 * (end[1] - begin[1]) / count)
         for lane, begin, end in zip(LANES, marks, marks[1:])
     }
+    for codec in codecs:  # the encode lane of each output codec, on the same restored frames
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        encode_all(restored, replace(setup, codec=codec))
+        lanes[f"encode {codec}"] = measured(count, start, cpu_start)
+    return lanes
 
 
-def measure_clip(clip: Path, scratch: Path, setup: Setup) -> dict[str, Measured]:
-    out = scratch / f"{clip.stem}-out.mp4"
-    result = {"media path": media_path(clip, out, setup), "transcode floor": transcode_floor(clip, out, setup)}
-    result.update(lanes_alone(clip, out, setup))
+def measure_clip(clip: Path, setup: Setup, codecs: list[str]) -> dict[str, Measured]:
+    """The lanes alone, then for each codec the media path and its transcode floor."""
+    result = lanes_alone(clip, setup, codecs)
+    for codec in codecs:
+        with_codec = replace(setup, codec=codec)
+        result[f"media path {codec}"] = media_path(clip, with_codec)
+        result[f"transcode floor {codec}"] = transcode_floor(clip, with_codec)
     return result
 
 
-def report_line(name: str, size: str, runs: dict[str, Measured]) -> str:
-    path, floor = runs["media path"], runs["transcode floor"]
-    lanes = ", ".join(f"{lane} {runs[lane].fps:.1f}" for lane in LANES)
-    slowest = min(LANES, key=lambda lane: runs[lane].fps)
+def report_line(name: str, size: str, runs: dict[str, Measured], codec: str) -> str:
+    path, floor = runs[f"media path {codec}"], runs[f"transcode floor {codec}"]
+    lane_runs = {**{lane: runs[lane] for lane in LANES}, "encode": runs[f"encode {codec}"]}
+    lanes = ", ".join(f"{lane} {run.fps:.1f}" for lane, run in lane_runs.items())
+    slowest = min(lane_runs, key=lambda lane: lane_runs[lane].fps)
     costliest = max(FACE_LANES, key=lambda lane: runs[lane].cpu_ms)
     face_ms = sum(runs[lane].cpu_ms for lane in FACE_LANES)
     # With every core busy, ratio = floor CPU / (floor CPU + face CPU): the face work that allows the goal.
     allowed_ms = floor.cpu_ms * (1 / GOAL_RATIO - 1)
     return (
-        f"{name} {size}: media path {path.fps:.1f} fps, transcode floor {floor.fps:.1f} fps,"
+        f"{name} {size} {codec}: media path {path.fps:.1f} fps, transcode floor {floor.fps:.1f} fps,"
         f" ratio {path.fps / floor.fps:.2f}; lanes alone (fps): {lanes}; slowest lane: {slowest}"
-        f" ({runs[slowest].fps / floor.fps:.2f}x the floor); CPU ms a frame: floor {floor.cpu_ms:.1f},"
-        f" media path {path.cpu_ms:.1f}, face lanes alone {face_ms:.1f}"
-        f" ({', '.join(f'{lane} {runs[lane].cpu_ms:.1f}' for lane in FACE_LANES)}); with every core busy"
-        f" {GOAL_RATIO} allows {allowed_ms:.1f} ms of face work, {costliest} costs the most"
+        f" ({lane_runs[slowest].fps / floor.fps:.2f}x the floor); CPU ms a frame: floor {floor.cpu_ms:.1f},"
+        f" media path {path.cpu_ms:.1f}, encode alone {lane_runs['encode'].cpu_ms:.1f}, face lanes alone"
+        f" {face_ms:.1f} ({', '.join(f'{lane} {runs[lane].cpu_ms:.1f}' for lane in FACE_LANES)}); with every core"
+        f" busy {GOAL_RATIO} allows {allowed_ms:.1f} ms of face work, {costliest} costs the most"
     )
 
 
@@ -260,7 +285,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--clips", type=Path, default=here.parent / "shared" / "media")
     parser.add_argument("--frames", type=int, default=100, help="frames of each clip to process (default 100)")
     parser.add_argument("--stride", type=int, default=1, help="landmark detection stride (normal mode: 1)")
-    parser.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES)
+    parser.add_argument("--codecs", default="h264", help="output codecs, comma-separated (h264,prores,dnxhr,ffv1,png,exr)")
+    parser.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES, help="the H.264 encoder")
     parser.add_argument("--preset", default="veryfast", help="x264 preset (the pipeline's: veryfast)")
     parser.add_argument("--crf", type=int, default=18)
     parser.add_argument("--restore", default="opencv", choices=("opencv", "torch"))
@@ -272,20 +298,25 @@ def parse_arguments() -> argparse.Namespace:
 def main() -> None:
     args = parse_arguments()
     choice = choose_encoder(args.encoder)
+    codecs = args.codecs.split(",")
     threads = args.restore_threads or paste_thread_count()
-    print(f"encoder {choice.name} ({choice.reason}); restore {args.restore} on {args.device}, {threads} paste thread(s);"
-          f" {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    print(f"codecs {', '.join(codecs)} (H.264: {choice.name}, {choice.reason}); restore {args.restore} on"
+          f" {args.device}, {threads} paste thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
+          flush=True)  # fmt: skip
     worst = None
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(threads) as pool:
         scratch = Path(folder)
+        voice = make_speech(scratch / "voice.wav", args.frames / 25 + 1, use_espeak=False)
         setup = Setup(args.frames, args.stride, choice.name, args.preset, args.crf, args.restore,
-                      pool if threads > 1 else None, restore_device(args.device))  # fmt: skip
+                      pool if threads > 1 else None, restore_device(args.device), scratch,
+                      Speech(voice, speech_stream(voice)))  # fmt: skip
         for clip in clips_to_measure(args.clips, scratch, args.frames):
             info = probe_video(clip)
-            runs = measure_clip(clip, scratch, setup)
-            print(report_line(clip.stem, f"{info.width}x{info.height}", runs), flush=True)
-            ratio = runs["media path"].fps / runs["transcode floor"].fps
-            worst = ratio if worst is None else min(worst, ratio)
+            runs = measure_clip(clip, replace(setup, source=info), codecs)
+            for codec in codecs:
+                print(report_line(clip.stem, f"{info.width}x{info.height}", runs, codec), flush=True)
+                ratio = runs[f"media path {codec}"].fps / runs[f"transcode floor {codec}"].fps
+                worst = ratio if worst is None else min(worst, ratio)
     print(f"ratio to transcode floor: {worst:.2f}")
 
 

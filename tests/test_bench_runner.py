@@ -18,7 +18,7 @@ from latentsync_cli.jobs.run import prepare
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
-from latentsync_cli.models.audio_features import output_frame_count
+from latentsync_cli.models.frame_count import output_frame_count
 from latentsync_cli.settings.device_record import DeviceRecord, capabilities_of
 from latentsync_cli.settings.hardware import HardwareReport
 from latentsync_cli.settings.presets import load_presets

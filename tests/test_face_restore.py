@@ -164,3 +164,64 @@ def test_torch_restore_refuses_mismatched_counts(big_frame_and_face):
 def test_the_cpu_keeps_the_faster_opencv_restore():
     assert restore_backend_for("cpu") == "opencv"
     assert restore_backend_for("cuda") == "torch"
+
+
+# --- deeper frames: 16-bit and float plates --------------------------------------------------------
+
+
+def paste_weights(frame: np.ndarray, face: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """bool (H, W): where the paste's soft mask is above 0 (everything else must stay as stored)."""
+    from latentsync_cli.face.restore import _blend_masks, _sample_map, covered_region
+
+    crop = faces_to_crops(face[None])[0]
+    top, bottom, left, right = covered_region(affine, crop.shape[:2], frame.shape[:2])
+    soft, _edge = _blend_masks(crop.shape[:2], _sample_map(affine, top, bottom, left, right))
+    weights = np.zeros(frame.shape[:2], dtype=bool)
+    weights[top:bottom, left:right] = soft[..., 0] > 0
+    return weights
+
+
+@pytest.fixture(scope="module")
+def deep_frames(big_frame_and_face):
+    """The big frame as a 16-bit plate (with low bits of its own) and as linear floats with -0.0, NaN, inf."""
+    frame, affine, face = big_frame_and_face
+    rng = np.random.default_rng(2)
+    frame16 = (frame.astype(np.int32) * 257 + rng.integers(-100, 101, frame.shape)).clip(0, 65535).astype(np.uint16)
+    frame_float = (frame.astype(np.float32) / 255) ** 2.2 * 3.0  # highlights above 1.0
+    frame_float[:5, :5] = [-0.0, np.nan, np.inf]  # values a naive blend would not keep bit for bit
+    return frame16, frame_float
+
+
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_deep_frames_change_only_where_the_paste_weighs(big_frame_and_face, deep_frames, backend):
+    frame8, affine, face = big_frame_and_face
+    weights = paste_weights(frame8, face, affine)
+    for frame in deep_frames:
+        if backend == "opencv":
+            restored = restore_face(frame, face, affine)
+        else:
+            restored = restore_one_with_torch(frame, face, affine)
+        assert restored.dtype == frame.dtype
+        changed = (restored.view(np.uint8) != frame.view(np.uint8)).reshape(*frame.shape[:2], -1).any(axis=2)
+        assert changed.any() and not (changed & ~weights).any()  # bit for bit where the weight is 0
+
+
+def test_a_16bit_frame_gets_the_8bit_frames_face_at_16_bits(big_frame_and_face):
+    frame8, affine, face = big_frame_and_face
+    restored8 = restore_face(frame8, face, affine).astype(np.int64)
+    restored16 = restore_face(frame8.astype(np.uint16) * 257, face, affine).astype(np.int64)
+    assert np.abs(restored16 - restored8 * 257).max() <= 257  # the same blend, truncated at another depth
+    assert (restored16 % 257 != 0).any()  # and the 16-bit one keeps its finer values
+
+
+def test_a_float_frame_gets_the_face_in_linear_light(big_frame_and_face):
+    """The model's face is display-referred: pasted into a linear frame through the sRGB curve."""
+    frame8, affine, face = big_frame_and_face
+    from latentsync_cli.media.pixels import srgb_decode
+
+    linear = srgb_decode(frame8.astype(np.float32) / 255)
+    restored = restore_face(linear, face, affine)
+    weights = paste_weights(frame8, face, affine)
+    back = restore_face(frame8, face, affine)
+    display = np.round(np.clip(restored, 0, 1) ** (1 / 2.2) * 255)  # near enough to sRGB for a tolerance
+    assert np.abs(display[weights] - back[weights]).mean() < 6

@@ -375,3 +375,46 @@ def test_a_named_pipe_is_refused_as_speech_for_a_ray_job(tmp_path):
     planned = cluster.plan_job(1, job, cluster.ClusterOptions(), workers=2)  # never opens the pipe
     assert planned.record.status == "failed" and planned.record.exit_code == ExitCode.BAD_INPUT
     assert "speech.wav: a named pipe cannot be read by every worker" in planned.record.error
+
+
+# --- plates: sequences and stdout as outputs ------------------------------------------------------
+
+
+def test_default_outputs_keep_a_plates_container_or_sequence(tmp_path):
+    from latentsync_cli.jobs.outputs import default_output_path
+
+    assert default_output_path(tmp_path / "talk.mp4") == tmp_path / "talk_synced.mp4"
+    assert default_output_path(tmp_path / "talk.webm") == tmp_path / "talk_synced.mp4"
+    assert default_output_path(tmp_path / "plate.MOV") == tmp_path / "plate_synced.mov"
+    assert default_output_path(tmp_path / "plate.mxf") == tmp_path / "plate_synced.mxf"
+    (tmp_path / "shot").mkdir()
+    for number in (1001, 1002):
+        (tmp_path / "shot" / f"shot.{number}.exr").write_bytes(b"")
+    expected = tmp_path / "shot_synced" / "shot.%04d.exr"
+    assert default_output_path(tmp_path / "shot") == default_output_path(tmp_path / "shot" / "shot.%04d.exr") == expected
+
+
+def test_a_sequence_folder_is_replaced_only_when_it_holds_that_sequence(tmp_path):
+    from latentsync_cli.jobs.outputs import output_exists
+
+    pattern = tmp_path / "out" / "f_%04d.png"
+    assert check_output_path(pattern, [], overwrite=False) == pattern and not output_exists(pattern)
+    pattern.parent.mkdir()
+    assert check_output_path(pattern, [], overwrite=False) == pattern  # an empty folder is fine
+    (pattern.parent / "f_0001.png").write_bytes(b"x")
+    (pattern.parent / "f.wav").write_bytes(b"x")
+    assert output_exists(pattern)
+    with pytest.raises(OutputError, match="--overwrite"):
+        check_output_path(pattern, [], overwrite=False)
+    assert check_output_path(pattern, [], overwrite=True) == pattern
+    (pattern.parent / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds notes.txt, which is not part of f_%04d.png"):
+        check_output_path(pattern, [], overwrite=True)
+
+
+def test_stdout_is_an_output_and_unknown_names_are_refused(tmp_path):
+    from latentsync_cli.media.outputs import STDOUT
+
+    assert check_output_path(STDOUT, [], overwrite=False) == STDOUT
+    with pytest.raises(OutputError, match="must be one of .mp4, .mov, .mxf, .mkv"):
+        check_output_path(tmp_path / "out.avi", [], overwrite=False)

@@ -1,4 +1,5 @@
-"""media/encode.py: H.264 encoding, AAC muxing, atomic rename, cleanup on failure."""
+"""media/encode.py: H.264 encoding, the encoder choice, atomic rename, cleanup on failure (a job's output with
+its speech: test_media_outputs.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,15 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from latentsync_cli.errors import ExitCode, InputError, OutputError, UsageError
+from latentsync_cli.errors import ExitCode, OutputError, UsageError
 from latentsync_cli.media import encode
-from latentsync_cli.media.encode import VideoEncoder, choose_encoder, mux
-from latentsync_cli.media.video import decode_frames, probe_video, read_frames
+from latentsync_cli.media.encode import VideoEncoder, choose_encoder
+from latentsync_cli.media.video import probe_video, read_frames
 
 
 def ffmpeg_description(path) -> str:
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
     return subprocess.run(command, capture_output=True, text=True, check=False).stderr
-
-
-def decoded_audio_samples(path) -> int:
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", os.fspath(path),
-               "-map", "0:a:0", "-ac", "1", "-ar", "16000", "-f", "f32le", "pipe:1"]  # fmt: skip
-    return len(subprocess.run(command, capture_output=True, check=True).stdout) // 4
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -38,30 +33,6 @@ def moving_frames(count, width=64, height=48):
         frame[:, :, 0] = index * 10 % 256
         frame[:, : width // 2, 1] = 200
         yield frame
-
-
-def test_encode_then_mux_gives_one_video_and_one_audio_stream(tmp_path):
-    with VideoEncoder(tmp_path / "video.mp4", 64, 48) as encoder:
-        for frame in moving_frames(20):
-            encoder.write(frame)
-    assert encoder.frames_written == 20 and leftovers(tmp_path) == []
-    speech = 0.1 * np.sin(np.arange(3 * 16000) / 8.0).astype(np.float32)  # 3 s: longer than 0.8 s of video
-    out = mux(tmp_path / "video.mp4", speech, tmp_path / "out.mp4")
-    description = ffmpeg_description(out)
-    assert description.count(": Video: h264") == 1 and description.count(": Audio: aac") == 1
-    info = probe_video(out)
-    assert (info.fps, info.frame_count, info.has_audio) == (25.0, 20, True)
-    assert len(list(decode_frames(info))) == 20
-    assert abs(decoded_audio_samples(out) - int(20 / 25 * 16000)) <= 1024  # cut to the video (AAC frames are 1024)
-    assert leftovers(tmp_path) == []
-
-
-def test_short_audio_is_padded_to_the_video_length(tmp_path):
-    with VideoEncoder(tmp_path / "video.mp4", 64, 48) as encoder:
-        for frame in moving_frames(50):
-            encoder.write(frame)
-    out = mux(tmp_path / "video.mp4", np.full(4000, 0.2, dtype=np.float32), tmp_path / "out.mp4", n_frames=50)
-    assert abs(decoded_audio_samples(out) - 2 * 16000) <= 1024
 
 
 def test_odd_size_round_trip_pads_one_edge_pixel(tmp_path):
@@ -90,9 +61,7 @@ def test_paths_with_spaces_quotes_and_non_ascii_work(tmp_path):
     with VideoEncoder(video_path, 64, 48) as encoder:
         for frame in moving_frames(5):
             encoder.write(frame)
-    out = mux(video_path, np.zeros(16000, dtype=np.float32), folder / 'final "ü" [1] $HOME.mp4')
-    assert out.exists() and probe_video(out).has_audio
-    assert len(list(read_frames(out, 5))) == 5
+    assert len(list(read_frames(video_path, 5))) == 5
     assert leftovers(folder) == []
 
 
@@ -123,16 +92,6 @@ def test_an_exception_inside_the_block_removes_the_temporary_file(tmp_path):
     assert encoder.process.poll() is not None
     assert target.read_bytes() == b"an older result"  # untouched: never half-replaced
     assert leftovers(tmp_path) == []
-
-
-def test_mux_failure_leaves_nothing_at_the_target(tmp_path):
-    (tmp_path / "video.mp4").write_text("not a video at all\n" * 10)
-    target = tmp_path / "out.mp4"
-    with pytest.raises(OutputError, match="out.mp4"):
-        mux(tmp_path / "video.mp4", np.zeros(16000, dtype=np.float32), target, n_frames=25)
-    with pytest.raises(InputError, match="video.mp4"):  # without n_frames it probes the video first
-        mux(tmp_path / "video.mp4", np.zeros(16000, dtype=np.float32), target)
-    assert not target.exists() and leftovers(tmp_path) == []
 
 
 def test_a_missing_output_folder_is_an_output_error(tmp_path):

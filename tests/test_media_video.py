@@ -107,16 +107,18 @@ def test_grey_and_16bit_images_become_rgb_uint8(tmp_path):
     assert np.abs(frame[:, :, 0].astype(int) - grey16 / 257).max() <= 1
 
 
-@pytest.mark.parametrize("pixel_format", ["gray", "yuv420p10le"])
-def test_grey_and_10bit_video_decode_to_rgb24(tmp_path, pixel_format):
+@pytest.mark.parametrize(("pixel_format", "dtype"), [("gray", np.uint8), ("yuv420p10le", np.uint16)])
+def test_grey_video_decodes_to_rgb24_and_10bit_to_rgb48(tmp_path, pixel_format, dtype):
     path = tmp_path / f"{pixel_format}.mp4"
     run_ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "0.4", "-pix_fmt", pixel_format,
                "-c:v", "libx264", "-preset", "ultrafast", path)  # fmt: skip
     frames = list(video.read_frames(path, 10))
-    assert len(frames) == 10 and frames[0].shape == (64, 96, 3) and frames[0].dtype == np.uint8
+    assert len(frames) == 10 and frames[0].shape == (64, 96, 3) and frames[0].dtype == dtype
     if pixel_format == "gray":
         assert np.array_equal(frames[3][:, :, 0], frames[3][:, :, 1])
-    assert frames[3].std() > 10  # a real picture, not a blank
+    assert frames[3].std() > 10 * (257 if dtype == np.uint16 else 1)  # a real picture, not a blank
+    if dtype == np.uint16:  # ten bits in sixteen: more than 256 distinct levels
+        assert len(np.unique(frames[3])) > 256
 
 
 def test_a_longer_video_is_cut_to_n_frames(tmp_path):

@@ -25,7 +25,8 @@ from latentsync_cli.face.restore import restore_faces
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.synthetic import face_photo, make_face_clip, make_speech
 from latentsync_cli.media.video import probe_video, read_frames
-from latentsync_cli.models.audio_features import AudioFeatureExtractor, output_frame_count
+from latentsync_cli.models.audio_features import AudioFeatureExtractor
+from latentsync_cli.models.frame_count import output_frame_count
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
 from latentsync_cli.pipeline.windows import WindowInput, WindowPlan, batches_of_equal_length, window_ranges, window_seed

@@ -16,7 +16,6 @@ from latentsync_cli.media.audio import load_audio
 from latentsync_cli.models.audio_features import (
     AudioFeatureExtractor,
     WindowLayout,
-    chunk_count,
     consecutive_windows,
     encode_features,
     encode_windows,
@@ -24,6 +23,7 @@ from latentsync_cli.models.audio_features import (
     log_mel_spectrogram,
     overlapping_windows,
 )
+from latentsync_cli.models.frame_count import chunk_count
 from latentsync_cli.models.whisper import AudioEncoder, WhisperDims, load_whisper_encoder, random_audio_encoder
 
 # Small but structurally complete: 2 heads, 2 blocks, the full 1500-position context.

@@ -15,8 +15,11 @@ MAX_WINDOW = 24
 # denoising steps that follows from it is limits.MAX_STEPS).
 TRAIN_TIMESTEPS = 1000
 
-# LatentSync works at 25 frames per second: input video is conformed to it, audio features are cut to it.
+# LatentSync works at 25 frames per second: its audio rows and motion modules were trained at that rate.
+# A constant-rate plate keeps its own rate (--fps source): each frame takes the audio rows at its own time.
 FPS = 25
+FPS_CHOICES = ("source", "25")  # --fps: the source's own constant rate, or 25 (variable rates always become 25)
+LENGTH_CHOICES = ("speech", "video")  # --length: the speech sets the frame count, or the video does
 
 # Where the weights come from: the real checkpoint (found or downloaded), or seeded random weights
 # of the full-size or the tiny architecture (timing and tests only).

@@ -22,8 +22,12 @@ def job_json(finished: FinishedJob) -> dict:
     """The one result object of `sync --json` (paths absolute)."""
     prepared, weights = finished.prepared, finished.weights
     result = finished.result.to_dict()
+    spec = prepared.output_spec
     return {
-        "output": str(prepared.output) if finished.output_kept else None,
+        "output": str(spec.path or "-") if spec is not None else None,
+        "output_codec": spec.codec if spec is not None else None,
+        "output_container": spec.muxer if spec is not None else None,
+        "fps": str(prepared.video_info.rate),
         "video": str(prepared.video),
         "audio": str(prepared.audio) if prepared.audio is not None else None,
         "weights": weights.to_dict(),
@@ -60,7 +64,9 @@ def print_sync_report(out: Output, finished: FinishedJob) -> None:
     out.table(_stage_table(result.stage_seconds, result.wall_s, "Stage timings"))
     _print_summary(out, finished)
     out.table(_optimization_table(result.optimizations))
-    out.info(f"wrote {escape(str(finished.prepared.output))}")
+    spec, rate = finished.prepared.output_spec, finished.prepared.video_info.rate
+    where = "the stream to stdout" if spec.kind == "stream" else str(spec.path)
+    out.info(f"wrote {escape(where)} ({spec.codec} in {spec.muxer}, {result.frames} frames at {float(rate):.3f} fps)")
 
 
 def print_profile_report(out: Output, finished: FinishedJob, report: dict) -> None:

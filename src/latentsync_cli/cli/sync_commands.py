@@ -9,7 +9,10 @@ stderr (progress, tables); `--json` prints one object on stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -36,25 +39,32 @@ from latentsync_cli.jobs.models import ModelCache
 from latentsync_cli.jobs.run import run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.jobs.signals import stop_on_signals
+from latentsync_cli.media.outputs import STDOUT
 from latentsync_cli.options import INPUT_AND_OUTPUT, build
 from latentsync_cli.settings.request import SettingsRequest
 
-VideoArgument = Annotated[Path, typer.Argument(help="Face video (or a still image).", show_default=False)]
+VideoArgument = Annotated[
+    Path, typer.Argument(help="Face video, image sequence (frames/%05d.exr or its folder) or still image.",
+                         show_default=False),
+]  # fmt: skip
 OptionalVideoArgument = Annotated[
-    Path | None, typer.Argument(help="Face video (or a still image); omitted with --batch.", show_default=False)
-]
+    Path | None,
+    typer.Argument(help="Face video, image sequence (frames/%05d.exr or its folder), still image, or - (stdin); "
+                   "omitted with --batch.", show_default=False),
+]  # fmt: skip
 AudioArgument = Annotated[
     Path | None,
     typer.Argument(help="Speech (WAV, MP3, ...); omitted: the video's own audio track.", show_default=False),
 ]
 OutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Output MP4. [default: <video stem>_synced.mp4 beside the video]",
-                 rich_help_panel=INPUT_AND_OUTPUT, dir_okay=False),
+    typer.Option("--output", "-o", help="Output: .mp4, .mov, .mxf, .mkv, an image sequence (out/frame_%05d.exr) "
+                 "or - (stdout). [default: <video stem>_synced.mp4 beside the video; .mov/.mxf plates keep theirs; "
+                 "a sequence gives <folder>_synced/]", rich_help_panel=INPUT_AND_OUTPUT, dir_okay=False),
 ]  # fmt: skip
 ProfileOutputOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Keep the MP4 here. [default: not kept]", dir_okay=False,
+    typer.Option("--output", "-o", help="Keep the output here (as sync names it). [default: not kept]", dir_okay=False,
                  rich_help_panel=INPUT_AND_OUTPUT),
 ]  # fmt: skip
 WorkDirOption = Annotated[
@@ -156,13 +166,14 @@ def sync(
         return
     if video is None:
         raise UsageError("missing VIDEO: pass a face video (or image) and the speech, or --batch FILE")
+    check_streams(video, output, farm, json_output)
     shard = Shard.parse(farm.shard) if farm.shard is not None else None
     job = job_of(video, job_options, request, audio=audio, output=output, work_dir=work_dir, shard=shard,
                  finalize=farm.finalize)  # fmt: skip
-    with stop_on_signals():
+    with stop_on_signals(), stdout_kept_for(output) as output_fd:
         if farm.ray is not None:
             return run_one_on_ray(out, job, farm, progress, json_output)
-        finished = run_job(out, job, progress)
+        finished = run_job(out, replace(job, output_fd=output_fd), progress)
     if job.shard is not None:
         return out.info(f"shard {job.shard}: {finished.result.windows} windows in {job.work_dir}")
     if json_output:
@@ -188,8 +199,10 @@ def profile(
     out = get_output(ctx)
     if trace is not None and not trace.expanduser().absolute().parent.is_dir():
         raise OutputError(f"{trace}: the folder for the trace does not exist; create it first")
-    with stop_on_signals():
-        job = job_of(video, job_options, request, audio=audio, output=output, keep_output=output is not None)
+    check_streams(video, output, FarmFlags(), json_output)
+    with stop_on_signals(), stdout_kept_for(output) as output_fd:
+        job = job_of(video, job_options, request, audio=audio, output=output, keep_output=output is not None,
+                     output_fd=output_fd)  # fmt: skip
         finished = run_job(out, job, progress)
     report = profile_json(finished)
     if trace is not None:
@@ -201,8 +214,34 @@ def profile(
         print_profile_report(out, finished, report)
 
 
+def check_streams(video: Path, output: Path | None, farm: FarmFlags, json_output: bool) -> None:
+    """UsageError for what stdin and stdout cannot do: carry --json, or go to a Ray cluster."""
+    if output == STDOUT and json_output:
+        raise UsageError("-o - writes the video to stdout, where --json would go too; drop --json (see --progress json)")
+    if farm.ray is not None and STDOUT in (video, output):
+        raise UsageError("--ray reads and writes files the workers share, not - (stdin/stdout)")
+
+
+@contextmanager
+def stdout_kept_for(output: Path | None) -> Iterator[int]:
+    """The file descriptor -o - writes to. With -o -, stdout is kept for the video alone: anything else
+    that writes to file descriptor 1 (a library's print) goes to stderr meanwhile."""
+    if output != STDOUT:
+        yield 1
+        return
+    sys.stdout.flush()
+    stream = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield stream
+    finally:
+        sys.stdout.flush()
+        os.dup2(stream, 1)
+        os.close(stream)
+
+
 def register(app: typer.Typer) -> None:
-    app.command(help="Lip-sync VIDEO (or an image) to AUDIO and write an MP4.")(sync)
+    app.command(help="Lip-sync VIDEO (a video, an image sequence or an image) to AUDIO and write the plate back.")(sync)
     app.command(help="Run one sync with per-stage timings, peak memory and a bottleneck verdict.")(profile)
 
 

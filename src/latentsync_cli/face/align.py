@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from latentsync_cli.media.pixels import display_float
+
 # The template lives on a 75 x 100 grid (width x height) and is scaled by
 # resolution / 256 * 2.8, giving a 420 x 560 crop at resolution 512.
 TEMPLATE_GRID_SIZE = (75, 100)
@@ -83,13 +85,14 @@ def warp_into_crop(frame_rgb: np.ndarray, affine: np.ndarray, size: tuple[int, i
     OpenCV's pixel-centre convention (pixel i sits at coordinate i) is the one
     kornia uses with align_corners=True, and a constant grey border gives the
     same blend at the frame edge as kornia's fill mode. Only the part of the
-    frame the crop can sample is converted to float.
+    frame the crop can sample is converted to float: a uint16 or float32 frame
+    (media/pixels.py) is warped at its own precision, on the 8-bit scale.
     """
     width, height = size
     top, bottom, left, right = _source_region(affine, size, frame_rgb.shape[:2])
     if bottom <= top or right <= left:
         return np.full((height, width, 3), int(FILL_VALUE), dtype=np.uint8)
-    region = frame_rgb[top:bottom, left:right].astype(np.float32)
+    region = display_float(frame_rgb[top:bottom, left:right])
     region_affine = affine.copy()
     region_affine[:, 2] += affine[:, :2] @ np.array([left, top], dtype=np.float64)
     crop = cv2.warpAffine(

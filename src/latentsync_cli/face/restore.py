@@ -7,6 +7,9 @@ fades out over about 1/20 of the face size.
 
 All the work happens on the frame region the crop covers (plus a margin);
 outside it the mask is zero, so the result equals working on the whole frame.
+Frames are uint8, uint16 or float32 RGB (media/pixels.py): the face is blended in
+at the frame's own precision, and a pixel whose blend weight is 0 is never
+written, so it keeps its stored value bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from latentsync_cli.face.align import FILL_VALUE, crop_size
+from latentsync_cli.media.pixels import from_display, store
 
 REGION_MARGIN = 4  # px of zero mask kept around the crop so erosion and blur see the same borders
 MAX_PASTE_THREADS = 8  # a window holds at most 24 faces; more threads would mostly wait
@@ -49,7 +53,7 @@ def faces_to_crops(faces: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def restore_face(frame_rgb: np.ndarray, face: torch.Tensor | np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Blend one face (3, R, R) in [-1, 1] back into the uint8 (H, W, 3) frame it was aligned from."""
+    """Blend one face (3, R, R) in [-1, 1] back into the (H, W, 3) frame it was aligned from."""
     crop = faces_to_crops(torch.as_tensor(face)[None])[0]
     return paste_crop(frame_rgb, crop, affine)
 
@@ -71,10 +75,11 @@ def restore_faces(
 def paste_crop(
     frame_rgb: np.ndarray, crop: np.ndarray, affine: np.ndarray, region: tuple[int, int, int, int] | None = None
 ) -> np.ndarray:
-    """Blend a (crop_h, crop_w, 3) float crop in [-1, 1] into a copy of the frame.
+    """Blend a (crop_h, crop_w, 3) float crop in [-1, 1] into a copy of the frame (uint8, uint16 or float32).
 
     `region` (top, bottom, left, right) limits the work to part of the frame;
-    by default it is the part the crop covers.
+    by default it is the part the crop covers. Only pixels with a blend weight
+    above 0 are written.
     """
     frame_height, frame_width = frame_rgb.shape[:2]
     top, bottom, left, right = region or covered_region(affine, crop.shape[:2], (frame_height, frame_width))
@@ -87,11 +92,11 @@ def paste_crop(
         crop, *sample_map, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
         borderValue=(FILL_VALUE, FILL_VALUE, FILL_VALUE),
     )
-    # (face / 2 + 0.5).clamp(0, 1) * 255, in place: these regions are large.
+    # (face / 2 + 0.5).clamp(0, 1) * 255 (for 8-bit frames), in place: these regions are large.
     face *= 0.5
     face += 0.5
     np.clip(face, 0.0, 1.0, out=face)
-    face *= 255.0
+    face = from_display(face, frame_rgb.dtype)
 
     # soft * (edge * face) + (1 - soft) * original, the order upstream computes it in.
     soft_mask, edge_mask = _blend_masks(crop.shape[:2], sample_map)
@@ -101,7 +106,8 @@ def paste_crop(
     original = frame_rgb[top:bottom, left:right].astype(np.float32)
     original *= 1.0 - soft_mask
     blended += original
-    result[top:bottom, left:right] = blended.astype(np.uint8)  # truncation, like upstream
+    # Truncated to integers like upstream; weight-0 pixels are left as stored (even -0.0 and NaN in a float frame).
+    np.copyto(result[top:bottom, left:right], store(blended, frame_rgb.dtype), where=soft_mask > 0)
     return result
 
 

@@ -8,7 +8,8 @@ they run where the faces already are and the frames leave the GPU finished:
    the alignment matrix (bilinear; grey past the crop, as cv2.remap's border);
 3. the soft mask: the sampled crop outline, eroded 2 x 2, eroded again by
    2w x 2w and blurred with a (2w + 1) Gaussian, w = sqrt(outline area) // 20;
-4. soft * (edge * face) + (1 - soft) * frame, truncated to uint8.
+4. soft * (edge * face) + (1 - soft) * frame, truncated to the frame's integers
+   (uint8 or uint16; float32 frames keep floats), written only where soft > 0.
 
 All faces of a batch share one box size, so the warp is one grid_sample
 call; faces with the same edge width share the erosion and the blur. Outside
@@ -33,6 +34,7 @@ from latentsync_cli.face.restore import covered_region, resize_faces
 # run: OpenCV 16-27 ms per frame, this code 110-150 ms (5-7x slower; scripts/gpu_check.sh's
 # restore_parity step prints both). So the CPU keeps the OpenCV paste.
 CPU_RESTORE_BACKEND = "opencv"
+TORCH_WHITE = {torch.uint8: 255.0, torch.uint16: 65535.0}  # the largest sample of an integer frame
 
 
 def restore_backend_for(device_type: str) -> str:
@@ -51,7 +53,7 @@ class Boxes:
 
 
 def restore_faces_torch(frames: torch.Tensor, faces: torch.Tensor, affines) -> torch.Tensor:
-    """Blend faces (n, 3, R, R) in [-1, 1] into frames (n, H, W, 3) uint8; returns new frames.
+    """Blend faces (n, 3, R, R) in [-1, 1] into frames (n, H, W, 3) uint8, uint16 or float32; returns new frames.
 
     `affines` are the aligner's (2, 3) frame -> crop matrices: an (n, 2, 3)
     array or tensor, or a list of arrays (kept on the host: they only shape
@@ -71,7 +73,7 @@ def restore_faces_torch(frames: torch.Tensor, faces: torch.Tensor, affines) -> t
     kept = np.flatnonzero(boxes.has_face)
     face, outline = warp_crops(crops[torch.from_numpy(kept).to(crops.device)], affines[kept], boxes, kept)
     originals = torch.stack([_box_of(frames[index], boxes, index) for index in kept]).permute(0, 3, 1, 2)
-    blended = blend(face, outline, originals.float())
+    blended = blend(face_samples(face, frames.dtype), outline, originals)
     for position, index in enumerate(kept):
         _box_of(result[index], boxes, index)[...] = blended[position].permute(1, 2, 0)
     return result
@@ -93,7 +95,7 @@ def face_boxes(affines: np.ndarray, crop_shape: tuple[int, int], frame_shape: tu
 def warp_crops(crops: torch.Tensor, affines: np.ndarray, boxes: Boxes, indices: np.ndarray):
     """Sample the crops (n, 3, h, w) at the box pixels.
 
-    Returns the face (n, 3, bh, bw) in 0..255 and the crop outline (n, 1, bh, bw).
+    Returns the face (n, 3, bh, bw) as display values in [0, 1] and the crop outline (n, 1, bh, bw).
     """
     crop_height, crop_width = crops.shape[-2:]
     # grid_sample with align_corners=True puts pixel i at i, as OpenCV does, in coordinates
@@ -117,12 +119,20 @@ def warp_crops(crops: torch.Tensor, affines: np.ndarray, boxes: Boxes, indices: 
     face, outline = sampled[:, :3], sampled[:, 3:]
     # Zero padding weighted by the outline; the rest of each sample is the grey border.
     face = face + (1.0 - outline) * FILL_VALUE
-    face = (face * 0.5 + 0.5).clamp_(0.0, 1.0) * 255.0
+    face = (face * 0.5 + 0.5).clamp_(0.0, 1.0)
     return face, outline
 
 
+def face_samples(face: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Display values in [0, 1] as samples of frames of `dtype` (media/pixels.py's from_display, in torch)."""
+    if dtype == torch.float32:  # linear light through the sRGB curve
+        return torch.where(face <= 0.04045, face / 12.92, ((face + 0.055) / 1.055) ** 2.4)
+    return face * TORCH_WHITE[dtype]
+
+
 def blend(face: torch.Tensor, outline: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
-    """soft * (edge * face) + (1 - soft) * original, per box, truncated to uint8 (n, 3, bh, bw)."""
+    """soft * (edge * face) + (1 - soft) * original, per box (n, 3, bh, bw), in the originals' dtype:
+    truncated for integers, like upstream; where soft is 0 the original is kept as it is."""
     edge = erode(outline, 1, 0)  # 2 x 2 anchored at its centre: itself and its upper/left neighbours
     areas = edge.double().sum(dim=(1, 2, 3)).tolist()  # the one host sync of a batch
     edge_widths = np.array([int(area**0.5) // 20 for area in areas])
@@ -133,8 +143,8 @@ def blend(face: torch.Tensor, outline: torch.Tensor, originals: torch.Tensor) ->
         group = torch.from_numpy(np.flatnonzero(edge_widths == width)).to(edge.device)
         centre = erode(edge[group], int(width), int(width) - 1)
         soft[group] = gaussian_blur(centre, int(width))
-    blended = face * edge * soft + originals * (1.0 - soft)
-    return blended.to(torch.uint8)  # truncation, like upstream
+    blended = face * edge * soft + originals.float() * (1.0 - soft)
+    return torch.where(soft > 0, blended.to(originals.dtype), originals)
 
 
 def erode(mask: torch.Tensor, before: int, after: int) -> torch.Tensor:

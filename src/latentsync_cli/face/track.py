@@ -20,6 +20,7 @@ import numpy as np
 from latentsync_cli.errors import InputError
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.detectors import LandmarkSource
+from latentsync_cli.media.pixels import display_8bit
 from latentsync_cli.media.video import VideoInfo, read_frames
 
 FACE_CHECK_FRAMES = 50  # "no face" is decided on the first frames, before any model work
@@ -88,7 +89,7 @@ class FaceLocator:
         if self.track is not None:
             return self.track.affine(frame_number)
         if not same_picture(self.previous_frame, frame):
-            found = self.detector.detect(frame)
+            found = self.detector.detect(display_8bit(frame))
             self.previous_affine = self.aligner.transform(found.points) if found is not None else None
             self.previous_frame = frame
         return self.previous_affine
@@ -130,7 +131,7 @@ def check_for_a_face(video: VideoInfo, landmarks: LandmarkSource, frames_to_chec
     frames = read_frames(video, count, loop="freeze")
     try:
         for frame in frames:
-            if detector.detect(frame) is not None:
+            if detector.detect(display_8bit(frame)) is not None:
                 return
     finally:
         frames.close()

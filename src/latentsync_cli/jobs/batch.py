@@ -30,8 +30,9 @@ from latentsync_cli.errors import (
 )
 from latentsync_cli.jobs.job import FinishedJob, Job
 from latentsync_cli.jobs.models import ModelCache
-from latentsync_cli.jobs.outputs import default_output_path
+from latentsync_cli.jobs.outputs import default_output_path, output_exists
 from latentsync_cli.jobs.run import check_flags, run
+from latentsync_cli.media.pipes import STDIN
 from latentsync_cli.options import DeclaredOption, OptionError, declared_options, parse_column
 from latentsync_cli.settings.presets import load_presets
 from latentsync_cli.settings.request import SettingsRequest
@@ -230,6 +231,8 @@ def check_rows(manifest: Path, rows: list[BatchRow], base: Job, folder: Path) ->
     for row in rows:
         try:
             job = row_job(base, row, folder)
+            if STDIN in (job.video, job.output):
+                raise UsageError("a batch row reads and writes files, not - (stdin/stdout)")
             check_flags(job, table)
         except UsageError as error:
             raise UsageError(f"{manifest}: row {row.number}: {error.message}") from None
@@ -257,7 +260,7 @@ def run_row(row: BatchRow, base: Job, manifest_folder: Path, run_job: Callable[[
         job = row_job(base, row, manifest_folder)
         output = job.output if job.output is not None else default_output_path(job.video)
         record.output = str(output)
-        if output.is_file() and not job.overwrite:
+        if output_exists(output) and not job.overwrite:
             record.status = "skipped"  # anything else at that path (a folder, say) fails the row below
         else:
             finished = run_job(job)

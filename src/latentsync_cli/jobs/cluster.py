@@ -30,12 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from latentsync_cli.constants import FPS
 from latentsync_cli.errors import InputError, LatentsyncError, NotAvailableError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
 from latentsync_cli.jobs.job import Job
 from latentsync_cli.jobs.models import ModelCache
-from latentsync_cli.jobs.outputs import default_output_path
+from latentsync_cli.jobs.outputs import claimed_path, default_output_path, output_exists
 from latentsync_cli.jobs.run import prepare, run
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.audio import SAMPLE_RATE
@@ -196,7 +195,7 @@ def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> Plann
     record.output = str(output)
     work_dir = job.work_dir or _work_dir_for(output, options.work_root)
     planned = PlannedJob(record, replace(job, output=output, work_dir=work_dir), set(), time.monotonic(), False)
-    if output.is_file() and not job.overwrite:
+    if output_exists(output) and not job.overwrite:
         record.status = "skipped"
         return planned
     try:
@@ -212,7 +211,7 @@ def plan_job(row: int, job: Job, options: ClusterOptions, workers: int) -> Plann
     count = options.shards or shard_count_for(seconds, workers)
     planned.shards_left = set(range(1, count + 1))
     planned.shard_count = count
-    planned.frames = round(seconds * FPS)
+    planned.frames = prepared.num_frames
     planned.owns_work_dir = job.work_dir is None  # (a restarted driver finds it again, and removes it when done)
     return planned
 
@@ -225,8 +224,9 @@ def _shards(plan: PlannedJob) -> list[tuple[int, int]]:
 def _work_dir_for(output: Path, work_root: Path | None) -> Path:
     """A work dir named after the output, so that a restarted driver finds it again."""
     digest = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:12]
-    root = work_root if work_root is not None else output.parent
-    return root / f"{WORK_DIR_PREFIX}{output.stem}-{digest}"
+    claimed = claimed_path(output.absolute())  # a sequence's folder: its work dir goes beside it, not in it
+    root = work_root if work_root is not None else claimed.parent
+    return root / f"{WORK_DIR_PREFIX}{claimed.stem}-{digest}"
 
 
 def _connect(ray, address: str) -> None:

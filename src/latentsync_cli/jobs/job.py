@@ -16,10 +16,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latentsync_cli.constants import FACE_CHOICES, FACE_DETECTORS, LOOP_MODES, WEIGHT_CHOICES
+from latentsync_cli.constants import (
+    FACE_CHOICES,
+    FACE_DETECTORS,
+    FPS_CHOICES,
+    LENGTH_CHOICES,
+    LOOP_MODES,
+    WEIGHT_CHOICES,
+)
 from latentsync_cli.jobs.lease import LeaseTerms
 from latentsync_cli.jobs.shards import Shard
 from latentsync_cli.media.encode import DEFAULT_CRF, ENCODER_CHOICES, EncoderChoice
+from latentsync_cli.media.outputs import CODEC_CHOICES, STREAM_FORMATS, OutputSpec, Speech
 from latentsync_cli.media.video import VideoInfo
 from latentsync_cli.options import INPUT_AND_OUTPUT, option
 from latentsync_cli.settings.request import SettingsRequest
@@ -34,9 +42,9 @@ if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only 
 class Job:
     """What one `latentsync sync` is asked to do. Paths may be relative; nothing is checked yet."""
 
-    video: Path
+    video: Path  # a video, an image sequence (pattern or folder), a still image, or "-" (stdin)
     audio: Path | None = None  # None: the video's own audio track
-    output: Path | None = None  # None: <video stem>_synced.mp4 beside the video
+    output: Path | None = None  # None: beside the video (jobs/outputs.default_output_path); "-": stdout
     settings: SettingsRequest = field(default_factory=SettingsRequest)
     weights: str = option(
         "auto", "auto (the real weights), random or random-tiny (timing and tests only).", INPUT_AND_OUTPUT,
@@ -54,7 +62,23 @@ class Job:
         0.0, "Soften the edge where the new mouth meets the face (Gaussian sigma in pixels).", INPUT_AND_OUTPUT,
         minimum=0.0, metavar="PX",
     )  # fmt: skip
-    crf: int = option(DEFAULT_CRF, "x264 quality: lower is better and bigger.", INPUT_AND_OUTPUT,
+    fps: str = option(
+        "source", "Output frame rate: source (a constant-rate video keeps its own; a variable-rate one becomes 25) "
+        "or 25.", INPUT_AND_OUTPUT, choices=FPS_CHOICES,
+    )  # fmt: skip
+    length: str = option(
+        "speech", "speech: the speech sets the length (a shorter video continues as --loop says); video: exactly "
+        "the video's frames (the speech cut, or padded with silence).", INPUT_AND_OUTPUT, choices=LENGTH_CHOICES,
+    )  # fmt: skip
+    input_fps: str = option("25", "Frame rate of an image sequence VIDEO: 24, 23.976, 30000/1001, ...",
+                            INPUT_AND_OUTPUT, metavar="FPS")  # fmt: skip
+    codec: str = option(
+        "auto", "Video codec; auto: by the output's name (MP4 H.264, MOV the source's ProRes/DNxHR/H.264/HEVC, "
+        "MXF DNxHR, MKV FFV1, a sequence its suffix's).", INPUT_AND_OUTPUT, choices=CODEC_CHOICES,
+    )  # fmt: skip
+    format: str | None = option(None, "Container of -o - (stdout).", INPUT_AND_OUTPUT, choices=STREAM_FORMATS,
+                                shown_default="nut", batch=False)  # fmt: skip
+    crf: int = option(DEFAULT_CRF, "x264/x265 quality: lower is better and bigger.", INPUT_AND_OUTPUT,
                       minimum=0, maximum=51)  # fmt: skip
     encoder: str = option(
         "auto", "H.264 encoder (auto: h264_nvenc where it opens, else libx264).", INPUT_AND_OUTPUT,
@@ -65,6 +89,8 @@ class Job:
     keep_output: bool = True  # False: `profile` without -o (the MP4 is made in a temporary folder and dropped)
     shard: Shard | None = None  # compute only this shard's windows into the work dir (no output is written)
     finalize: bool = False  # only restore, encode and mux the windows in the work dir (all must be there)
+    input_fd: int = 0  # the file descriptor a video "-" is read from (stdin)
+    output_fd: int = 1  # the file descriptor -o - writes the stream to (the CLI keeps stdout for it alone)
 
 
 @dataclass(frozen=True)
@@ -74,11 +100,14 @@ class PreparedJob:
     job: Job
     video: Path  # absolute
     audio: Path | None  # absolute
-    output: Path | None  # absolute; None when the MP4 is not kept
-    video_info: VideoInfo  # the video, probed once for the whole job
-    speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job
+    output: Path | None  # absolute: the file or the sequence's folder (what the job claims); None: not kept, stdout
+    video_info: VideoInfo  # the video, probed once for the whole job, at the output's frame rate
+    speech: np.ndarray  # float32 mono 16 kHz, decoded once for the whole job (cut or padded for --length video)
     resolved: ResolvedSettings
-    encoder: EncoderChoice  # the H.264 encoder and why
+    encoder: EncoderChoice  # the video encoder and why
+    num_frames: int  # output frames
+    output_spec: OutputSpec | None  # what is written where; None: not kept (profile without -o)
+    speech_source: Speech  # the file whose audio stream the output carries, at its own rate and channels
     warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
     lease: LeaseTerms = LeaseTerms()  # how long the claims of a job that died block others (LATENTSYNC_LEASE_SECONDS)
 
@@ -88,7 +117,3 @@ class FinishedJob:
     prepared: PreparedJob
     result: SyncResult
     weights: WeightsInfo
-
-    @property
-    def output_kept(self) -> bool:
-        return self.prepared.output is not None

@@ -18,6 +18,8 @@ import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +31,15 @@ from latentsync_cli.face.insightface_points import find_model_root, require_extr
 from latentsync_cli.jobs.job import FinishedJob, Job, PreparedJob
 from latentsync_cli.jobs.lease import LeaseTerms
 from latentsync_cli.jobs.models import ModelCache, absolute
-from latentsync_cli.jobs.outputs import check_output_path, default_output_path
+from latentsync_cli.jobs.outputs import check_output_path, claimed_path, default_output_path
 from latentsync_cli.jobs.scratch import JobScratch, job_scratch_dir, remove_stale_scratch
-from latentsync_cli.media.audio import SAMPLE_RATE
-from latentsync_cli.media.encode import choose_encoder
+from latentsync_cli.jobs.shards import Shard
+from latentsync_cli.media.audio import SAMPLE_RATE, speech_stream
+from latentsync_cli.media.encode import EncoderChoice, choose_encoder
+from latentsync_cli.media.outputs import FFMPEG_ENCODERS, STDOUT, OutputSpec, Speech, check_codec, choose_output
+from latentsync_cli.media.pipes import STDIN, spool_stdin
+from latentsync_cli.media.sequences import is_sequence_pattern, parse_rate
+from latentsync_cli.models.frame_count import output_frame_count, speech_samples_for
 from latentsync_cli.options import OptionError, check_options
 from latentsync_cli.progress import NoProgress, Progress
 from latentsync_cli.settings.hardware import HardwareReport, probe_devices
@@ -45,6 +52,7 @@ from latentsync_cli.weights.info import WeightsInfo
 if TYPE_CHECKING:  # heavy modules (torch, diffusers, MediaPipe): imported only where a job runs
     from latentsync_cli.face.detectors import LandmarkSource
     from latentsync_cli.jobs.workdir import WorkDirStore
+    from latentsync_cli.media.outputs import OutputWriter
     from latentsync_cli.media.video import VideoInfo
     from latentsync_cli.timing import StageTimer
     from latentsync_cli.weights.load import ModelBundle
@@ -66,10 +74,19 @@ def run(
     (silent speech, random weights, ...); `progress` is started only once every check has passed."""
     warn = warn or (lambda text: None)
     progress = progress or NoProgress()
-    prepared = prepare(job)
-    for warning in prepared.warnings:
-        warn(warning)
-    with claim_output(prepared, warn) as scratch:
+    with ExitStack() as stack:
+        if job.video == STDIN:  # spooled into the job's scratch folder first: the job reads its video many times
+            table = load_presets(job.settings.presets_file)
+            check_flags(job, table)
+            output = checked_output(job, [job.audio])  # a bad -o costs no spooling
+            scratch = stack.enter_context(claim_folder(output, job.shard, LeaseTerms.from_environment(), warn))
+            progress.message("reading the video from stdin")
+            prepared = prepare(replace(job, video=spool_stdin(scratch.folder, job.input_fd)), table)
+        else:
+            prepared = prepare(job)
+            scratch = stack.enter_context(claim_output(prepared, warn))
+        for warning in prepared.warnings:
+            warn(warning)
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
         if models.is_random:
@@ -93,36 +110,69 @@ def prepare(
     table = table if table is not None else load_presets(job.settings.presets_file)
     check_flags(job, table)
     lease = LeaseTerms.from_environment()
-    video = existing_input(job.video, "video")
+    video = existing_video(job.video)
     audio = existing_input(job.audio, "audio") if job.audio is not None else None
-    output = None
-    if job.keep_output:
-        wanted = job.output if job.output is not None else default_output_path(video)
-        output = check_output_path(wanted, [video, audio], job.overwrite)
+    target = checked_output(replace(job, video=video), [video, audio])
     check_weights_available(job.weights, absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
     if job.face_detector == "insightface":
         find_model_root(absolute(job.checkpoint_dir))  # InsightFace's models: exit 5 before any work
     hardware = hardware if hardware is not None else probe_devices()
     resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
-    video_info, speech, warnings = read_media(video, audio)
+    video_info, speech, warnings = read_media(video, audio, job)
+    num_frames, speech = frames_and_speech(video_info, speech, job.length)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
-    encoder = choose_encoder(job.encoder, device=resolved.settings.device)
+    spec = choose_output(target, job.codec, job.format, video_info) if target is not None else None
+    encoder = video_encoder(job, spec, resolved.settings.device)
+    speech_source = Speech(audio or video, speech_stream(audio or video))
     notes = tuple(resolved.notes) + warnings
-    return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes, lease)
+    return PreparedJob(job, video, audio, claimed_path(target) if target is not None else None, video_info, speech,
+                       resolved, encoder, num_frames, spec, speech_source, notes, lease)  # fmt: skip
+
+
+def checked_output(job: Job, inputs: list[Path | None]) -> Path | None:
+    """The job's output checked before any work (None when it is not kept): the file, the sequence's
+    pattern or "-" (stdout), absolute."""
+    if not job.keep_output:
+        return None
+    wanted = job.output if job.output is not None else default_output_path(job.video)
+    target = check_output_path(wanted, inputs, job.overwrite, job.format)
+    check_codec(target, job.codec, job.format)
+    return target
+
+
+def video_encoder(job: Job, spec: OutputSpec | None, device: str) -> EncoderChoice:
+    """The encoder of the output's codec, and why (H.264: NVENC where it opens, --encoder)."""
+    codec = spec.codec if spec is not None else "h264"
+    if codec == "h264":
+        return choose_encoder(job.encoder, device=device)
+    if job.encoder == "h264_nvenc":
+        raise UsageError(f"--encoder h264_nvenc is for H.264 output; this job writes {codec}")
+    return EncoderChoice(FFMPEG_ENCODERS[codec], f"{codec} output ({'--codec' if job.codec != 'auto' else 'auto'})")
 
 
 @contextmanager
 def claim_output(prepared: PreparedJob, warn: Callable[[str], None] | None = None) -> Iterator[JobScratch]:
     """The job's scratch folder, which is also its lease on the output until the job ends (OutputError while
     another job's lease is live; `warn` hears it when a dead job's is taken over). Without a kept output
-    (`profile` without -o, a shard): a temporary folder that claims nothing."""
-    if prepared.output is None or prepared.job.shard is not None:  # nothing is written at the output path
+    (`profile` without -o, stdout, a shard): a temporary folder that claims nothing."""
+    with claim_folder(prepared.output, prepared.job.shard, prepared.lease, warn) as scratch:
+        yield scratch
+
+
+@contextmanager
+def claim_folder(
+    output: Path | None, shard: Shard | None, lease: LeaseTerms, warn: Callable[[str], None] | None = None
+) -> Iterator[JobScratch]:
+    """The scratch folder that is the lease on `output` (a file or a sequence's folder; "-", None or a shard:
+    a temporary folder that claims nothing)."""
+    if output is None or output == STDOUT or shard is not None:  # nothing is written at an output path
         with tempfile.TemporaryDirectory(prefix="latentsync-") as scratch:
             yield JobScratch(Path(scratch))
         return
-    with job_scratch_dir(prepared.output, prepared.lease, warn) as scratch:
-        remove_stale_scratch(prepared.output.parent, prepared.lease)  # what dead jobs, on any host, left behind
+    output = claimed_path(output)
+    with job_scratch_dir(output, lease, warn) as scratch:
+        remove_stale_scratch(output.parent, lease)  # what dead jobs, on any host, left behind
         yield scratch
 
 
@@ -133,16 +183,14 @@ def execute(
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> FinishedJob:
-    """Run the pipeline in the job's scratch folder (see claim_output) and move the finished file to the
-    output if the job still holds it; with a work dir, finished windows are kept and reused.
+    """Run the pipeline in the job's scratch folder (see claim_output); its sink puts the output in place
+    if the job still holds it. With a work dir, finished windows are kept and reused.
 
     The job decides what the pipeline does with each window (jobs/window_plan.py)
     and where the frames go (the output file, or nowhere for a shard).
     """
     from latentsync_cli.face.track import check_for_a_face
     from latentsync_cli.jobs.window_plan import plan_windows
-    from latentsync_cli.media.encode import DEFAULT_X264_PRESET, MuxedVideo
-    from latentsync_cli.models.audio_features import output_frame_count
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
     from latentsync_cli.pipeline.windows import window_ranges
     from latentsync_cli.timing import StageTimer
@@ -155,7 +203,7 @@ def execute(
     progress.message("checking for a face")
     with timer.stage("landmarks", MAIN_LANE):
         check_for_a_face(prepared.video_info, landmarks)
-    ranges = window_ranges(output_frame_count(prepared.speech.size), settings.window)
+    ranges = window_ranges(prepared.num_frames, settings.window)
     with ExitStack() as stack:
         store = open_work_dir(stack, prepared, weights, warn)
         track = None
@@ -163,16 +211,12 @@ def execute(
             progress.message("finding the faces of the whole video")
             track = stored_track(store, prepared, landmarks, ranges[-1].stop, models.resolution, timer)
         plan = plan_windows(ranges, store, track, job.shard, job.finalize)
-        # Made inside the scratch folder (with its partial files), so that all of it goes with the job's lease.
-        name = f"finished-{prepared.output.name}" if prepared.output else f"{prepared.video.stem}_profile.mp4"
-        made = scratch.folder / name
-        sink = MuxedVideo(made, scratch.folder / "video.mp4", prepared.speech, plan.num_frames, FPS,
-                          job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)  # fmt: skip
         sync_job = SyncJob(
             video=prepared.video_info,
+            fps=prepared.video_info.rate,
             speech=prepared.speech,
             plan=plan,
-            sink=sink if plan.make_frames else None,
+            sink=output_sink(prepared, plan.num_frames, scratch) if plan.make_frames else None,
             loop=job.loop,
             landmarks=landmarks,
             mask_feather_px=job.mask_feather,
@@ -182,8 +226,6 @@ def execute(
             encoder_reason=prepared.encoder.reason,
         )
         result = LipsyncPipeline(models, settings, timer, progress).run(sync_job)
-    if prepared.output is not None and plan.make_frames:
-        scratch.publish(made, prepared.output)
     return FinishedJob(prepared, result, weights)
 
 
@@ -195,6 +237,23 @@ def landmark_source(prepared: PreparedJob) -> LandmarkSource:
     root = find_model_root(absolute(job.checkpoint_dir)) if job.face_detector == "insightface" else None
     return LandmarkSource(job.face_detector, settings.face_detect_stride, job.face, root,
                           use_cuda=settings.device.startswith("cuda"))  # fmt: skip
+
+
+def output_sink(prepared: PreparedJob, num_frames: int, scratch: JobScratch) -> OutputWriter:
+    """Where the frames go: the output (a file, a sequence, stdout), or an MP4 in the scratch folder (profile).
+    Everything is written inside the scratch folder, so that it goes with the job's lease, and put in place
+    only while the job still holds the output."""
+    from latentsync_cli.media.encode import DEFAULT_X264_PRESET
+    from latentsync_cli.media.outputs import EncodeSettings, OutputWriter
+
+    job, info = prepared.job, prepared.video_info
+    spec = prepared.output_spec
+    if spec is None:  # profile without -o: made, then dropped with the scratch folder
+        spec = choose_output(scratch.folder / f"{prepared.video.stem}_profile.mp4", "auto", None, info)
+    encoding = EncodeSettings(job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)
+    duration = Fraction(num_frames) / info.rate
+    return OutputWriter(spec, info, prepared.speech_source, duration, scratch.folder, encoding, job.output_fd,
+                        publish=scratch.publish)  # fmt: skip
 
 
 def stored_track(
@@ -220,9 +279,11 @@ def open_work_dir(
         return None
     settings = prepared.resolved.to_dict()["settings"]
     settings["device"] = settings["device"].split(":")[0]  # which GPU of a host does not change the faces
-    # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop.
+    # What else shapes the stored faces: the weights, which face, the paste-back edge, the loop, the frame
+    # rate and count (which frames, and which audio rows each one takes).
     extra = {"weights": weights.to_dict(), "face": job.face, "face_detector": job.face_detector,
-             "mask_feather": job.mask_feather, "loop": job.loop}  # fmt: skip
+             "mask_feather": job.mask_feather, "loop": job.loop, "rate": str(prepared.video_info.rate),
+             "frames": prepared.num_frames}  # fmt: skip
     if prepared.audio is not None and not prepared.audio.is_file():  # a named pipe: its path says nothing
         extra["speech_sha256"] = hashlib.sha256(prepared.speech.tobytes()).hexdigest()
     fingerprint = job_fingerprint([prepared.video, prepared.audio], settings, extra)
@@ -242,7 +303,19 @@ def check_flags(job: Job, table: PresetTable) -> None:
     check_shard_flags(job)
     if job.face_detector == "insightface":
         require_extra()
+    check_stream_flags(job)
+    parse_rate(job.input_fps)
     check_request(table, job.settings)
+
+
+def check_stream_flags(job: Job) -> None:
+    """What stdin and stdout allow: `-` needs -o, and is one job's stream (no shards)."""
+    if job.video == STDIN and job.keep_output and job.output is None:
+        raise UsageError("the video comes from stdin (-): name the output with -o (a file, a sequence, or - for stdout)")
+    if STDIN in (job.video, job.output) and (job.shard is not None or job.finalize):
+        raise UsageError("--shard and --finalize need files every task can read and write, not - (stdin/stdout)")
+    if job.audio == STDIN:
+        raise UsageError("the speech cannot come from stdin: pass its file (only VIDEO may be -)")
 
 
 def check_shard_flags(job: Job) -> None:
@@ -264,19 +337,28 @@ def existing_input(path: Path, what: str) -> Path:
     return path.absolute()
 
 
-def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
+def existing_video(path: Path) -> Path:
+    """The video's absolute path: a file, or an image sequence's pattern or folder (checked when probed)."""
+    path = Path(path).expanduser()
+    if is_sequence_pattern(path) or path.is_dir():
+        return path.absolute()
+    return existing_input(path, "video")
+
+
+def read_media(video: Path, audio: Path | None, job: Job) -> tuple[VideoInfo, np.ndarray, tuple[str, ...]]:
     """Probe the video (once for the whole job), decode its first frame and the whole speech.
 
-    Returns what the probe found, the speech and notes. A file that is not
-    media, has no video/audio stream or no samples fails here with a line naming
-    it; silent speech is valid and only warned about. The speech may come from a
-    named pipe (it is read once, here); the video, read several times, may not.
-    Which video stream is used is said when there are several.
+    Returns what the probe found (at the output's frame rate), the speech and
+    notes. A file that is not media, has no video/audio stream or no samples
+    fails here with a line naming it; silent speech is valid and only warned
+    about. The speech may come from a named pipe (it is read once, here); the
+    video, read several times, may not. Which video stream is used is said when
+    there are several.
     """
     from latentsync_cli.media.audio import is_silent, load_audio
     from latentsync_cli.media.video import probe_video, read_frames
 
-    info = probe_video(video)
+    info, rate_notes = at_output_rate(probe_video(video, parse_rate(job.input_fps)), job)
     frames = read_frames(info, 1, loop="freeze")  # a damaged stream fails here, not after the models load
     try:
         next(frames)
@@ -284,7 +366,7 @@ def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, 
         frames.close()
     if audio is None and not info.has_audio:
         raise InputError(f"{video}: the video has no audio track; pass the speech as the AUDIO argument")
-    notes = []
+    notes = list(rate_notes)
     if info.video_streams > 1:
         notes.append(f"{video}: {info.video_streams} video streams; using {info.stream_label}")
     speech_file = audio if audio is not None else video
@@ -297,3 +379,36 @@ def read_media(video: Path, audio: Path | None) -> tuple[VideoInfo, np.ndarray, 
     if is_silent(speech):
         notes.append(f"{speech_file}: the speech is silent (below -60 dBFS); the mouth will barely move")
     return info, speech, tuple(notes)
+
+
+def at_output_rate(info: VideoInfo, job: Job) -> tuple[VideoInfo, tuple[str, ...]]:
+    """The video read at the output's rate: its own constant rate (--fps source), or 25 fps by timestamp."""
+    from latentsync_cli.media.video import frame_timing
+
+    if info.is_image:
+        if job.length == "video":
+            raise UsageError(f"{info.path} is a still image, which has no length: use --length speech")
+        return info, ()
+    if job.fps == "25" and job.length == "speech":
+        return info, ()  # 25 fps by timestamp, as probed: no need to read the timestamps
+    timing = frame_timing(info)
+    if job.fps == "source" and timing.rate is not None:
+        return info.at_rate(timing.rate, timing.count), ()
+    note = ()
+    if job.fps == "source":
+        note = (f"{info.path}: the frame rate varies ({timing.count} frames in {info.duration_s:.2f} s); "
+                "the output is conformed to 25 fps",)  # fmt: skip
+    if timing.rate is not None:  # a constant rate conformed to 25: the frames 25 fps slots pick
+        return info.at_rate(Fraction(FPS), round(timing.count * FPS / timing.rate)), note
+    return info, note
+
+
+def frames_and_speech(info: VideoInfo, speech: np.ndarray, length: str) -> tuple[int, np.ndarray]:
+    """The output's frame count and the speech that drives it: the speech's frames (--length speech), or
+    exactly the video's, the speech cut or padded with silence to make them (--length video)."""
+    if length == "speech":
+        return output_frame_count(speech.size, info.rate), speech
+    samples = speech_samples_for(info.frame_count, info.rate)
+    fitted = np.zeros(samples, dtype=np.float32)
+    fitted[: min(samples, speech.size)] = speech[:samples]
+    return info.frame_count, fitted

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from latentsync_cli.errors import OutputError
 from latentsync_cli.jobs.lease import Lease, LeaseBusy, LeaseTerms, acquire, remove_stale, shared_now
+from latentsync_cli.media.outputs import move_into_place
 
 SCRATCH_PREFIX = ".latentsync-job-"
 PARTIAL_MARK = ".partial-"  # `.<name>.partial-<pid>-<random><suffix>`: what versions before leases wrote beside outputs
@@ -36,14 +36,15 @@ class JobScratch:
     lease: Lease | None = None  # None: a private temporary folder that claims nothing
 
     def publish(self, made: Path, output: Path) -> None:
-        """Move the finished file `made` (in the folder) to `output`, if the output is still this job's."""
+        """Move the finished file or sequence folder `made` (in the folder) to `output`, if the output is
+        still this job's."""
         if self.lease is not None and not self.lease.still_held():
             raise OutputError(
                 f"{output}: another job took this output over while this one was silent for more than "
                 f"{self.lease.terms.seconds:g} s (a suspended or overloaded machine?); nothing was written"
             )
         try:
-            os.replace(made, output)
+            move_into_place(made, output)
         except OSError as error:
             raise write_error(output.parent, error) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -48,6 +49,29 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if audio.size == 0:
         raise InputError(f"{path}: the audio stream is empty (0 samples); pass a file that contains speech")
     return audio
+
+
+@dataclass(frozen=True)
+class SpeechStream:
+    """What the speech's own audio stream is, so the output can carry it at its own quality."""
+
+    sample_rate: int  # e.g. 48000
+    channels: str  # ffmpeg's layout: "mono", "stereo", "5.1", ...
+    bits: int  # 16 for 16-bit (or 8-bit) PCM sources, 24 for everything deeper or coded (AAC, MP3, float)
+
+
+_AUDIO_STREAM = re.compile(r"Stream #0:\d+\S*: Audio: [^,]+, (\d+) Hz, ([^,]+), (\w+)(?: \((\d+) bit\))?")
+
+
+def speech_stream(path: str | Path) -> SpeechStream:
+    """The first audio stream of `path` as ffmpeg describes it (InputError when there is none)."""
+    path = _check_readable_file(path)
+    match = _AUDIO_STREAM.search(_probe(path))
+    if match is None:
+        raise InputError(f"{path}: has no audio stream; pass an audio file as the second argument")
+    rate, channels, sample_format, bits = match.groups()
+    sixteen = sample_format in ("s16", "s16p", "u8", "u8p") or bits == "16"
+    return SpeechStream(int(rate), channels.strip(), 16 if sixteen else 24)
 
 
 def is_silent(audio: np.ndarray, peak: float = SILENCE_PEAK) -> bool:

@@ -1,10 +1,11 @@
-"""Write the output: RGB frames to H.264, then the speech muxed in as AAC.
+"""H.264 encoding: the encoder choice (libx264 or NVENC), its arguments, and VideoEncoder, which writes
+RGB frames to a silent H.264 MP4 (test clips, the benchmark's encoder comparison). A job's output,
+with its speech and every other format, is media/outputs.py's.
 
-Nothing appears at a target path until it is complete. Both steps write to a
+Nothing appears at a target path until it is complete: it is written to a
 temporary file beside the target (same folder, so the final `os.replace` is an
-atomic rename) named `.<name>.partial-<pid>-<random><suffix>`, and remove it on
-any failure, exception or interrupt. The temporary paths are attributes, so a
-signal handler can clean up too.
+atomic rename) named `.<name>.partial-<pid>-<random><suffix>`, and removed on
+any failure, exception or interrupt.
 
 H.264 with yuv420p needs even sizes: an odd width or height is padded by one
 pixel on the right/bottom edge, copying the last column/row, so the output is
@@ -32,9 +33,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from latentsync_cli.errors import OutputError, UsageError
-from latentsync_cli.media.video import first_ffmpeg_error, probe_video
+from latentsync_cli.media.video import first_ffmpeg_error
 
-SAMPLE_RATE = 16000
 ENCODERS = ("libx264", "h264_nvenc")
 ENCODER_CHOICES = ("auto", *ENCODERS)
 DEFAULT_CRF = 18  # x264 quality of every output unless --crf says otherwise (NVENC's -cq takes the same number)
@@ -234,89 +234,6 @@ class VideoEncoder:
         self._errors.seek(0)
         stderr = self._errors.read().decode("utf-8", "replace")
         return ffmpeg_output_error(stderr, self.process.returncode, self.path)
-
-
-def mux(
-    video_path: str | os.PathLike,
-    audio: np.ndarray,
-    out_path: str | os.PathLike,
-    n_frames: int | None = None,
-    fps: int = 25,
-    sample_rate: int = SAMPLE_RATE,
-) -> Path:
-    """Copy the video stream and add `audio` (float32 mono) as AAC into `out_path`, atomically.
-
-    The audio is cut to the video's length, int(n_frames / fps * sample_rate)
-    samples (as upstream does), or padded with silence when shorter.
-    `n_frames` defaults to the frame count of `video_path`.
-    """
-    out_path = Path(out_path)
-    _check_output_folder(out_path)
-    if n_frames is None:
-        n_frames = probe_video(video_path).frame_count
-    n_samples = int(n_frames / fps * sample_rate)
-    samples = np.zeros(n_samples, dtype=np.float32)
-    kept = np.asarray(audio, dtype=np.float32).reshape(-1)[:n_samples]
-    samples[: len(kept)] = kept
-
-    temp_path = partial_path(out_path)
-    # The audio goes in through a pipe as raw float32, so no temporary WAV is needed.
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    command += ["-i", os.path.abspath(video_path)]
-    command += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
-    command += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k"]
-    command += ["-movflags", "+faststart", os.path.abspath(temp_path)]
-    try:
-        result = subprocess.run(
-            command, input=samples.tobytes(), capture_output=True, check=False, start_new_session=True
-        )
-        if result.returncode != 0 or not temp_path.exists():
-            raise ffmpeg_output_error(result.stderr.decode("utf-8", "replace"), result.returncode, out_path)
-        os.replace(temp_path, out_path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-    return out_path
-
-
-class MuxedVideo:
-    """The output file of a job as a frame sink: frames go to an H.264 encoder as they come (into
-    `silent_path`), then `finish` muxes the speech in and moves the file to `output` in one rename.
-
-    The encoder opens on the first frame (its size is the frames' size). `abort`
-    removes whatever was written; nothing appears at `output` unless `finish` succeeds.
-    """
-
-    def __init__(
-        self, output: Path, silent_path: Path, speech: np.ndarray, num_frames: int, fps: int,
-        crf: int = DEFAULT_CRF, preset: str = DEFAULT_X264_PRESET, encoder: str = "libx264",
-    ):  # fmt: skip
-        self.output = Path(output)
-        self.silent_path = Path(silent_path)
-        self.speech = speech
-        self.num_frames = num_frames
-        self.fps = fps
-        self.crf, self.preset, self.encoder_name = crf, preset, encoder
-        self.encoder: VideoEncoder | None = None
-
-    def write(self, frame: np.ndarray) -> None:
-        if self.encoder is None:
-            height, width = frame.shape[:2]
-            self.encoder = VideoEncoder(
-                self.silent_path, width, height, self.fps, self.crf, self.preset, self.encoder_name
-            )
-        self.encoder.write(frame)
-
-    def end_of_frames(self) -> None:
-        if self.encoder is not None:
-            self.encoder.finish()
-
-    def finish(self) -> None:
-        mux(self.silent_path, self.speech, self.output, n_frames=self.num_frames, fps=self.fps)
-
-    def abort(self) -> None:
-        if self.encoder is not None:
-            self.encoder.abort()
 
 
 def ffmpeg_output_error(stderr: str, returncode: int | None, path: Path) -> OutputError:

@@ -97,6 +97,44 @@ def make_face_clip(
     return Path(path)
 
 
+def make_plate(
+    path: str | os.PathLike,
+    seconds: float,
+    output_arguments: list[str],
+    fps: float | Fraction | str = 25,
+    size: tuple[int, int] = (320, 240),
+    samples: str = "uint8",
+) -> Path:
+    """`face_frames` through the bundled ffmpeg with `output_arguments` (codec, pixel format, muxer...): a ProRes,
+    DNxHR or 10-bit HEVC plate, or an image sequence when `path` is a pattern (frames/f_%04d.exr).
+
+    `samples` is what the frames are given as: "uint8"; "uint16", the 8-bit picture with random low
+    bits, so that a 16-bit output that kept only 8 bits shows; or "float32", scene-linear light (the
+    sRGB curve undone) with the same random fine detail, as an OpenEXR plate holds it.
+    """
+    rate = Fraction(fps) if isinstance(fps, str) else fps
+    width, height = size
+    pix_fmt = {"uint8": "rgb24", "uint16": "rgb48le", "float32": "gbrpf32le"}[samples]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", str(Fraction(rate)),
+               "-i", "pipe:0", *output_arguments, os.path.abspath(path)]  # fmt: skip
+    rng = np.random.default_rng(0)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    for frame in face_frames(seconds, rate, size):
+        if samples == "uint16":
+            fine = rng.integers(-64, 65, frame.shape)
+            frame = np.clip(frame.astype(np.int32) * 257 + fine, 0, 65535).astype("<u2")
+        elif samples == "float32":
+            display = (frame + rng.uniform(0, 0.5, frame.shape)) / 255.0
+            linear = np.where(display <= 0.04045, display / 12.92, ((display + 0.055) / 1.055) ** 2.4)
+            frame = np.ascontiguousarray(linear.transpose(2, 0, 1)[[1, 2, 0]], dtype="<f4")  # planes G, B, R
+        process.stdin.write(np.ascontiguousarray(frame).tobytes())
+    process.stdin.close()
+    if process.wait() != 0:
+        raise RuntimeError(f"ffmpeg could not write {path}: {process.stderr.read().decode(errors='replace')}")
+    return Path(path)
+
+
 def make_vfr_clip(path: str | os.PathLike, seconds: float, size: tuple[int, int] = (640, 480)) -> Path:
     """A variable-frame-rate MP4: 30 fps frames retimed so the rate swings between ~15 and ~300 fps.
 

@@ -1,10 +1,17 @@
-"""Read a face video, or a still image, as RGB frames at a constant 25 fps.
+"""Read a face video, an image sequence or a still image as RGB frames at a constant rate.
 
 Frames are streamed from the ffmpeg binary that ships with imageio-ffmpeg:
-ffmpeg decodes, applies the rotation metadata, conforms any frame rate
-(variable included) to 25 fps by timestamp with its `fps` filter, converts to
-rgb24, and writes raw frames to a pipe that we read one frame at a time. No
-function here keeps the whole video in memory.
+ffmpeg decodes, applies the rotation metadata, picks one frame per 1/rate s by
+timestamp with its `fps` filter, converts to RGB at the source's precision
+(rgb24 for 8-bit sources, rgb48le above, the stored floats of an OpenEXR; see
+media/pixels.py), and writes raw frames to a pipe that we read one frame at a
+time. No function here keeps the whole video in memory.
+
+The rate is `VideoInfo.rate`: 25 fps as `probe_video` returns it (any source,
+variable frame rates included, conformed by timestamp), or the source's own
+constant rate once the job has checked it (`frame_timing`, `VideoInfo.at_rate`):
+for a stream whose frames sit on that rate's grid the filter picks every stored
+frame, in order, and nothing else.
 
 The output length is set by the audio (`n_frames`). When the video is shorter,
 `read_frames` continues it: "pingpong" plays it forward, backward, forward...
@@ -17,13 +24,15 @@ by one segment instead of the whole clip.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -33,6 +42,8 @@ import numpy as np
 from latentsync_cli.constants import LOOP_MODES
 from latentsync_cli.errors import InputError, UsageError
 from latentsync_cli.media.audio import is_stream
+from latentsync_cli.media.sequences import ImageSequence, find_sequence, is_sequence_pattern, parse_rate
+from latentsync_cli.media.stream_details import StreamDetails, parse_stream_details
 
 OUTPUT_FPS = 25
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -43,6 +54,12 @@ MAX_SEGMENT_FRAMES = 64
 # A segment decode seeks to the keyframe before this many seconds ahead of its
 # first frame (any margin works in theory; this one absorbs imprecise seeks).
 SEEK_MARGIN_S = 0.2
+# Standard rates a constant-rate stream is checked against first (then its measured mean rate).
+STANDARD_RATES = tuple(Fraction(n, d) for n, d in ((24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1),
+                                                   (48, 1), (50, 1), (60000, 1001), (60, 1), (100, 1), (120, 1)))
+# How frames come out of ffmpeg, by what they are held as (media/pixels.py): its pixel format and sample type.
+RAW_FORMATS = {"uint8": ("rgb24", "u1"), "uint16": ("rgb48le", "<u2")}
+FLOAT_FORMATS = {16: ("gbrpf16le", "<f2"), 32: ("gbrpf32le", "<f4")}  # planar G, B, R; half or single
 
 
 @dataclass(frozen=True)
@@ -60,11 +77,42 @@ class VideoInfo:
     video_stream: int = 0  # which of the file's video streams is decoded (cover art is skipped)
     video_streams: int = 1  # how many it has that are not attached pictures
     stream_label: str = ""  # the decoded one as ffmpeg numbers it, e.g. "stream #0:1 (h264, 1280x720, default)"
+    rate: Fraction = Fraction(OUTPUT_FPS)  # frames a second the readers deliver (frame_count counts them)
+    details: StreamDetails = field(default_factory=StreamDetails)  # pixel format, colour, aspect, timecode
+    sequence: ImageSequence | None = None  # an image sequence's files (path is then its pattern)
+
+    @property
+    def samples(self) -> str:
+        """What a decoded frame's samples are held as: "uint8", "uint16" or "float32" (media/pixels.py)."""
+        if self.is_image:
+            return "uint8"
+        if self.details.is_float:
+            return "float32"
+        return "uint16" if self.details.bits > 8 else "uint8"
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * 3 * np.dtype(self.samples).itemsize
+
+    def at_rate(self, rate: Fraction, frame_count: int) -> VideoInfo:
+        """The same video read at `rate` frames a second, `frame_count` of them."""
+        return dataclasses.replace(self, rate=Fraction(rate), frame_count=frame_count)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Describe a video or still image; InputError if it cannot be used."""
+@dataclass(frozen=True)
+class FrameTiming:
+    """How a video's frames are spaced, read from their timestamps (no decoding)."""
+
+    count: int  # frames stored in the stream
+    rate: Fraction | None  # their constant rate; None: variable (or a single frame)
+
+
+def probe_video(path: str | os.PathLike, input_fps: Fraction | str | float = OUTPUT_FPS) -> VideoInfo:
+    """Describe a video, an image sequence (a pattern such as frames/%05d.exr, or its folder; read at
+    `input_fps`) or a still image; InputError if it cannot be used."""
     path = Path(path)
+    if is_sequence_pattern(path) or path.is_dir():
+        return _probe_sequence(find_sequence(path), parse_rate(input_fps))
     _check_input_file(path)
     if is_image_path(path):
         image = _read_image(path)
@@ -75,8 +123,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def read_frames(video: VideoInfo | str | os.PathLike, n_frames: int, loop: str = "pingpong") -> Iterator[np.ndarray]:
-    """Yield exactly `n_frames` RGB uint8 frames (H, W, 3) at 25 fps of `video` (a path, or what
-    `probe_video` found, which is then not probed again).
+    """Yield exactly `n_frames` RGB frames (H, W, 3) of `video` at its `rate` (a path, read at 25 fps, or
+    what `probe_video` found, which is then not probed again), held as `VideoInfo.samples` says.
 
     A longer video is cut to its first `n_frames`; a shorter one is continued
     as `loop` says; a still image is repeated. Every video frame is a new writable
@@ -94,12 +142,12 @@ def read_frames(video: VideoInfo | str | os.PathLike, n_frames: int, loop: str =
 
 
 def decode_frames(info: VideoInfo, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Yield the 25 fps frames [start, stop) of a video, decoding from the start.
+    """Yield the frames [start, stop) of a video at `info.rate`, decoding from the start.
 
     This is the reference decode: the forward pass of `read_frames` and the
     exact fallback of its backward segments are both this function.
     """
-    filters = f"fps={OUTPUT_FPS}:start_time=0"
+    filters = f"fps={info.rate}:start_time=0"
     if start > 0 or stop is not None:
         end = "" if stop is None else f":end_frame={stop}"
         filters += f",trim=start_frame={start}{end}"
@@ -107,29 +155,57 @@ def decode_frames(info: VideoInfo, start: int = 0, stop: int | None = None) -> I
     yield from _pipe_frames(_decode_command(info, filters, frame_limit=frame_limit), info)
 
 
-def source_timestamps(path: str | os.PathLike) -> list[float]:
+def source_timestamps(path: str | os.PathLike | VideoInfo) -> list[float]:
     """Presentation times (s) of the video stream's frames as stored, sorted (no decoding)."""
-    path = Path(path)
-    info = probe_video(path)
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-        "-i", os.path.abspath(path), "-map", f"0:v:{info.video_stream}",
-        "-c:v", "copy", "-f", "framecrc", "pipe:1",
-    ]  # fmt: skip
+    ticks, time_base = _stored_ticks(path if isinstance(path, VideoInfo) else probe_video(path))
+    return [float(tick * time_base) for tick in ticks]
+
+
+def frame_timing(info: VideoInfo) -> FrameTiming:
+    """How many frames the stream stores and, when they are evenly spaced, at which exact rate.
+
+    A stream is taken as constant-rate when every frame lies within one tick of its
+    time base of first + n / rate, for one of the standard rates (23.976 = 24000/1001,
+    ...) or the stream's mean rate: so a 23.976 fps Matroska, whose 1 ms ticks round
+    each time, is constant, and a phone's variable-rate clip is not.
+    """
+    if info.is_image:
+        return FrameTiming(1, None)
+    if info.sequence is not None:
+        return FrameTiming(info.sequence.count, info.sequence.rate)
+    ticks, time_base = _stored_ticks(info)
+    if len(ticks) < 2:
+        return FrameTiming(len(ticks), None)
+    span = (ticks[-1] - ticks[0]) * time_base
+    candidates = list(STANDARD_RATES)
+    if span > 0:
+        candidates.append(Fraction(len(ticks) - 1) / span)
+        candidates.append(candidates[-1].limit_denominator(1001))
+    for rate in candidates:
+        frame_ticks = 1 / (rate * time_base)  # one frame, in ticks
+        if all(abs(tick - ticks[0] - number * frame_ticks) <= 1 for number, tick in enumerate(ticks)):
+            return FrameTiming(len(ticks), rate)
+    return FrameTiming(len(ticks), None)
+
+
+def _stored_ticks(info: VideoInfo) -> tuple[list[int], Fraction]:
+    """The video frames' presentation times as stored, sorted, in ticks of the stream's time base."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+               *_input_arguments(info), "-map", f"0:v:{info.video_stream}", "-c:v", "copy", "-f", "framecrc",
+               "pipe:1"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise InputError(f"cannot read timestamps of {path}: {_ffmpeg_reason(result.stderr)}")
-    time_base = 1.0
-    times = []
+        raise InputError(f"cannot read timestamps of {info.path}: {_ffmpeg_reason(result.stderr)}")
+    time_base = Fraction(1)
+    ticks = []
     for line in result.stdout.splitlines():
         if line.startswith("#tb 0:"):
-            numerator, denominator = line.split(":", 1)[1].strip().split("/")
-            time_base = int(numerator) / int(denominator)
+            time_base = Fraction(line.split(":", 1)[1].strip())
         elif line and not line.startswith("#"):
-            stream, _dts, pts = (field.strip() for field in line.split(",")[:3])
-            if stream == "0":
-                times.append(int(pts) * time_base)
-    return sorted(times)
+            stream, _dts, pts = (part.strip() for part in line.split(",")[:3])
+            if stream == "0" and pts.lstrip("-").isdigit():
+                ticks.append(int(pts))
+    return sorted(ticks), time_base
 
 
 def is_image_path(path: Path) -> bool:
@@ -149,7 +225,7 @@ def _repeated_image(image: np.ndarray, n_frames: int) -> Iterator[np.ndarray]:
 def _continued_video(info: VideoInfo, n_frames: int, loop: str) -> Iterator[np.ndarray]:
     if n_frames == 0:
         return
-    frame_bytes = info.width * info.height * 3
+    frame_bytes = info.frame_bytes
     # A short clip that will need continuing is cheaper to hold than to decode
     # again, as long as it fits in the budget (the length is only an estimate).
     kept: list[np.ndarray] | None = [] if info.frame_count < n_frames else None
@@ -231,19 +307,18 @@ def _backward_frames(info: VideoInfo, count: int, last: np.ndarray) -> Iterator[
 
 def _seek_segment(info: VideoInfo, start: int, end: int) -> list[np.ndarray]:
     """Frames [start, end) by seeking near `start` with timestamps kept absolute."""
-    seek_s = start / OUTPUT_FPS - SEEK_MARGIN_S
+    seek_s = float(start / info.rate) - SEEK_MARGIN_S
     if seek_s <= 0:
         return list(decode_frames(info, start, end))
     # Without start_time the fps filter begins at the first decoded frame, so a
     # seek that lands too late yields fewer frames (caught by the caller).
-    filters = f"fps={OUTPUT_FPS},trim=start_pts={start}:end_pts={end}"
+    filters = f"fps={info.rate},trim=start_pts={start}:end_pts={end}"
     command = _decode_command(info, filters, frame_limit=end - start, seek_s=seek_s)
     return list(_pipe_frames(command, info))
 
 
 def _segment_length(info: VideoInfo) -> int:
-    frame_bytes = info.width * info.height * 3
-    return max(1, min(MAX_SEGMENT_FRAMES, SEGMENT_BUDGET_BYTES // frame_bytes))
+    return max(1, min(MAX_SEGMENT_FRAMES, SEGMENT_BUDGET_BYTES // info.frame_bytes))
 
 
 # --- running ffmpeg ----------------------------------------------------------
@@ -257,17 +332,44 @@ def _decode_command(info: VideoInfo, filters: str, frame_limit: int | None = Non
     command += ["-copyts", "-start_at_zero"]
     if seek_s > 0:
         command += ["-noaccurate_seek", "-ss", f"{seek_s:.6f}"]
-    command += ["-i", os.path.abspath(info.path), "-map", f"0:v:{info.video_stream}"]
+    command += [*_input_arguments(info), "-map", f"0:v:{info.video_stream}"]
     command += ["-an", "-sn", "-dn", "-vf", filters, "-fps_mode", "passthrough"]
     if frame_limit is not None:
         command += ["-frames:v", str(frame_limit)]
-    command += ["-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+    command += ["-pix_fmt", _raw_format(info)[0], "-f", "rawvideo", "pipe:1"]
     return command
 
 
+def _input_arguments(info: VideoInfo) -> list[str]:
+    """ffmpeg's arguments that open the video: a file, or an image sequence at its rate."""
+    if info.sequence is None:
+        return ["-i", os.path.abspath(info.path)]
+    sequence = info.sequence
+    return ["-f", "image2", "-framerate", str(sequence.rate), "-start_number", str(sequence.start),
+            "-i", str(sequence.pattern)]  # fmt: skip
+
+
+def _raw_format(info: VideoInfo) -> tuple[str, str]:
+    """The pixel format ffmpeg writes the frames in, and its numpy sample type."""
+    if info.samples == "float32":
+        return FLOAT_FORMATS[16 if info.details.bits == 16 else 32]
+    return RAW_FORMATS[info.samples]
+
+
+def _frame_of(buffer: bytearray, info: VideoInfo) -> np.ndarray:
+    """One raw frame as an (H, W, 3) RGB array that the caller owns (float planes G, B, R reordered)."""
+    pix_fmt, sample = _raw_format(info)
+    samples = np.frombuffer(buffer, dtype=sample)
+    if info.samples != "float32":
+        return samples.reshape(info.height, info.width, 3).view(info.samples)
+    green, blue, red = samples.reshape(3, info.height, info.width)
+    return np.stack([red, green, blue], axis=-1).astype(np.float32)
+
+
 def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
-    """Run an ffmpeg decode and yield its raw rgb24 frames; kill it if the caller stops early."""
-    frame_bytes = info.width * info.height * 3
+    """Run an ffmpeg decode and yield its raw frames; kill it if the caller stops early."""
+    pix_fmt, sample = _raw_format(info)
+    frame_bytes = info.width * info.height * 3 * np.dtype(sample).itemsize
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
             command,
@@ -283,7 +385,7 @@ def _pipe_frames(command: list[str], info: VideoInfo) -> Iterator[np.ndarray]:
                 if _read_exactly(process.stdout, buffer) < frame_bytes:
                     break  # end of stream (a partial frame at the end is dropped)
                 count += 1
-                yield np.frombuffer(buffer, dtype=np.uint8).reshape(info.height, info.width, 3)
+                yield _frame_of(buffer, info)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -361,9 +463,20 @@ def _parse_ffmpeg_probe(text: str, path: Path) -> VideoInfo:
     frame_count = int(round(duration_s * OUTPUT_FPS))
     number = re.match(r"Stream #0:(\d+)", header).group(1)
     label = f"stream #0:{number} ({codec}, {width}x{height}{', default' if '(default)' in header else ''})"
-    return VideoInfo(
-        path, width, height, fps, duration_s, frame_count, rotation, False, has_audio, codec, chosen, len(moving), label
-    )
+    details = parse_stream_details(header, text)
+    return VideoInfo(path, width, height, fps, duration_s, frame_count, rotation, False, has_audio, codec, chosen,
+                     len(moving), label, details=details)  # fmt: skip
+
+
+def _probe_sequence(sequence: ImageSequence, rate: Fraction) -> VideoInfo:
+    """An image sequence as a video at `rate`: ffmpeg describes its first picture."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-f", "image2",
+               "-framerate", str(rate), "-start_number", str(sequence.start), "-i", str(sequence.pattern)]  # fmt: skip
+    text = subprocess.run(command, capture_output=True, check=False).stderr.decode("utf-8", "replace")
+    info = _parse_ffmpeg_probe(text, sequence.pattern)
+    duration_s = float(sequence.count / rate)
+    return dataclasses.replace(info, fps=float(rate), duration_s=duration_s, frame_count=round(duration_s * OUTPUT_FPS),
+                               sequence=dataclasses.replace(sequence, rate=rate))  # fmt: skip
 
 
 def _stream_sections(text: str) -> list[list[str]]:

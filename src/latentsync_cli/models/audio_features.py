@@ -42,13 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentsync_cli.errors import InputError
+from latentsync_cli.models.frame_count import HOP_LENGTH, SAMPLE_RATE, chunk_count, frame_position
 from latentsync_cli.models.whisper import AudioEncoder
 
-SAMPLE_RATE = 16000
 N_FFT = 400
-HOP_LENGTH = 160  # 10 ms: 100 mel frames per second
 N_MELS = 80
-FEATURE_RATE = 50  # encoder positions per second (conv2 halves the mel rate)
 MIN_SAMPLES = 2 * HOP_LENGTH  # two mel frames give one encoder position
 
 
@@ -174,39 +172,23 @@ def encode_features(
     return encode_windows(encoder, mel, windows, device, dtype)
 
 
-def chunk_count(num_features: int, fps: float = 25) -> int:
-    """Upstream's feature2chunks emits frames i = 0, 1, ... and stops after the first i whose
-    start index int(i * 50 / fps) exceeds L, so it makes floor(L / 2) + 2 chunks at 25 fps."""
-    step = FEATURE_RATE / fps
-    count = int(num_features / step)
-    while int(count * step) <= num_features:
-        count += 1
-    return count + 1
-
-
-def output_frame_count(num_samples: int, fps: float = 25) -> int:
-    """The output frames `num_samples` of 16 kHz speech make, without running the encoder: the log-mel
-    has samples // 160 frames, the encoder half as many positions, and chunk_count turns those into frames."""
-    return chunk_count(num_samples // HOP_LENGTH // 2, fps)
-
-
 def feature_chunks(features: Tensor, fps: float = 25, context: tuple[int, int] = (2, 2)) -> Tensor:
     """(L, layers, C) -> (N, positions * layers, C): each video frame's window of encoder positions.
 
-    Frame i is centred on position int(i * 50 / fps) and takes 2*context[0] positions before it
-    and 2*(context[1] + 1) from it on (10 for (2, 2)), clamped to the ends of the array.
-    Rows are position-major: row = layers * position + layer.
+    Frame i is centred on position floor(i * 50 / fps) (frame_count.frame_position, in exact
+    fractions) and takes 2*context[0] positions before it and 2*(context[1] + 1) from it on
+    (10 for (2, 2)), clamped to the ends of the array. Rows are position-major: row = layers * position + layer.
     """
     num_features, num_layers, channels = features.shape
-    frames = torch.arange(chunk_count(num_features, fps), dtype=torch.float64)
-    centres = (frames * FEATURE_RATE / fps).long()
+    frames = range(chunk_count(num_features, fps))
+    centres = torch.tensor([frame_position(frame, fps) for frame in frames], dtype=torch.long)
     offsets = torch.arange(-2 * context[0], 2 * (context[1] + 1))
     positions = (centres[:, None] + offsets[None, :]).clamp(0, num_features - 1)
     return features[positions].reshape(len(centres), len(offsets) * num_layers, channels)
 
 
 class AudioFeatureExtractor:
-    """16 kHz mono audio -> per-video-frame embeddings (N, 10 * layers, C), float32 on the CPU.
+    """16 kHz mono audio -> per-video-frame embeddings (N, 10 * layers, C) at `fps`, float32 on the CPU.
 
     The pipeline moves each window's rows to the device itself.
     """

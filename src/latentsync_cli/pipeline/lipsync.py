@@ -7,7 +7,7 @@
                         FaceGenerator (faces.py): VAE encode -> denoise -> VAE decode -> paste back,
                         under the out-of-memory ladder
       consumer thread:  restore into the frame -> the frame sink
-    then the sink finishes the output (media.encode.MuxedVideo: encode, mux the speech in).
+    then the sink finishes the output (media.outputs.OutputWriter: encoded with the speech, moved into place).
 
 What to do with each window (make it, take it finished, pass it over) is the
 job layer's decision, handed over as a WindowPlan (jobs/run.py); the pipeline
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ class SyncJob:
     video: VideoInfo  # probed once by the job layer; read_frames does not probe it again
     speech: np.ndarray  # float32 mono 16 kHz, as media.audio.load_audio returns it
     plan: WindowPlan  # every window's frames and what to do with it
+    # Output frames a second (the video's `rate`): frame i takes the audio rows at i / fps s.
+    fps: Fraction = Fraction(FPS)
     sink: FrameSink | None = None  # where the output frames go (None: a plan that makes no frames)
     loop: str = "pingpong"  # how a video shorter than the speech continues
     landmarks: LandmarkSource = field(default_factory=LandmarkSource)  # the landmark detector (and which face)
@@ -172,11 +175,14 @@ class LipsyncPipeline:
     def sync(self, job: SyncJob) -> SyncResult:
         self.progress.message("computing audio features")
         with self.timer.stage("audio features", MAIN):
-            extractor = AudioFeatureExtractor(self.models.audio_encoder, self.device)
+            extractor = AudioFeatureExtractor(self.models.audio_encoder, self.device, fps=job.fps)
             audio_features = extractor(job.speech)  # (N, 50, 384): one row per output frame
         plan = job.plan
-        if audio_features.shape[0] != plan.num_frames:
+        # The speech makes its own frames (--length speech), or at least the video's (--length video: the
+        # job cut or padded it to the fewest samples that do), of which the first are taken.
+        if audio_features.shape[0] < plan.num_frames:
             raise ValueError(f"the plan has {plan.num_frames} frames, the speech {audio_features.shape[0]}")
+        audio_features = audio_features[: plan.num_frames]
         paste_mask = torch.from_numpy(mouth_mask(self.resolution, job.mask_feather_px))[None, None].to(self.device)
         restore = job.restore if job.restore != "auto" else restore_backend_for(self.device.type)
         faces = self.face_generator(audio_features, paste_mask, on_device=plan.make_frames and restore == "torch")
@@ -214,7 +220,7 @@ class LipsyncPipeline:
         num_frames = job.plan.num_frames
         return SyncResult(
             frames=num_frames,
-            output_seconds=num_frames / FPS,
+            output_seconds=float(num_frames / job.fps),
             windows=len(job.plan.ranges),
             frames_without_face=frames_without_face,
             resumed_windows=job.plan.resumed,
@@ -398,5 +404,5 @@ def restore_entry(faces: FaceGenerator, device: torch.device) -> dict:
 
 def encoder_entry(job: SyncJob) -> LogEntry:
     """The encoder's row in the optimization table."""
-    status = APPLIED if job.encoder != "libx264" else OFF
+    status = APPLIED if job.encoder == "h264_nvenc" else OFF  # the one encoder that is a speed-up
     return LogEntry("encoder", status, job.encoder_reason)

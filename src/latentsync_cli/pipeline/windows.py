@@ -23,7 +23,7 @@ class WindowInput:
 
     index: int
     first_frame: int  # output frame number of frames[0]
-    frames: list[np.ndarray]  # RGB uint8 (H, W, 3), every frame of the window
+    frames: list[np.ndarray]  # RGB (H, W, 3) uint8, uint16 or float32 (media/pixels.py), every frame of the window
     has_face: np.ndarray  # bool (F,), which frames have a face
     faces: torch.Tensor  # uint8 (n, 3, R, R): the aligned faces of those frames (n = has_face.sum())
     affines: list[np.ndarray]  # (2, 3) frame -> face matrices, one per face
@@ -48,7 +48,7 @@ class WindowOutput:
     window: WindowInput
     faces: torch.Tensor  # float16 (n, 3, R, R) in [-1, 1], on the CPU (or the model's device, see below)
     ready: torch.cuda.Event | None = None  # set when `faces` or `restored` is still being copied from the GPU
-    # The faces already pasted back on the model's device: uint8 (n, H, W, 3) frames, on the CPU.
+    # The faces already pasted back on the model's device: (n, H, W, 3) frames of the frames' dtype, on the CPU.
     restored: torch.Tensor | None = None
 
     def wait(self) -> torch.Tensor:
@@ -92,7 +92,7 @@ class WindowPlan:
 
 
 class FrameSink(Protocol):
-    """Where the output frames go, in order (media.encode.MuxedVideo writes them to a file with the speech).
+    """Where the output frames go, in order (media.outputs.OutputWriter writes them with the speech).
 
     `write` and `end_of_frames` are called from the pipeline's consumer thread,
     `finish` from the calling thread once every frame is written; `abort` on failure.

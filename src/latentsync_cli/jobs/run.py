@@ -104,6 +104,7 @@ def prepare(
     video_info, speech, warnings = read_media(video, audio)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
+    check_warm_start(job, resolved.settings.warm_start, resolved.sources["warm_start"])
     encoder = choose_encoder(job.encoder, device=resolved.settings.device)
     notes = tuple(resolved.notes) + warnings
     return PreparedJob(job, video, audio, output, video_info, speech, resolved, encoder, notes)
@@ -153,7 +154,7 @@ def execute(
         if store is not None:
             progress.message("finding the faces of the whole video")
             track = stored_track(store, prepared, landmarks, ranges[-1].stop, models.resolution, timer)
-        plan = plan_windows(ranges, store, track, job.shard, job.finalize)
+        plan = plan_windows(ranges, store, track, job.shard, job.finalize, settings.window_overlap)
         target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
         sink = MuxedVideo(target, scratch_dir / "video.mp4", prepared.speech, plan.num_frames, FPS,
                           job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)  # fmt: skip
@@ -238,6 +239,15 @@ def check_shard_flags(job: Job) -> None:
         raise UsageError(f"{flag} needs --work-dir: a folder that every task of the job can reach")
     if (job.shard is not None or job.finalize) and not job.keep_output:
         raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
+
+
+def check_warm_start(job: Job, warm_start: bool, source: str) -> None:
+    """A warm start makes each window from the previous one: such a job cannot be resumed or split."""
+    if warm_start and job.work_dir is not None:
+        raise UsageError(
+            f"warm start (from the {source}) makes each window from the previous one, so a job with --work-dir, "
+            "--shard or --ray cannot use it: add --no-warm-start (--window-overlap keeps windows independent)"
+        )
 
 
 def existing_input(path: Path, what: str) -> Path:

@@ -9,8 +9,6 @@ from clitools import run_cli, run_cli_here
 from conftest import UNET_KEY
 
 
-
-
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 

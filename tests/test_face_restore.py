@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from skimage import data
 from conftest import differing
+from skimage import data
 
 from latentsync_cli.face.align import FaceAligner
 from latentsync_cli.face.restore import faces_to_crops, paste_crop, paste_thread_count, restore_face, restore_faces

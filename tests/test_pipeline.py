@@ -249,7 +249,7 @@ def test_a_run_uses_the_given_speech_counts_its_unet_steps_and_tells_the_progres
     # conv_in sees every step; DeepCache at interval 2 runs steps 0 and 2 in full, step 1 on the cache.
     unet_calls = len(batches) // 3
     assert len(batches) == 3 * unet_calls and unet_calls >= 1
-    assert (result.unet_full_steps, result.unet_cached_steps) == (2 * unet_calls, unet_calls)
+    assert (result.unet_steps.full, result.unet_steps.cached) == (2 * unet_calls, unet_calls)
     assert "cpu" in result.lane_busy_s and "gpu" not in result.lane_busy_s
 
 

@@ -63,6 +63,21 @@ def test_finalize_with_a_shard_missing_names_the_windows_and_writes_nothing(medi
     assert not target.exists() and leftovers(tmp_path) == []
 
 
+def test_overlapping_windows_in_shards_give_the_single_run_video(tmp_path):
+    """--window-overlap keeps each window's faces its own: the border blend is made again at finalize."""
+    flags = [*JOB_FLAGS, "--window-overlap", "3"]
+    (tmp_path / "clip").mkdir()
+    media = clip_with_reference(tmp_path / "clip", SECONDS, flags)
+    target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
+    for shard in ("2/2", "1/2"):
+        ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir,
+                      "--shard", shard)  # fmt: skip
+        assert ran.code == 0, ran.stderr
+    ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir, "--finalize")
+    assert ran.code == 0, ran.stderr
+    assert video_stream_bytes(target) == video_stream_bytes(media["single"])
+
+
 @pytest.mark.parametrize(
     "flags, fragment",
     [
@@ -71,6 +86,7 @@ def test_finalize_with_a_shard_missing_names_the_windows_and_writes_nothing(medi
         (["--shard", "4/3", "--work-dir", "w"], "--shard 4/3"),
         (["--shard", "1/2", "--finalize", "--work-dir", "w"], "--finalize"),
         (["--shards", "2"], "--ray"),
+        (["--warm-start", "--work-dir", "w"], "warm start"),  # each window needs the one before
     ],
 )
 def test_shard_flag_mistakes_are_usage_errors(media, tmp_path, flags, fragment):

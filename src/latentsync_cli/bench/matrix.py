@@ -4,7 +4,10 @@ A case is a speed mode (resolved at this device's tier defaults) plus a few
 changed settings. `quick` measures every mode with DeepCache on and off;
 `full` adds, one setting at a time around each mode's own settings, the other
 schedulers, windows, windows per UNet call, torch.compile, CUDA graphs and
-precisions this device can run; `stress` is one long run of one mode.
+precisions this device can run, and each speed idea of docs/PERFORMANCE.md
+switched to the other side of the mode's own choice (CFG cache, step skipping,
+multi-scale steps, warm start, window overlap, smart batching); `stress` is one
+long run of one mode.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from dataclasses import dataclass, field, replace
 
 from latentsync_cli.constants import MAX_WINDOW, SCHEDULERS
 from latentsync_cli.settings.device_record import Capabilities
-from latentsync_cli.settings.run_settings import RunSettings
+from latentsync_cli.settings.run_settings import RunSettings, overlap_problem
 
 LEVELS = ("quick", "full", "stress")
 FULL_WINDOWS = (8, 12, 16, 20, 24)
 FULL_WINDOWS_PER_CALL = (1, 2, 4)
+SPEED_IDEAS = ("cfg_cache", "step_skipping", "multiscale", "warm_start", "smart_batching")  # switched on and off
+FULL_OVERLAP = 4  # frames, for the window overlap case of a mode without overlap
 STRESS_MODE = "normal"
 
 
@@ -65,9 +70,20 @@ def _full_cases(bases: dict[str, RunSettings], capabilities: Capabilities) -> li
     variations += [{"precision": precision} for precision in precisions]
     cases = []
     for mode, base in bases.items():
-        for changes in variations:
-            cases.append(_case(mode, base, changes))
+        for changes in variations + _speed_idea_variations(base):
+            if overlap_problem(changes.get("window", base.window), base.window_overlap) is None:
+                cases.append(_case(mode, base, changes))
     return cases
+
+
+def _speed_idea_variations(base: RunSettings) -> list[dict]:
+    """Each speed idea on where the mode has it off, off where the mode has it on."""
+    ideas = [idea for idea in SPEED_IDEAS if idea != "cfg_cache" or base.uses_cfg]  # no guidance: nothing to cache
+    variations: list[dict] = [{idea: not getattr(base, idea)} for idea in ideas]
+    overlap = 0 if base.window_overlap else FULL_OVERLAP
+    if overlap_problem(base.window, overlap) is None:
+        variations.append({"window_overlap": overlap})
+    return variations
 
 
 def _case(mode: str, base: RunSettings, changes: dict) -> BenchCase:
@@ -89,6 +105,10 @@ def case_name(mode: str, settings: RunSettings, changes: dict) -> str:
             name += f"+{value}/call"
         elif key in ("compile", "cuda_graphs"):
             name += f"+{key.replace('_', '')}" if value else f"+no-{key.replace('_', '')}"
+        elif key == "window_overlap":
+            name += f"+overlap{value}"
+        elif isinstance(value, bool):
+            name += f"+{key.replace('_', '-')}" if value else f"+no-{key.replace('_', '-')}"
         else:
             name += f"+{value}"
     return name

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from latentsync_cli.bench import metrics
+from latentsync_cli.bench.flops import unet_tflop_per_output_second
 from latentsync_cli.benchmark_data.entries import BenchmarkEntry, BenchmarkInput, CaseResult, StressSummary
 from latentsync_cli.errors import OutputError
 
@@ -92,7 +93,7 @@ def _input_line(source: BenchmarkInput | None) -> str:
 
 def _config_table(configs: list[CaseResult]) -> list[str]:
     header = f"{'configuration':<34} {'s/out-s':>8} {'x rt':>6}  " + " ".join(f"{s:>9}" for s in STAGES)
-    header += f" {'steps full/cached':>18} {'peak GB':>8} {'mouth PSNR':>10} {'SSIM':>6} {'temporal':>8}"
+    header += f" {'steps f/c/s/u':>14} {'UNet TF/out-s':>13} {'peak GB':>8} {'mouth PSNR':>10} {'SSIM':>6} {'temporal':>8}"
     lines = [header]
     for config in configs:
         measured = config.measured
@@ -100,11 +101,12 @@ def _config_table(configs: list[CaseResult]) -> list[str]:
             lines.append(f"{config.name:<34} failed: {config.error}")
             continue
         stages = " ".join(f"{measured.stages.get(stage, 0.0):>9.2f}" for stage in STAGES)
-        steps = f"{measured.unet_steps.full}/{measured.unet_steps.cached}"
+        counts = measured.unet_steps
+        steps = f"{counts.full}/{counts.cached}/{counts.skipped}/{counts.uncond_reused}"
         fidelity = config.fidelity or {}
         lines.append(
             f"{config.name:<34} {measured.seconds_per_output_second:>8.2f} {measured.realtime_factor:>6.2f}  {stages}"
-            f" {steps:>18} {_number(measured.peak_memory_gb, 2):>8}"
+            f" {steps:>14} {_number(_unet_tflop_per_second(config), 0):>13} {_number(measured.peak_memory_gb, 2):>8}"
             f" {_number(fidelity.get('mouth_psnr'), 1):>10} {_number(fidelity.get('mouth_ssim'), 3):>6}"
             f" {_number(fidelity.get('temporal_consistency'), 3):>8}"
         )
@@ -207,7 +209,7 @@ def plot_speed(entry: BenchmarkEntry, path: Path) -> None:
             heights = [(config.fidelity or {}).get("mouth_ssim") for config in group]
             heights = [1.0 if height is None else height for height in heights]
         else:
-            heights = [_effective_steps(config) for config in group]
+            heights = [_unet_tflop_per_second(config) or 0.0 for config in group]
         axes.scatter(speeds, heights, label=mode, s=40)
         for config, x, y in zip(group, speeds, heights):
             axes.annotate(config.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -215,7 +217,7 @@ def plot_speed(entry: BenchmarkEntry, path: Path) -> None:
     if with_fidelity:
         axes.set_ylabel(f"mouth SSIM against `{entry.reference or 'normal'}`")
     else:
-        axes.set_ylabel("UNet passes over the clip (full + 0.1 x cached)")
+        axes.set_ylabel("UNet TFLOP per output second (LatentSync 1.6 for these passes, COST_MODEL.md)")
     title = f"{entry.key.device}, {entry.level} benchmark, {entry.date[:10]}"
     if entry.label:
         title += f"\n{entry.label}"
@@ -228,7 +230,9 @@ def plot_speed(entry: BenchmarkEntry, path: Path) -> None:
     figure.savefig(path)
 
 
-def _effective_steps(config: CaseResult) -> float:
-    # A cached DeepCache step costs about a tenth of a full one (COST_MODEL.md: 10.8 %).
-    steps = config.measured.unet_steps
-    return steps.full + 0.1 * steps.cached
+def _unet_tflop_per_second(config: CaseResult) -> float | None:
+    """What the case's UNet passes would cost LatentSync 1.6 per output second (None: not counted)."""
+    measured = config.measured
+    if measured is None or not measured.frames or not any(measured.unet_steps.frame_passes.values()):
+        return None  # a benchmark file written before frame passes were counted
+    return unet_tflop_per_output_second(measured.unet_steps, measured.frames)

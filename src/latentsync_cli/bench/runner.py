@@ -41,7 +41,6 @@ from latentsync_cli.benchmark_data.entries import (
     EncoderParity,
     Measurements,
     StressSummary,
-    UNetSteps,
 )
 from latentsync_cli.constants import DEFAULT_SEED, FPS
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
@@ -384,8 +383,8 @@ def measurements(sync: SyncResult) -> Measurements:
         stages=group_stages(sync.stage_seconds),
         stage_seconds={name: round(seconds, 4) for name, seconds in sync.stage_seconds.items()},
         bottleneck=sync.verdict,
-        # UNet passes the run made, full and DeepCache-cached, summed over its UNet calls (counted by the pipeline).
-        unet_steps=UNetSteps(full=sync.unet_full_steps, cached=sync.unet_cached_steps, approximate=False),
+        # What the UNet did on each step, summed over its UNet calls (counted by the denoising loop).
+        unet_steps=sync.unet_steps,
         peak_memory_gb=None if peak_gpu is None else round(peak_gpu / 1e9, 3),
         peak_rss_gb=round(sync.peak_rss_bytes / 1e9, 3),  # whole process so far, not only this case
         optimizations=list(sync.optimizations),

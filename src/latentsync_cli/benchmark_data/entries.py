@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from latentsync_cli.settings.device_record import DeviceRecord
+from latentsync_cli.unet_steps import UNetSteps
 from latentsync_cli.weights.info import WeightsInfo
 
 
@@ -46,18 +47,6 @@ class CacheKey:
             latentsync=str(values["latentsync"]),
             weights=str(values["weights"]),
         )
-
-
-@dataclass(frozen=True)
-class UNetSteps:
-    """UNet passes of one run, summed over its UNet calls."""
-
-    full: int
-    cached: int  # DeepCache reuse passes
-    approximate: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"full": self.full, "cached": self.cached, "approximate": self.approximate}
 
 
 @dataclass(frozen=True)
@@ -97,7 +86,7 @@ class Measurements:
             stages=dict(values.get("stages") or {}),
             stage_seconds=dict(values.get("stage_seconds") or {}),
             bottleneck=values.get("bottleneck", ""),
-            unet_steps=UNetSteps(steps.get("full", 0), steps.get("cached", 0), steps.get("approximate", False)),
+            unet_steps=UNetSteps.from_dict(steps),
             peak_memory_gb=values.get("peak_memory_gb"),
             peak_rss_gb=values.get("peak_rss_gb", 0.0),
             optimizations=list(values.get("optimizations") or []),

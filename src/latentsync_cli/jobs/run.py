@@ -122,6 +122,7 @@ def prepare(
     num_frames, speech = frames_and_speech(video_info, speech, job.length)
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
+    check_warm_start(job, resolved.settings.warm_start, resolved.sources["warm_start"])
     spec = choose_output(target, job.codec, job.format, video_info) if target is not None else None
     encoder = video_encoder(job, spec, resolved.settings.device)
     speech_source = Speech(audio or video, speech_stream(audio or video))
@@ -210,7 +211,7 @@ def execute(
         if store is not None:
             progress.message("finding the faces of the whole video")
             track = stored_track(store, prepared, landmarks, ranges[-1].stop, models.resolution, timer)
-        plan = plan_windows(ranges, store, track, job.shard, job.finalize)
+        plan = plan_windows(ranges, store, track, job.shard, job.finalize, settings.window_overlap)
         sync_job = SyncJob(
             video=prepared.video_info,
             fps=prepared.video_info.rate,
@@ -326,6 +327,15 @@ def check_shard_flags(job: Job) -> None:
         raise UsageError(f"{flag} needs --work-dir: a folder that every task of the job can reach")
     if (job.shard is not None or job.finalize) and not job.keep_output:
         raise UsageError("--shard and --finalize belong to `sync`, which writes the output")
+
+
+def check_warm_start(job: Job, warm_start: bool, source: str) -> None:
+    """A warm start makes each window from the previous one: such a job cannot be resumed or split."""
+    if warm_start and job.work_dir is not None:
+        raise UsageError(
+            f"warm start (from the {source}) makes each window from the previous one, so a job with --work-dir, "
+            "--shard or --ray cannot use it: add --no-warm-start (--window-overlap keeps windows independent)"
+        )
 
 
 def existing_input(path: Path, what: str) -> Path:

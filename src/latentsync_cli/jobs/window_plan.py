@@ -20,10 +20,12 @@ from latentsync_cli.pipeline.windows import WindowPlan
 
 
 def plan_windows(
-    ranges: list[range], store: WorkDirStore | None, track: FaceTrack | None, shard: Shard | None, finalize: bool
-) -> WindowPlan:
+    ranges: list[range], store: WorkDirStore | None, track: FaceTrack | None, shard: Shard | None, finalize: bool,
+    overlap: int = 0,
+) -> WindowPlan:  # fmt: skip
+    """`overlap`: the frames each window also makes of the previous one (a stored window holds them too)."""
     if store is None:
-        return WindowPlan.everything(ranges)
+        return WindowPlan.everything(ranges, overlap)
     every = range(len(ranges))
     stored = {index for index in every if store.has(index)}
     if finalize:
@@ -32,13 +34,14 @@ def plan_windows(
         own = shard.windows(len(ranges))
         done = [index for index in own if index in stored]
         generate = frozenset(index for index in own if index not in stored)
-        return WindowPlan(ranges, generate, make_frames=False, resumed=len(done))
+        return WindowPlan(ranges, generate, make_frames=False, resumed=len(done), overlap=overlap)
     # A stored window is valid for the faces the track found in its frames (always, unless the
     # track changed under it: then it is made again).
-    valid = [index for index in sorted(stored) if same_flags(store, index, ranges[index], track)]
+    made = WindowPlan(ranges, frozenset(), overlap=overlap).made_range
+    valid = [index for index in sorted(stored) if same_flags(store, index, made(index), track)]
     finished = {index: (lambda index=index: store.load_faces(index)) for index in valid}
     generate = frozenset(index for index in every if index not in finished)
-    return WindowPlan(ranges, generate, finished, resumed=len(finished))
+    return WindowPlan(ranges, generate, finished, resumed=len(finished), overlap=overlap)
 
 
 def same_flags(store: WorkDirStore, index: int, frames: range, track: FaceTrack | None) -> bool:

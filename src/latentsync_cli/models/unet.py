@@ -145,6 +145,19 @@ class UNet3DConditionModel(nn.Module):
         )
         return self.time_embedding(sinusoid.to(self.dtype))
 
+    def first_block_input(self, sample: Tensor, timestep: Tensor | int) -> Tensor:
+        """conv_in's output shifted by the first ResNet's time projection, (B, F, C, H, W).
+
+        The time-modulated input of the first block: how much it changes between
+        steps is step skipping's cheap estimate of how much the output will
+        (optimizers/step_skipping.py). It costs conv_in and two small linears.
+        """
+        batch, _, num_frames, height, width = sample.shape
+        temb = self.embed_time(timestep, batch, sample.device)
+        x = self.conv_in(sample.transpose(1, 2).reshape(batch * num_frames, -1, height, width).to(self.dtype))
+        shift = self.down_blocks[0].resnets[0].time_emb_proj(F.silu(temb))
+        return x.unflatten(0, (batch, num_frames)) + shift[:, None, :, None, None]
+
     def forward(
         self,
         sample: Tensor,

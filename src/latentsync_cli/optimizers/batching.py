@@ -30,3 +30,14 @@ def guidance_entry(settings: RunSettings) -> LogEntry:
         detail = f"guidance {settings.guidance:g}: conditional + unconditional pass (UNet batch 2 per window)"
         return LogEntry(name, OFF, detail)
     return LogEntry(name, APPLIED, f"guidance {settings.guidance:g}: conditional pass only (UNet batch 1 per window)")
+
+
+def smart_batching_entry(settings: RunSettings) -> LogEntry:
+    name = "smart batching"
+    if not settings.smart_batching:
+        padding = f"; CUDA graphs pad every window to {settings.window} frames" if settings.cuda_graphs else ""
+        return LogEntry(name, OFF, "consecutive windows of equal length share a call" + padding)
+    detail = "windows of equal length share a UNet call in any order"
+    if settings.cuda_graphs:
+        detail += "; no padding frames: one CUDA graph per window length"
+    return LogEntry(name, APPLIED, detail)

@@ -102,9 +102,12 @@ class CudaGraphs:
             return LogEntry(self.name, SKIPPED, f"CUDA graphs need a CUDA device, this run uses {device.type}")
         plan.graphs = CudaGraphUNet(plan.unet_call)
         plan.unet_call = plan.graphs
-        plan.pad_frames_to = settings.window
+        if settings.smart_batching:  # a graph per window length instead of padding (smart batching)
+            return LogEntry(self.name, APPLIED, "UNet step captured once per shape and replayed; no padding")
+        frames = settings.window + settings.window_overlap
+        plan.pad_frames_to = frames
         detail = (
-            f"UNet step captured once per shape and replayed; windows padded to {settings.window} frames "
+            f"UNet step captured once per shape and replayed; windows padded to {frames} frames "
             "(last frame repeated, padding dropped after)"
         )
         return LogEntry(self.name, APPLIED, detail)

@@ -32,6 +32,7 @@ from latentsync_cli.pipeline.windows import (
 )
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
+from latentsync_cli.unet_steps import UNetSteps
 from latentsync_cli.weights.load import ModelBundle
 
 
@@ -61,16 +62,18 @@ class FaceGenerator:
         self.image_mask = torch.from_numpy(unet_mask)[None, None].to(device)  # (1, 1, R, R)
         self.latent_mask = torch.from_numpy(latent_mask(unet_mask, models.resolution // 8))[None, None, None]
         self.noise = shared_noise(settings.seed, models.resolution // 8)
-        self.full_steps = 0  # denoising steps that ran the whole UNet, summed over UNet calls
-        self.cached_steps = 0  # steps that reused DeepCache's deep features
+        self.steps = UNetSteps()  # what the UNet did, summed over UNet calls
+        # Warm start: the last generated window's index and its last frame's denoised latents (1, 4, 1, h, w).
+        self.last_window: tuple[int, torch.Tensor] | None = None
 
     @torch.no_grad()
     def generate(self, windows: list[WindowInput], memory: MemorySettings) -> list[WindowOutput]:
         """The generated faces of every window (each has at least one face), in order."""
+        size = 1 if self.plan.warm_start.enabled else memory.windows_per_call  # a warm start needs the last window
         outputs = []
-        for batch in batches_of_equal_length(windows, memory.windows_per_call):
+        for batch in batches_of_equal_length(windows, size, any_order=self.plan.smart_batching):
             outputs += self.generate_batch(batch, memory.offload)
-        return outputs
+        return sorted(outputs, key=lambda output: output.window.index)
 
     def generate_batch(self, batch: list[WindowInput], offload: bool) -> list[WindowOutput]:
         """One UNet call's windows: encode, denoise, decode and paste back."""
@@ -80,8 +83,7 @@ class FaceGenerator:
             masked_latents, reference_latents = self.encode(batch, pixels)
         with on_device(models.unet, device, offload), self.timer.stage("denoise", self.lane, gpu=True):
             denoised = self.denoise(batch, masked_latents, reference_latents)
-        self.full_steps += denoised.full_steps
-        self.cached_steps += denoised.cached_steps
+        self.steps.add(denoised.steps)
         with on_device(models.vae, device, offload), self.timer.stage("VAE decode", self.lane, gpu=True):
             return [
                 self.to_host(window, self.decode(latents, faces))
@@ -117,12 +119,33 @@ class FaceGenerator:
             reference_latents=frames_second(reference_latents),
             audio_embeds=self.audio_features[torch.from_numpy(audio_rows)].to(self.device, non_blocking=True),
         )
-        latents = self.noise.repeat(windows, 1, frames, 1, 1).to(self.device) * scheduler.init_noise_sigma
+        latents, first_step = self.initial_latents(batch, scheduler, frames)
         if self.plan.pad_frames_to is not None:
             latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
-        result = denoise(self.plan.unet_call, scheduler, latents, inputs, self.plan.guidance, self.plan.deepcache)
+        plan = self.plan
+        result = denoise(plan.unet_call, scheduler, latents, inputs, plan.guidance, plan.deepcache,
+                         loop=plan.loop, first_step=first_step)  # fmt: skip
         result.latents = result.latents[:, :, :frames]  # without the CUDA graphs padding
+        if plan.warm_start.enabled:
+            self.last_window = (batch[-1].index, result.latents[-1:, :, -1:].clone())
         return result
+
+    def initial_latents(self, batch: list[WindowInput], scheduler, frames: int) -> tuple[torch.Tensor, int]:
+        """(B, 4, frames, h, w) starting latents and the step they start at.
+
+        Upstream: the shared noise on every frame, from the first step. A warm start (one window
+        per call) right after its previous window: that window's last frame on every frame, noised
+        to the warm start's first step.
+        """
+        noise = self.noise.repeat(len(batch), 1, frames, 1, 1).to(self.device)
+        warm = self.plan.warm_start
+        if not warm.enabled or self.last_window is None or self.last_window[0] != batch[0].index - 1:
+            return noise * scheduler.init_noise_sigma, 0
+        first_step = warm.first_step(len(scheduler.timesteps))
+        if hasattr(scheduler, "set_begin_index"):  # the multistep solvers and Euler count their steps
+            scheduler.set_begin_index(first_step)
+        start = self.last_window[1].repeat(1, 1, frames, 1, 1)
+        return scheduler.add_noise(start, noise, scheduler.timesteps[first_step : first_step + 1]), first_step
 
     def decode(self, latents: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         """One window's (4, n, h, w) latents -> float16 (n, 3, R, R) faces, the unmasked pixels from `faces`."""

@@ -41,10 +41,12 @@ from latentsync_cli.models.audio_features import AudioFeatureExtractor
 from latentsync_cli.optimizers import APPLIED, OFF, LogEntry, OptimizationLog
 from latentsync_cli.optimizers.memory import MemoryLadder, MemorySettings
 from latentsync_cli.optimizers.run_plan import build_run_plan
+from latentsync_cli.optimizers.torch_builtins import allocator_counts, allocator_entry
 from latentsync_cli.optimizers.torch_switches import torch_switches
 from latentsync_cli.optimizers.vae_memory import set_vae_memory
 from latentsync_cli.pipeline.faces import FaceGenerator, restore_on_device
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
+from latentsync_cli.pipeline.overlap_blend import OverlapBlend
 from latentsync_cli.pipeline.windows import FrameSink, GeneratedListener, WindowInput, WindowOutput, WindowPlan
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB, NoProgress, Progress
 from latentsync_cli.settings.run_settings import RunSettings
@@ -55,6 +57,7 @@ from latentsync_cli.timing import (
     peak_rss_bytes,
     reset_peak_gpu_memory,
 )
+from latentsync_cli.unet_steps import UNetSteps
 from latentsync_cli.weights.load import ModelBundle
 
 READ_AHEAD_FRAMES = 4  # decoded frames waiting for the face tracker (4 x 6 MB at 1080p)
@@ -62,6 +65,13 @@ READ_AHEAD_FRAMES = 4  # decoded frames waiting for the face tracker (4 x 6 MB a
 # Lanes of the stage timer: which thread does the work. The models' lane is named after
 # their device ("cuda", "cpu", "mps"; see FaceGenerator).
 MAIN, PRODUCER, CONSUMER = "main", "producer", "consumer"
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    number: int  # output frame number
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    affine: np.ndarray | None  # (2, 3) frame -> face, None without a face
 
 
 @dataclass
@@ -101,8 +111,7 @@ class SyncResult:
     verdict: str
     optimizations: list[dict]
     memory_downgrades: list[str]
-    unet_full_steps: int  # denoising steps that ran the whole UNet, summed over UNet calls
-    unet_cached_steps: int  # steps that reused DeepCache's deep features
+    unet_steps: UNetSteps  # what the UNet did on each denoising step, summed over UNet calls
     peak_gpu_bytes: int | None
     peak_rss_bytes: int
     trace: list[dict] = field(default_factory=list)  # Chrome trace events, one per stage span
@@ -127,7 +136,7 @@ class SyncResult:
             "verdict": self.verdict,
             "optimizations": self.optimizations,
             "memory_downgrades": self.memory_downgrades,
-            "unet_steps": {"full": self.unet_full_steps, "cached": self.unet_cached_steps},
+            "unet_steps": self.unet_steps.to_dict(),
             "peak_gpu_bytes": self.peak_gpu_bytes,
             "peak_rss_bytes": self.peak_rss_bytes,
         }
@@ -152,6 +161,7 @@ class LipsyncPipeline:
         self.ladder = MemoryLadder(self.plan.memory, self.device, self.plan.log, self._use_memory_settings)
         # Threads for the per-frame CPU work of the run in progress: cutting the aligned faces, the CPU paste.
         self.cpu_pool: ThreadPoolExecutor | None = None
+        self.allocator_at_start = (0, 0, 0)  # the caching allocator's counts when the run began
 
     @property
     def log(self) -> OptimizationLog:
@@ -162,6 +172,7 @@ class LipsyncPipeline:
     def run(self, job: SyncJob) -> SyncResult:
         """Make the job's windows and frames; the timer's wall clock runs from when the caller started it."""
         reset_peak_gpu_memory(self.device)
+        self.allocator_at_start = allocator_counts(self.device)
         threads = paste_thread_count()  # 1 on a 2-core machine: there a pool only slowed the paste
         with torch_switches(self.settings, self.device), ExitStack() as stack:
             self.cpu_pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
@@ -230,10 +241,10 @@ class LipsyncPipeline:
             lane_busy_s=busy,
             critical_path=critical_path(busy, self.timer.lane_stages(), serial_lane=MAIN),
             verdict=bottleneck_verdict(totals, wall, self.settings),
-            optimizations=self.log.to_list() + [restore_entry(faces, self.device), encoder_entry(job).to_dict()],
+            optimizations=self.log.to_list() + [restore_entry(faces, self.device), encoder_entry(job).to_dict(),
+                                                 allocator_entry(self.device, self.allocator_at_start).to_dict()],
             memory_downgrades=list(self.ladder.downgrades),
-            unet_full_steps=faces.full_steps,
-            unet_cached_steps=faces.cached_steps,
+            unet_steps=faces.steps,
             peak_gpu_bytes=peak_gpu_bytes(self.device),
             peak_rss_bytes=peak_rss_bytes(),
             trace=self.timer.chrome_trace(),
@@ -244,8 +255,9 @@ class LipsyncPipeline:
     def decode_and_align(self, job: SyncJob) -> Iterator[WindowInput]:
         """The windows the plan wants, decoded and aligned (faces found here, or read from the job's face track).
 
-        Every frame up to the last wanted window is decoded, in order (face tracking carries state from
-        frame to frame); only the windows to generate are cut into aligned faces.
+        Every frame up to the last wanted window is decoded once, in order (face tracking carries state
+        from frame to frame); only the windows to generate are cut into aligned faces. With window
+        overlap a window also takes the previous window's last frames (decoded once, kept here).
         """
         plan = job.plan
         ranges = plan.ranges[: plan.last_wanted + 1]
@@ -253,42 +265,47 @@ class LipsyncPipeline:
         frames = read_frames(job.video, ranges[-1].stop if ranges else 0, loop=job.loop)
         if self.cpu_pool is not None:  # cores to spare: decode the next frames while faces are tracked
             frames = ReadAhead(frames, READ_AHEAD_FRAMES)
+        decoded: list[DecodedFrame] = []
         try:
             for index, frame_numbers in enumerate(ranges):
-                window = self.decode_window(frames, locate, index, frame_numbers, index in plan.generate)
+                lead = [frame for frame in decoded if frame.number in plan.made_range(index)]
+                decoded = self.decode_frames(frames, locate, frame_numbers)
                 if plan.wanted(index):
-                    yield window
+                    yield self.window_input(locate, index, lead + decoded, len(lead), index in plan.generate)
         finally:
             frames.close()
             locate.close()
 
-    def decode_window(
-        self, frames: Iterator[np.ndarray], locate: FaceLocator, index: int, frame_numbers: range, crops_needed: bool
-    ) -> WindowInput:
-        window_frames, has_face, face_frames, affines = [], [], [], []
-        for number in frame_numbers:
+    def decode_frames(self, frames: Iterator[np.ndarray], locate: FaceLocator, numbers: range) -> list[DecodedFrame]:
+        """The next frames of the video and their faces' affines (None: no face)."""
+        decoded = []
+        for number in numbers:
             with self.timer.stage("decode", PRODUCER):
                 frame = next(frames)
             with self.timer.stage("landmarks", PRODUCER):
-                affine = locate.affine(number, frame)
-            window_frames.append(frame)
-            has_face.append(affine is not None)
-            if affine is not None:
-                face_frames.append(frame)
-                affines.append(affine)
+                decoded.append(DecodedFrame(number, frame, locate.affine(number, frame)))
             self.progress.advance(TASK_DECODE)
+        return decoded
+
+    def window_input(
+        self, locate: FaceLocator, index: int, decoded: list[DecodedFrame], lead: int, crops_needed: bool
+    ) -> WindowInput:
+        """Window `index` of the decoded frames (the first `lead` of them the previous window's)."""
+        with_face = [frame for frame in decoded if frame.affine is not None]
+        affines = [frame.affine for frame in with_face]
         faces, face_sources = [], []  # face_sources: a repeated picture is VAE-encoded once
         if crops_needed:  # a finished window needs no new crops, only its affines (to paste it back)
             with self.timer.stage("align", PRODUCER):
-                faces, face_sources = locate.faces(face_frames, affines, self.cpu_pool)
+                faces, face_sources = locate.faces([frame.image for frame in with_face], affines, self.cpu_pool)
         return WindowInput(
             index=index,
-            first_frame=frame_numbers.start,
-            frames=window_frames,
-            has_face=np.array(has_face, dtype=bool),
+            first_frame=decoded[0].number,
+            frames=[frame.image for frame in decoded],
+            has_face=np.array([frame.affine is not None for frame in decoded], dtype=bool),
             faces=self.faces_to_tensor(faces),
             affines=affines,
             face_sources=np.array(face_sources, dtype=np.int64),
+            lead=lead,
         )
 
     def faces_to_tensor(self, faces: list[np.ndarray]) -> torch.Tensor:
@@ -301,15 +318,29 @@ class LipsyncPipeline:
     # --- this thread: the model work -------------------------------------------------------------
 
     def generate(self, inputs: Iterator[WindowInput], faces: FaceGenerator, job: SyncJob) -> Iterator[WindowOutput]:
-        """Take windows as they come, `windows_per_call` at a time, and yield their generated faces."""
+        """Take windows as they come, `windows_per_call` at a time, and yield their generated faces.
+
+        With window overlap each window waits for the next one, whose lead frames it is blended with.
+        """
+        blend = OverlapBlend()
         pending: list[WindowInput] = []
         for window in inputs:
             pending.append(window)
             if len(pending) >= self.ladder.current.windows_per_call:
-                yield from self.generate_windows(pending, faces, job.plan, job.on_generated)
+                for output in self.generate_windows(pending, faces, job.plan, job.on_generated):
+                    yield from self.restored_on_device(blend.push(output), faces)
                 pending = []
         if pending:
-            yield from self.generate_windows(pending, faces, job.plan, job.on_generated)
+            for output in self.generate_windows(pending, faces, job.plan, job.on_generated):
+                yield from self.restored_on_device(blend.push(output), faces)
+        yield from self.restored_on_device(blend.flush(), faces)
+
+    def restored_on_device(self, outputs: list[WindowOutput], faces: FaceGenerator) -> list[WindowOutput]:
+        """The windows pasted back on the model's device, where the job does that (restore_on_device)."""
+        if not faces.keep_on_device or not outputs:
+            return outputs
+        with self.timer.stage("restore", self.device.type, gpu=True):  # generated and finished windows alike
+            return [restore_on_device(output, self.device) for output in outputs]
 
     def generate_windows(
         self,
@@ -318,7 +349,7 @@ class LipsyncPipeline:
         plan: WindowPlan,
         on_generated: GeneratedListener | None = None,
     ) -> list[WindowOutput]:
-        """`windows` done: taken finished, empty (no face), or generated (and told to `on_generated`)."""
+        """`windows` done: taken finished, empty (no face), or generated (and told to `on_generated`), unblended."""
         done: dict[int, WindowOutput] = {}
         to_generate = []
         for window in windows:
@@ -337,9 +368,6 @@ class LipsyncPipeline:
                 if on_generated is not None:
                     on_generated(output.window.index, output.wait().cpu().numpy(), output.window.has_face)
         self.progress.advance(TASK_GENERATE, len(windows))
-        if faces.keep_on_device:  # generated and finished windows alike, so a resumed video is the same
-            with self.timer.stage("restore", self.device.type, gpu=True):
-                return [restore_on_device(done[window.index], self.device) for window in windows]
         return [done[window.index] for window in windows]
 
     def _use_memory_settings(self, memory: MemorySettings) -> None:

@@ -30,6 +30,9 @@ class WindowInput:
     # int (n,): for each face, the first face of the window with the same crop (a repeated picture,
     # VAE-encoded once); arange(n) when every face is new; None: not known, every face is encoded.
     face_sources: np.ndarray | None = None
+    # With window overlap: the first `lead` frames are the previous window's last frames, made again
+    # by this window and cross-faded with the previous window's faces (pipeline/overlap_blend.py).
+    lead: int = 0
 
     @property
     def face_count(self) -> int:
@@ -72,15 +75,21 @@ class WindowPlan:
     finished: Mapping[int, Callable[[], np.ndarray]] = field(default_factory=dict)
     make_frames: bool = True
     resumed: int = 0  # windows of this task found already finished (taken, or left as they are)
+    overlap: int = 0  # frames each window (but the first) also makes of the previous window
 
     @classmethod
-    def everything(cls, ranges: list[range]) -> WindowPlan:
+    def everything(cls, ranges: list[range], overlap: int = 0) -> WindowPlan:
         """Generate every window and make every frame: a job without a work dir."""
-        return cls(ranges, frozenset(range(len(ranges))))
+        return cls(ranges, frozenset(range(len(ranges))), overlap=overlap)
 
     @property
     def num_frames(self) -> int:
         return self.ranges[-1].stop if self.ranges else 0
+
+    def made_range(self, index: int) -> range:
+        """The frames window `index` is made from: its own, and with overlap the previous window's last ones."""
+        own = self.ranges[index]
+        return range(max(0, own.start - self.overlap), own.stop)
 
     def wanted(self, index: int) -> bool:
         return index in self.generate or index in self.finished
@@ -132,13 +141,18 @@ def shared_noise(seed: int, latent_size: int) -> torch.Tensor:
     return torch.randn((1, 4, 1, latent_size, latent_size), generator=generator)
 
 
-def batches_of_equal_length(windows: list[WindowInput], size: int) -> list[list[WindowInput]]:
-    """Consecutive windows with the same face count, at most `size` per batch (they share a UNet call)."""
+def batches_of_equal_length(windows: list[WindowInput], size: int, any_order: bool = False) -> list[list[WindowInput]]:
+    """Windows with the same face count, at most `size` per batch (they share a UNet call).
+
+    Consecutive windows only, unless `any_order` (smart batching): then a window joins the
+    first open batch of its face count, wherever it stands.
+    """
     batches: list[list[WindowInput]] = []
     for window in windows:
-        last = batches[-1] if batches else None
-        if last is not None and len(last) < size and last[0].face_count == window.face_count:
-            last.append(window)
+        candidates = batches if any_order else batches[-1:]
+        fitting = [batch for batch in candidates if len(batch) < size and batch[0].face_count == window.face_count]
+        if fitting:
+            fitting[0].append(window)
         else:
             batches.append([window])
     return batches

@@ -95,6 +95,15 @@ LIMITS: dict[str, Limit] = {
     "deepcache_branch": Limit(
         minimum=0, maximum=DEEPCACHE_BRANCHES - 1, why=f"the UNet leaves {DEEPCACHE_BRANCHES} skip tensors"
     ),
+    "cfg_cache_interval": Limit(minimum=1, maximum=MAX_STEPS, why="the unconditional pass every this many steps"),
+    "step_skip_threshold": Limit(
+        minimum=0.0, maximum=10.0, why="summed relative change of the UNet's first block input before a step runs"
+    ),
+    "multiscale_share": Limit(above=0.0, maximum=1.0, why="the share of the steps at half resolution"),
+    "warm_start_strength": Limit(above=0.0, maximum=1.0, why="the share of the steps a warm-started window runs"),
+    "window_overlap": Limit(
+        minimum=0, maximum=MAX_WINDOW - 1, why="frames; a window and its overlap fit the 24-frame position table"
+    ),
     "face_detect_stride": Limit(
         minimum=1, maximum=60 * FPS, why="frames; the detector runs at least once a minute of video"
     ),

@@ -67,6 +67,31 @@ class Mode:
     face_detect_stride: int = _key(
         "run the face detector every this many frames, track between", limit=LIMITS["face_detect_stride"]
     )
+    # The speed ideas of docs/PERFORMANCE.md; a mode that leaves them out keeps upstream's computation.
+    cfg_cache: bool = _key("the unconditional pass every cfg_cache_interval steps only", default=False)
+    cfg_cache_interval: int = _key(
+        "with cfg_cache: the unconditional pass every this many steps", default=2, limit=LIMITS["cfg_cache_interval"]
+    )
+    step_skipping: bool = _key("reuse the last noise prediction while the UNet's input barely moves", default=False)
+    step_skip_threshold: float = _key(
+        "with step_skipping: the summed change of the UNet's input before a step runs again",
+        default=0.1, limit=LIMITS["step_skip_threshold"],
+    )  # fmt: skip
+    multiscale: bool = _key("the first steps at half the latent resolution", default=False)
+    multiscale_share: float = _key(
+        "with multiscale: the share of the steps at half resolution", default=0.25, limit=LIMITS["multiscale_share"]
+    )
+    warm_start: bool = _key(
+        "a window starts from the previous window's last frame, part-way through the steps (no shards)", default=False
+    )
+    warm_start_strength: float = _key(
+        "with warm_start: the share of the steps a warm-started window runs",
+        default=0.5, limit=LIMITS["warm_start_strength"],
+    )  # fmt: skip
+    window_overlap: int = _key(
+        "frames each window also makes of the previous one, cross-faded at the border",
+        default=0, limit=LIMITS["window_overlap"],
+    )  # fmt: skip
     description: str = _key("one line shown by `presets list`", default="")
 
     def settings(self) -> dict[str, Any]:
@@ -97,6 +122,10 @@ class OptimizationLevel:
     windows_per_call: int = _key("denoising windows batched into one UNet call", limit=LIMITS["windows_per_call"])
     memory_fraction: float = _key("share of device memory the run may use", limit=LIMITS["memory_fraction"])
     channels_last: bool = _key("channels-last memory format for the convolutions")
+    smart_batching: bool = _key(
+        "no CUDA-graph padding (a graph per window length); equal-length windows share a call in any order",
+        default=False,
+    )
     description: str = _key("one line shown by `presets list`", default="")
 
     def settings(self) -> dict[str, Any]:

@@ -48,6 +48,24 @@ class SettingsRequest:
     compile: bool | None = option(None, "torch.compile the UNet.", SPEED_AND_QUALITY)
     cuda_graphs: bool | None = option(None, "Replay the UNet's kernels from CUDA graphs (CUDA only).", SPEED_AND_QUALITY)
     windows_per_call: int | None = option(None, "Windows denoised together in one UNet call.", SPEED_AND_QUALITY)
+    smart_batching: bool | None = option(
+        None, "No CUDA-graph padding; windows of equal length share a UNet call (exact).", SPEED_AND_QUALITY
+    )
+    cfg_cache: bool | None = option(
+        None, "Run the unconditional (guidance) pass every few steps only, reusing its difference.", SPEED_AND_QUALITY
+    )
+    step_skipping: bool | None = option(
+        None, "Reuse the last noise prediction while the UNet's input barely changes (TeaCache).", SPEED_AND_QUALITY
+    )
+    multiscale: bool | None = option(None, "Run the first, noisiest steps at half resolution.", SPEED_AND_QUALITY)
+    warm_start: bool | None = option(
+        None, "Start each window from the previous one's last frame, with fewer steps (not with shards).",
+        SPEED_AND_QUALITY,
+    )  # fmt: skip
+    window_overlap: int | None = option(
+        None, "Frames each window also makes of the previous one, cross-faded at the border (0: none).",
+        SPEED_AND_QUALITY,
+    )  # fmt: skip
     optimization_level: str | None = option(
         None, "conservative, balanced, aggressive or auto (from the GPU tier).", SPEED_AND_QUALITY
     )

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from latentsync_cli.constants import DEFAULT_SEED
+from latentsync_cli.constants import DEFAULT_SEED, MAX_WINDOW
 from latentsync_cli.errors import UsageError
 from latentsync_cli.settings.device_record import Capabilities, DeviceRecord, auto_precision, classify
 from latentsync_cli.settings.limits import LIMITS
@@ -54,6 +54,16 @@ class RunSettings:
     deepcache: bool = False
     deepcache_interval: int = 3
     deepcache_branch: int = 0
+    # The speed ideas of docs/PERFORMANCE.md; each off is upstream's computation.
+    cfg_cache: bool = False  # the unconditional pass every cfg_cache_interval steps only
+    cfg_cache_interval: int = 2
+    step_skipping: bool = False  # reuse the last noise prediction while the UNet's input barely moves
+    step_skip_threshold: float = 0.1
+    multiscale: bool = False  # the first steps at half the latent resolution
+    multiscale_share: float = 0.25
+    warm_start: bool = False  # a window starts from the previous window's last frame, part-way through the steps
+    warm_start_strength: float = 0.5  # the share of the steps a warm-started window runs
+    window_overlap: int = 0  # frames each window also makes of the previous one, cross-faded at the border
     face_detect_stride: int = 1
     seed: int = DEFAULT_SEED
     # what the optimization level (from the GPU tier) chose
@@ -69,6 +79,7 @@ class RunSettings:
     vae_slicing: bool = True
     vae_tiling: bool = False
     windows_per_call: int = 1
+    smart_batching: bool = False  # no CUDA-graph padding; windows of equal length share a call in any order
     memory_fraction: float = 0.9
 
     @property
@@ -150,10 +161,7 @@ def resolve_settings(
 
     _put(values, sources, request.explicit_settings(), SOURCE_FLAG)
     _fit_to_device(values, sources, found.capabilities, device, notes)
-    for name, value in values.items():
-        problem = setting_problem(name, value)
-        if problem:
-            raise UsageError(f"{name} = {value!r} from the {sources[name]} is invalid: {problem}")
+    check_values(values, sources)
     return ResolvedSettings(settings=RunSettings(**values), sources=sources, notes=tuple(notes))
 
 
@@ -208,6 +216,28 @@ def setting_problem(name: str, value: Any) -> str | None:
         return "expected a string"
     limit = LIMITS.get(name)
     return limit.problem(value) if limit is not None else None
+
+
+def check_values(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """UsageError for a resolved value out of its range, or values that do not go together."""
+    for name, value in values.items():
+        problem = setting_problem(name, value)
+        if problem:
+            raise UsageError(f"{name} = {value!r} from the {sources[name]} is invalid: {problem}")
+    problem = overlap_problem(values["window"], values["window_overlap"])
+    if problem:
+        raise UsageError(f"window {values['window']} ({sources['window']}) with window_overlap "
+                         f"{values['window_overlap']} ({sources['window_overlap']}): {problem}")  # fmt: skip
+
+
+def overlap_problem(window: int, overlap: int) -> str | None:
+    """Why a window and its overlap do not go together (None when they do)."""
+    if overlap > window:
+        return "the overlap is taken from the previous window: at most the window's frames; lower --window-overlap"
+    if window + overlap > MAX_WINDOW:
+        return (f"a window and its overlap are denoised together, at most {MAX_WINDOW} frames; "
+                "lower --window or --window-overlap")  # fmt: skip
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ TRAIN_TIMESTEPS = 1000
 # LatentSync works at 25 frames per second: input video is conformed to it, audio features are cut to it.
 FPS = 25
 
-# Where the weights come from: the real checkpoint (found or downloaded), or seeded random weights
-# of the full-size or the tiny architecture (timing and tests only).
-WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
+# Where the weights come from: the real checkpoint (found or downloaded), seeded random weights
+# of the full-size or the tiny architecture (timing and tests only), or the small proxy model trained
+# on three clips that ships inside the package (models/proxy.py).
+WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny", "proxy")

@@ -83,7 +83,7 @@ STAGE_GROUPS = {
 class BenchmarkRequest:
     level: str = "quick"
     duration_s: float | None = None  # None: DEFAULT_DURATION_S (STRESS_DURATION_S for stress)
-    weights: str = "auto"  # auto | checkpoint | random | random-tiny
+    weights: str = "auto"  # auto | checkpoint | random | random-tiny | proxy
     checkpoint_dir: Path | None = None
     video: Path | None = None
     audio: Path | None = None
@@ -246,8 +246,8 @@ def choose_weights(requested: str, device: DeviceRecord, checkpoint_dir: Path | 
             f"--weights {requested}: the full-size model takes hours per configuration on a CPU; "
             "use --weights random-tiny (the default here)"
         )
-    if requested not in ("checkpoint", "random", "random-tiny"):
-        raise UsageError(f"--weights {requested}: allowed: auto, checkpoint, random, random-tiny")
+    if requested not in ("checkpoint", "random", "random-tiny", "proxy"):
+        raise UsageError(f"--weights {requested}: allowed: auto, checkpoint, random, random-tiny, proxy")
     return requested
 
 
@@ -329,7 +329,7 @@ class ModelCache:
             bundle = load_models(
                 self.weights, self.checkpoint_dir, self.device.torch_device, dtype_for(precision), self.seed
             )
-            if self.on_cpu:
+            if self.on_cpu and not bundle.is_proxy:  # the proxy works only at the resolution it was trained at
                 bundle = replace(bundle, resolution=CPU_FACE_RESOLUTION)
             self.bundle, self.precision = bundle, precision
         return self.bundle
@@ -339,7 +339,7 @@ class ModelCache:
         if bundle is None:
             return WeightsInfo(id=self.weights, description="", is_random=self.weights != "checkpoint")
         description = bundle.description
-        if self.on_cpu:
+        if self.on_cpu and not bundle.is_proxy:
             description += f"; faces at {bundle.resolution} px to keep the CPU run short"
         return WeightsInfo(id=bundle.weights_id, description=description, is_random=bundle.is_random)
 

@@ -50,7 +50,8 @@ CheckpointDirOption = Annotated[
 ]  # fmt: skip
 WeightsOption = Annotated[
     str,
-    typer.Option("--weights", help="auto (the real weights), random or random-tiny (timing and tests only).",
+    typer.Option("--weights", help="auto (the real weights), random or random-tiny (timing and tests only), or proxy "
+                 "(a small model trained on three clips, shipped: mouths follow the speech, not at 1.6's quality).",
                  rich_help_panel=JOB_PANEL),
 ]  # fmt: skip
 LoopOption = Annotated[

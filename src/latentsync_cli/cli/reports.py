@@ -30,6 +30,7 @@ def job_json(finished: FinishedJob) -> dict:
         "weights": weights.to_dict(),
         "random_weights": weights.is_random,
         "random_weights_note": weights.description if weights.is_random else None,
+        "weights_note": weights.description if weights.is_random or weights.is_proxy else None,
         **result,
         "resolved_settings": prepared.resolved.to_dict(),
     }

@@ -88,9 +88,11 @@ class WeightsInfo:
     id: str  # what was loaded (a checkpoint digest or "random-...")
     description: str
     is_random: bool
+    is_proxy: bool = False  # the small model trained on three clips
 
     def to_dict(self) -> dict:
-        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random}
+        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random,
+                "is_proxy": self.is_proxy}
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,8 @@ def run(
     with claim_output(prepared) as scratch:
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
-        if models.is_random:
-            warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
+        if models.note is not None:
+            warn(models.note)  # random weights or the proxy: "... the video is not a lip-sync" / "... not LatentSync 1.6's"
         return execute(prepared, models, scratch, progress)
 
 
@@ -180,7 +182,7 @@ def execute(
     from latentsync_cli.timing import StageTimer
 
     settings = prepared.resolved.settings
-    weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random)
+    weights = WeightsInfo(prepared.job.weights, models.weights_id, models.description, models.is_random, models.is_proxy)
     target = prepared.output or scratch_dir / f"{prepared.video.stem}_profile.mp4"
     job = prepared.job
     with ExitStack() as stack:
@@ -201,6 +203,7 @@ def execute(
             face_track=_stored_track(store, prepared, models.resolution) if job.work_dir is not None else None,
             shard_windows=job.shard.windows if job.shard is not None else None,
             finalize_only=job.finalize,
+            comment=models.note,
         )
         pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device), progress)
         result = pipeline.run(sync_job)

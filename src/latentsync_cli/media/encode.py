@@ -243,8 +243,11 @@ def mux(
     n_frames: int | None = None,
     fps: int = 25,
     sample_rate: int = SAMPLE_RATE,
+    comment: str | None = None,
 ) -> Path:
     """Copy the video stream and add `audio` (float32 mono) as AAC into `out_path`, atomically.
+
+    `comment` goes into the file's metadata (the `comment` tag), e.g. what the weights were.
 
     The audio is cut to the video's length, int(n_frames / fps * sample_rate)
     samples (as upstream does), or padded with silence when shorter.
@@ -265,6 +268,8 @@ def mux(
     command += ["-i", os.path.abspath(video_path)]
     command += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
     command += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k"]
+    if comment:
+        command += ["-metadata", f"comment={comment}"]
     command += ["-movflags", "+faststart", os.path.abspath(temp_path)]
     try:
         result = subprocess.run(

@@ -5,7 +5,9 @@ there, so a missing file is reported before torch and diffusers are imported).
 
 Random weights ("random": full-size architecture, "random-tiny": tiny
 architecture) are seeded and need no files; they are for timing and tests, and
-their output is not a lip-sync.
+their output is not a lip-sync. "proxy" is a small model trained on three clips
+that ships inside the package (models/proxy.py): its mouths follow the speech,
+but its quality is not LatentSync 1.6's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from safetensors import safe_open
 from latentsync_cli.constants import WEIGHT_CHOICES
 from latentsync_cli.errors import UsageError, WeightsError
 from latentsync_cli.models.checkpoint import build_random_unet, compare_state_shapes, expected_state_shapes, load_unet
+from latentsync_cli.models.proxy import PROXY_RESOLUTION, load_proxy
+from latentsync_cli.models.proxy_files import PROXY_WEIGHTS, proxy_description
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import load_vae, random_vae, sd_vae_ft_mse_config, tiny_vae_config
@@ -222,6 +226,12 @@ class ModelBundle:
     weights_id: str  # identifies the weights in benchmark cache keys
     description: str  # what the weights are, in words, for every output and report
     is_random: bool
+    is_proxy: bool = False  # the small model trained on three clips (models/proxy.py)
+
+    @property
+    def note(self) -> str | None:
+        """What every output and report made with these weights must say, when they are not LatentSync 1.6's."""
+        return self.description if self.is_random or self.is_proxy else None
 
 
 def load_models(
@@ -231,9 +241,11 @@ def load_models(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> ModelBundle:
-    """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny")."""
+    """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny", "proxy")."""
     if weights in REAL_WEIGHTS:
         return _load_real_models(checkpoint_dir, device, dtype)
+    if weights == PROXY_WEIGHTS:
+        return _proxy_models(device, dtype)
     if weights == "random":
         return _random_models(Architecture.latentsync_1_6(), FULL_RESOLUTION, device, dtype, seed, tiny=False)
     if weights == "random-tiny":
@@ -255,6 +267,20 @@ def _load_real_models(checkpoint_dir: Path | None, device, dtype: torch.dtype) -
         weights_id="latentsync-1.6",
         description=f"LatentSync 1.6 weights ({where})",
         is_random=False,
+    )
+
+
+def _proxy_models(device, dtype: torch.dtype) -> ModelBundle:
+    proxy = load_proxy(device, dtype)
+    return ModelBundle(
+        unet=proxy.unet,
+        vae=proxy.vae,
+        audio_encoder=proxy.audio_encoder,
+        resolution=PROXY_RESOLUTION,
+        weights_id=PROXY_WEIGHTS,
+        description=proxy_description(),
+        is_random=False,
+        is_proxy=True,
     )
 
 

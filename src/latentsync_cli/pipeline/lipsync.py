@@ -89,6 +89,8 @@ class SyncJob:
     # Where the faces are pasted back: "torch" on the model's device, "opencv" on the CPU, or
     # "auto": the faster for the device (face.restore_torch.restore_backend_for).
     restore: str = "auto"
+    # Written into the output's metadata: what made it, when the weights are not LatentSync 1.6's.
+    comment: str | None = None
 
 
 @dataclass
@@ -217,7 +219,7 @@ class LipsyncPipeline:
         )
         if make_video:
             with self.timer.stage("mux", MAIN):
-                mux(silent_video, speech, job.output, n_frames=num_frames)
+                mux(silent_video, speech, job.output, n_frames=num_frames, comment=job.comment)
         self.timer.finish()
         return self.result(job, num_frames, len(windows), frames_without_face, faces)
 

@@ -6,6 +6,7 @@
     python3 scripts/train_proxy.py unet     --out /work/proxy-run --steps 300
     python3 scripts/train_proxy.py evaluate --out /work/proxy-run          # the held-out table
     python3 scripts/train_proxy.py export   --out /work/proxy-run          # -> src/latentsync_cli/models/proxy_weights/
+    python3 scripts/train_proxy.py curves   --out /work/proxy-run          # <out>/loss_curves.png from the logs
 
 A chunk runs --steps steps (not a time) from the stage's last checkpoint and
 exits; a killed chunk loses at most the steps since its last checkpoint. Run it
@@ -26,7 +27,7 @@ MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("prepare", "vae", "unet", "evaluate", "export"))
+    parser.add_argument("stage", choices=("prepare", "vae", "unet", "evaluate", "export", "curves"))
     parser.add_argument("--out", type=Path, required=True, help="the run folder (outside the repository)")
     parser.add_argument("--steps", type=int, default=200, help="vae / unet: steps this chunk runs at most")
     parser.add_argument("--total-steps", type=int, help="vae / unet: the stage's total steps (first chunk only)")
@@ -64,10 +65,14 @@ def main() -> int:
 
             models = load_models("proxy")
         evaluate_run(out, args.media.resolve(), models, max_frames=args.frames)
-    else:
+    elif args.stage == "export":
         from latentsync_cli.train.export import export_run
 
         export_run(out, args.package_dir)
+    else:
+        from latentsync_cli.train.curves import plot_curves
+
+        print(plot_curves(out))
     return 0
 
 

@@ -6,4 +6,5 @@
     unet.py      LatentSync's stage-2 objective on the tiny UNet
     evaluate.py  "is it a model?": mouth PSNR / SSIM on held-out frames, against the baselines
     export.py    the fp16 files that ship in latentsync_cli/models/proxy_weights/
+    curves.py    the loss curves of a run, as a PNG
 """

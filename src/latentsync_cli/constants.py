@@ -21,9 +21,10 @@ FPS = 25
 FPS_CHOICES = ("source", "25")  # --fps: the source's own constant rate, or 25 (variable rates always become 25)
 LENGTH_CHOICES = ("speech", "video")  # --length: the speech sets the frame count, or the video does
 
-# Where the weights come from: the real checkpoint (found or downloaded), or seeded random weights
-# of the full-size or the tiny architecture (timing and tests only).
-WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny")
+# Where the weights come from: the real checkpoint (found or downloaded), seeded random weights of the
+# full-size or the tiny architecture (timing and tests only), or the small proxy model trained on three
+# clips that ships inside the package (weights/proxy.py).
+WEIGHT_CHOICES = ("auto", "checkpoint", "random", "random-tiny", "proxy")
 
 # The seed of a run when none is given (upstream's inference scripts use it too).
 DEFAULT_SEED = 1247

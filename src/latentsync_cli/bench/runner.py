@@ -249,8 +249,8 @@ def choose_weights(requested: str, device: DeviceRecord, checkpoint_dir: Path | 
             f"--weights {requested}: the full-size model takes hours per configuration on a CPU; "
             "use --weights random-tiny (the default here)"
         )
-    if requested not in ("checkpoint", "random", "random-tiny"):
-        raise UsageError(f"--weights {requested}: allowed: auto, checkpoint, random, random-tiny")
+    if requested not in ("checkpoint", "random", "random-tiny", "proxy"):
+        raise UsageError(f"--weights {requested}: allowed: auto, checkpoint, random, random-tiny, proxy")
     return requested
 
 

@@ -50,7 +50,8 @@ class BenchmarkFlags:
     weights: Annotated[
         str,
         typer.Option(
-            "--weights", help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny."
+            "--weights",
+            help="auto (the checkpoint if present, else random), checkpoint, random, random-tiny, proxy.",
         ),
     ] = "auto"
     checkpoint_dir: Annotated[

@@ -33,6 +33,7 @@ def job_json(finished: FinishedJob) -> dict:
         "weights": weights.to_dict(),
         "random_weights": weights.is_random,
         "random_weights_note": weights.description if weights.is_random else None,
+        "weights_note": weights.note,
         **result,
         "resolved_settings": prepared.resolved.to_dict(),
     }

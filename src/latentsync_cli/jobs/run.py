@@ -89,8 +89,8 @@ def run(
             warn(warning)
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
-        if models.is_random:
-            warn(models.description)  # e.g. "random weights (...): ..., the video is not a lip-sync"
+        if models.note is not None:
+            warn(models.note)  # e.g. "random weights (...): ..., the video is not a lip-sync"
         return execute(prepared, models, scratch, progress, warn)
 
 
@@ -198,7 +198,8 @@ def execute(
 
     progress = progress or NoProgress()
     job, settings = prepared.job, prepared.resolved.settings
-    weights = WeightsInfo(job.weights, models.weights_id, models.description, models.is_random)
+    weights = WeightsInfo(job.weights, models.weights_id, models.description, models.is_random,
+                          models.is_proxy)  # fmt: skip
     timer = StageTimer(settings.device)
     landmarks = landmark_source(prepared)
     progress.message("checking for a face")
@@ -217,7 +218,7 @@ def execute(
             fps=prepared.video_info.rate,
             speech=prepared.speech,
             plan=plan,
-            sink=output_sink(prepared, plan.num_frames, scratch) if plan.make_frames else None,
+            sink=output_sink(prepared, plan.num_frames, scratch, weights.note) if plan.make_frames else None,
             loop=job.loop,
             landmarks=landmarks,
             mask_feather_px=job.mask_feather,
@@ -240,7 +241,7 @@ def landmark_source(prepared: PreparedJob) -> LandmarkSource:
                           use_cuda=settings.device.startswith("cuda"))  # fmt: skip
 
 
-def output_sink(prepared: PreparedJob, num_frames: int, scratch: JobScratch) -> OutputWriter:
+def output_sink(prepared: PreparedJob, num_frames: int, scratch: JobScratch, comment: str | None) -> OutputWriter:
     """Where the frames go: the output (a file, a sequence, stdout), or an MP4 in the scratch folder (profile).
     Everything is written inside the scratch folder, so that it goes with the job's lease, and put in place
     only while the job still holds the output."""
@@ -254,7 +255,7 @@ def output_sink(prepared: PreparedJob, num_frames: int, scratch: JobScratch) -> 
     encoding = EncodeSettings(job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)
     duration = Fraction(num_frames) / info.rate
     return OutputWriter(spec, info, prepared.speech_source, duration, scratch.folder, encoding, job.output_fd,
-                        publish=scratch.publish)  # fmt: skip
+                        publish=scratch.publish, comment=comment)  # fmt: skip
 
 
 def stored_track(

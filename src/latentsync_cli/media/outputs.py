@@ -299,10 +299,11 @@ class OutputWriter:
     def __init__(
         self, spec: OutputSpec, source: VideoInfo, speech: Speech, duration: Fraction, scratch: Path,
         settings: EncodeSettings = EncodeSettings(), stream_fd: int = 1,
-        publish: Callable[[Path, Path], None] | None = None,
+        publish: Callable[[Path, Path], None] | None = None, comment: str | None = None,
     ):  # fmt: skip
         self.spec, self.source, self.speech, self.duration = spec, source, speech, Fraction(duration)
         self.settings, self.stream_fd, self.publish = settings, stream_fd, publish or move_into_place
+        self.comment = comment  # the container's `comment` tag: what made it, when not LatentSync 1.6's weights
         self.turns = (-source.rotation // 90) % 4 if spec.kind != "sequence" else 0  # back to stored orientation
         self.sequence_folder = Path(scratch) / "sequence" if spec.kind == "sequence" else None
         self.temp_path = Path(scratch) / f"finished-{spec.path.name}" if spec.kind == "file" else None
@@ -389,6 +390,8 @@ class OutputWriter:
         command += video_arguments(spec, source, samples, self.settings) + picture_outputs
         if with_audio:
             command += audio_arguments(spec.audio, self.speech, self.duration)
+        if self.comment and spec.kind != "sequence":
+            command += ["-metadata", f"comment={self.comment}"]
         if spec.kind == "sequence":
             start = source.sequence.start if source.sequence is not None else 1
             return command + ["-start_number", str(start), "-f", "image2", str(self.sequence_folder / spec.path.name)]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentsync_cli.errors import WeightsError
+from latentsync_cli.weights.proxy_files import PROXY_WEIGHTS, check_proxy_files
 
 LATENTSYNC_REPO = "ByteDance/LatentSync-1.6"
 UNET_FILENAME = "latentsync_unet.pt"
@@ -253,8 +254,11 @@ def check_weights_available(weights: str, checkpoint_dir: Path | None) -> None:
 
     For "auto"/"checkpoint": returns when the files are here or the Hub can serve them now; raises
     when they are missing and HF_HUB_OFFLINE is set, the Hub is unreachable (one probe of at most
-    HUB_PROBE_TIMEOUT_S), or the checkpoint dir lacks them. Random weights need no files.
+    HUB_PROBE_TIMEOUT_S), or the checkpoint dir lacks them. Random weights need no files; the
+    proxy's ship inside the package.
     """
+    if weights == PROXY_WEIGHTS:
+        check_proxy_files()
     if weights not in REAL_WEIGHTS:
         return
     _files_and_downloads(_checkpoint_folder(checkpoint_dir), allow_download=True)

@@ -12,13 +12,20 @@ class WeightsInfo:
     id: str  # what was loaded: ModelBundle.weights_id, e.g. "latentsync-1.6", "random-tiny"
     description: str
     is_random: bool
+    is_proxy: bool = False  # the small model trained on three clips: mouths follow the speech, not at 1.6's quality
+
+    @property
+    def note(self) -> str | None:
+        """What an output made with these weights must say: they are not LatentSync 1.6's."""
+        return self.description if self.is_random or self.is_proxy else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random}
+        return {"choice": self.choice, "id": self.id, "description": self.description, "is_random": self.is_random,
+                "is_proxy": self.is_proxy}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightsInfo:
         # Benchmark entries cached before the choice was recorded name only the weights loaded.
         loaded = str(data.get("id", ""))
         return cls(str(data.get("choice", loaded)), loaded, str(data.get("description", "")),
-                   bool(data.get("is_random", True)))  # fmt: skip
+                   bool(data.get("is_random", True)), bool(data.get("is_proxy", False)))  # fmt: skip

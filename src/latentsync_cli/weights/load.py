@@ -25,6 +25,8 @@ from latentsync_cli.models.vae import load_vae, random_vae
 from latentsync_cli.models.whisper import AudioEncoder, load_whisper_encoder, random_audio_encoder
 from latentsync_cli.weights.checkpoint import build_random_unet, load_unet
 from latentsync_cli.weights.files import REAL_WEIGHTS, locate_weights
+from latentsync_cli.weights.proxy import PROXY_RESOLUTION, load_proxy
+from latentsync_cli.weights.proxy_files import PROXY_WEIGHTS, proxy_description
 from latentsync_cli.weights.verify import Architecture
 
 FULL_RESOLUTION = 512
@@ -40,6 +42,12 @@ class ModelBundle:
     weights_id: str  # identifies the weights in benchmark cache keys
     description: str  # what the weights are, in words, for every output and report
     is_random: bool
+    is_proxy: bool = False  # the small model trained on three clips (weights/proxy.py)
+
+    @property
+    def note(self) -> str | None:
+        """What every output and report made with these weights must say, when they are not LatentSync 1.6's."""
+        return self.description if self.is_random or self.is_proxy else None
 
 
 def load_models(
@@ -49,9 +57,11 @@ def load_models(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> ModelBundle:
-    """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny")."""
+    """Build the UNet, VAE and audio encoder for `weights` ("auto"/"checkpoint", "random", "random-tiny", "proxy")."""
     if weights in REAL_WEIGHTS:
         return _load_real_models(checkpoint_dir, device, dtype)
+    if weights == PROXY_WEIGHTS:
+        return _proxy_models(device, dtype)
     if weights == "random":
         return _random_models(Architecture.latentsync_1_6(), FULL_RESOLUTION, device, dtype, seed, tiny=False)
     if weights == "random-tiny":
@@ -73,6 +83,20 @@ def _load_real_models(checkpoint_dir: Path | None, device, dtype: torch.dtype) -
         weights_id="latentsync-1.6",
         description=f"LatentSync 1.6 weights ({where})",
         is_random=False,
+    )
+
+
+def _proxy_models(device, dtype: torch.dtype) -> ModelBundle:
+    proxy = load_proxy(device, dtype)
+    return ModelBundle(
+        unet=proxy.unet,
+        vae=proxy.vae,
+        audio_encoder=proxy.audio_encoder,
+        resolution=PROXY_RESOLUTION,
+        weights_id=PROXY_WEIGHTS,
+        description=proxy_description(),
+        is_random=False,
+        is_proxy=True,
     )
 
 

@@ -1,0 +1,71 @@
+"""Write the run's proxy into the package: fp16 safetensors and the manifest weights/proxy.py checks.
+
+    unet.safetensors   the UNet's EMA weights
+    vae.safetensors    the VAE, its latent space rescaled (train/vae.py)
+    proxy.json         resolution, both configs, the audio encoder's seed and digest, the recipes, what the
+                       training cost, and the held-out table when the run has one
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from latentsync_cli.train.run import RECIPE_FILE, trained_unet_weights
+from latentsync_cli.train.vae import SCALE_FILE, load_trained_vae
+from latentsync_cli.weights.proxy import (
+    AUDIO_ENCODER_SEED,
+    MANIFEST_FORMAT,
+    PROXY_RESOLUTION,
+    proxy_unet_config,
+    proxy_vae_config,
+)
+from latentsync_cli.weights.proxy_files import MANIFEST_FILE, PROXY_CAVEAT, PROXY_DIR, UNET_FILE, VAE_FILE
+
+MAX_SHIPPED_BYTES = 25 * 2**20
+
+
+def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to(torch.float16).contiguous() for key, value in state.items()}
+
+
+def usage(folder: Path) -> dict:
+    """Steps, wall and CPU seconds of every chunk of a stage (work lost to kills included)."""
+    lines = [json.loads(line) for line in (folder / "usage.jsonl").read_text().splitlines() if line.strip()]
+    return {"chunks": len(lines), "wall_s": round(sum(line["wall_s"] for line in lines), 1),
+            "cpu_s": round(sum(line["cpu_s"] for line in lines), 1), "threads": sorted({line["threads"] for line in lines})}
+
+
+def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
+    folder = package_dir or PROXY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(half(trained_unet_weights(out)), folder / UNET_FILE)
+    save_file(half(load_trained_vae(proxy_vae_config(), out / "vae").state_dict()), folder / VAE_FILE)
+    data_info = json.loads((out / "data" / "info.json").read_text())
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "what": PROXY_CAVEAT,
+        "resolution": PROXY_RESOLUTION,
+        "unet_config": json.loads(json.dumps(asdict(proxy_unet_config()))),
+        "vae_config": proxy_vae_config(),
+        "vae_latent_space": json.loads((out / "vae" / SCALE_FILE).read_text()),
+        "audio_encoder": {"architecture": "whisper-tiny encoder, random weights", "seed": AUDIO_ENCODER_SEED,
+                          "sha256": data_info["audio_encoder"], "torch": torch.__version__},
+        "data": data_info,
+        "training": {stage: {"recipe": json.loads((out / stage / RECIPE_FILE).read_text()), **usage(out / stage)}
+                     for stage in ("vae", "unet")},
+    }
+    manifest["data"] = {key: value for key, value in data_info.items() if key != "audio_encoder"}
+    heldout = out / "eval" / "heldout.json"
+    if heldout.is_file():
+        manifest["heldout"] = json.loads(heldout.read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    size = sum((folder / name).stat().st_size for name in (UNET_FILE, VAE_FILE, MANIFEST_FILE))
+    if size > MAX_SHIPPED_BYTES:
+        raise SystemExit(f"the proxy's files take {size / 2**20:.1f} MB, more than the {MAX_SHIPPED_BYTES >> 20} MB allowed")
+    log(f"wrote {folder} ({size / 2**20:.1f} MB)")
+    return folder

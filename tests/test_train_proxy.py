@@ -1,0 +1,200 @@
+"""The proxy's training code on micro configurations (seconds): a resumed run equals an uninterrupted one.
+
+CI never trains the proxy; these check the machinery scripts/train_proxy.py runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentsync_cli.models.unet_config import UNetConfig
+from latentsync_cli.models.vae import tiny_vae_config
+from latentsync_cli.train.loop import LOG_FILE, ChunkSettings, Schedule, Stage, train_chunk
+from latentsync_cli.train.unet import ClipLatents, LatentWindows, UnetRecipe, build_unet, unet_step_function
+from latentsync_cli.train.vae import VaeRecipe, build_vae, posterior, rescale_latent_space, vae_step_function
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "latentsync_cli"
+
+MICRO_UNET = UNetConfig(
+    block_out_channels=(32, 32),
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    layers_per_block=1,
+    attention_heads=2,
+    motion_heads=2,
+    cross_attention_dim=16,
+    sample_size=8,
+)
+MICRO_RECIPE = UnetRecipe(steps=4, window=4, warmup_steps=2, audio_drop=0.5, seed=5)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+def micro_windows(window: int = 4) -> LatentWindows:
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape):
+        return torch.randn(shape, generator=generator)
+
+    clips = [
+        ClipLatents(draw(n, 4, 8, 8), draw(n, 4, 8, 8).abs() * 0.1, draw(n, 4, 8, 8), draw(n, 4, 8, 8).abs() * 0.1,
+                    draw(n, 5, 16))
+        for n in (20, 30)
+    ]
+    return LatentWindows(clips, window)
+
+
+def unet_stage(folder: Path) -> Stage:
+    unet = build_unet(MICRO_UNET, MICRO_RECIPE.seed)
+    return Stage(folder, unet, MICRO_RECIPE.schedule(), MICRO_RECIPE.seed, ema_decay=MICRO_RECIPE.ema_decay)
+
+
+def interrupted_after(step_fn, calls: int):
+    """step_fn that raises on its `calls + 1`-th call (the step in progress is lost, as with a kill)."""
+    count = {"calls": 0}
+
+    def step(model, generator):
+        count["calls"] += 1
+        if count["calls"] > calls:
+            raise Interrupt
+        return step_fn(model, generator)
+
+    return step
+
+
+def assert_same_state(first: Stage, second: Stage) -> None:
+    assert first.step == second.step
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    if first.ema is not None:
+        for key, value in first.ema.items():
+            assert torch.equal(value, second.ema[key]), key
+    moments = [s.optimizer.state_dict()["state"] for s in (first, second)]
+    for index, state in moments[0].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(moments[1][index][name])), (index, name)
+    assert torch.equal(first.generator.get_state(), second.generator.get_state())
+
+
+def quiet(text: str) -> None:
+    pass
+
+
+def test_a_killed_and_resumed_unet_run_equals_an_uninterrupted_one(tmp_path):
+    windows = micro_windows()
+    settings = dict(checkpoint_every=2, log_every=1)
+
+    straight = unet_stage(tmp_path / "straight")
+    train_chunk(straight, unet_step_function(windows, MICRO_RECIPE), ChunkSettings(steps=10, **settings), quiet)
+    assert straight.done and straight.step == 4
+
+    # First chunk: killed during step 4, after the checkpoint of step 2 (step 3 is lost work).
+    first = unet_stage(tmp_path / "resumed")
+    with pytest.raises(Interrupt):
+        step = interrupted_after(unet_step_function(windows, MICRO_RECIPE), calls=3)
+        train_chunk(first, step, ChunkSettings(steps=10, **settings), quiet)
+    # Second chunk: a new process, new objects, resumed from step 2; then a third to finish.
+    second = unet_stage(tmp_path / "resumed")
+    assert train_chunk(second, unet_step_function(windows, MICRO_RECIPE), ChunkSettings(steps=1, **settings), quiet) == 1
+    third = unet_stage(tmp_path / "resumed")
+    assert train_chunk(third, unet_step_function(windows, MICRO_RECIPE), ChunkSettings(steps=10, **settings), quiet) == 1
+
+    assert_same_state(straight, third)
+    steps_logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOG_FILE).read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4]  # the lost step's line was dropped on resume, then written again
+    # the same losses (the lines' times differ)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / LOG_FILE).read_text().splitlines()]
+              for run in ("straight", "resumed")]
+    assert losses[0] == losses[1]
+
+
+def test_a_resumed_vae_run_equals_an_uninterrupted_one(tmp_path):
+    config = {**tiny_vae_config(), "sample_size": 32}
+    faces = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    recipe = VaeRecipe(steps=3, batch=2, warmup_steps=1, seed=3)
+
+    def stage(name: str) -> Stage:
+        return Stage(tmp_path / name, build_vae(config, recipe.seed), recipe.schedule(), recipe.seed)
+
+    straight = stage("straight")
+    train_chunk(straight, vae_step_function(faces, recipe), ChunkSettings(steps=3), quiet)
+    for _ in range(3):  # one step per chunk
+        resumed = stage("resumed")
+        train_chunk(resumed, vae_step_function(faces, recipe), ChunkSettings(steps=1), quiet)
+    assert_same_state(straight, resumed)
+
+
+def test_the_chunk_writes_its_pid_and_removes_it(tmp_path):
+    pid_file = tmp_path / "train.pid"
+    seen = []
+
+    def step(model, generator):
+        seen.append(pid_file.read_text().strip())
+        loss = sum(p.sum() for p in model.parameters()) * 0.0
+        loss.backward()
+        return {"loss": 0.0}
+
+    model = torch.nn.Linear(2, 2)
+    stage = Stage(tmp_path / "stage", model, Schedule(1e-3, total_steps=2, warmup_steps=0), seed=0)
+    train_chunk(stage, step, ChunkSettings(steps=5, pid_file=pid_file), quiet)
+    assert seen and set(seen) == {str(__import__("os").getpid())}
+    assert not pid_file.exists()
+    usage = json.loads((tmp_path / "stage" / "usage.jsonl").read_text())
+    assert usage["from_step"] == 0 and usage["to_step"] == 2 and usage["threads"] == torch.get_num_threads()
+
+
+def test_reference_windows_never_share_a_frame_with_their_window():
+    windows = micro_windows(window=4)
+    generator = torch.Generator().manual_seed(1)
+    seen_clips = set()
+    for _ in range(500):
+        clip, start, reference = windows.draw_starts(generator)
+        seen_clips.add(clip)
+        count = windows.starts[clip]
+        assert 0 <= start < count and 0 <= reference < count
+        assert abs(reference - start) >= windows.window
+    assert seen_clips == {0, 1}
+
+
+def test_the_schedule_warms_up_holds_and_decays():
+    schedule = Schedule(1.0, total_steps=100, warmup_steps=10, decay_fraction=0.2, final_fraction=0.1)
+    assert schedule.learning_rate_at(0) == pytest.approx(0.1)
+    assert schedule.learning_rate_at(50) == 1.0
+    assert schedule.learning_rate_at(80) == 1.0
+    assert schedule.learning_rate_at(99) == pytest.approx(0.1 + 0.9 * (1 - 19 / 20))
+
+
+def test_rescaling_the_latent_space_keeps_the_reconstructions():
+    config = {**tiny_vae_config(), "sample_size": 32}
+    vae = build_vae(config, seed=0).eval()
+    pixels = torch.rand((2, 3, 32, 32)) * 2 - 1
+    with torch.no_grad():
+        before_mean, before_std = posterior(vae, pixels)
+        before = vae.decode(before_mean).sample
+        rescale_latent_space(vae, 3.5)
+        after_mean, after_std = posterior(vae, pixels)
+        after = vae.decode(after_mean).sample
+    torch.testing.assert_close(after_mean, before_mean * 3.5, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after_std, before_std * 3.5, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_nothing_in_the_product_imports_the_training_code():
+    offenders = []
+    for path in SOURCE.rglob("*.py"):
+        if "train" in path.relative_to(SOURCE).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith("latentsync_cli.train")]
+    assert offenders == []

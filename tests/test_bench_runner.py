@@ -76,10 +76,25 @@ def test_check_request(table):
     runner.check_request(runner.BenchmarkRequest(modes=("turbo",)), table)
     with pytest.raises(UsageError, match="--modes"):
         runner.check_request(runner.BenchmarkRequest(modes=("warp",)), table)
-    with pytest.raises(UsageError, match="go together"):
+    with pytest.raises(UsageError, match="goes with --video"):
         runner.check_request(runner.BenchmarkRequest(audio="a.wav"), table)
     with pytest.raises(InputError, match="--video"):
         runner.check_request(runner.BenchmarkRequest(video="missing.mp4", audio="missing.wav"), table)
+
+
+def test_a_video_alone_is_benchmarked_with_its_own_speech_and_scored_against_its_real_frames(
+    tmp_path, table, monkeypatch
+):
+    video = tmp_path / "take.mp4"
+    video.write_bytes(b"")  # only its path is used here
+    request = runner.BenchmarkRequest(video=video, weights="proxy")
+    runner.check_request(request, table)
+    monkeypatch.setattr(runner, "audio_duration_s", lambda path: 2.0)  # no probe of the empty file
+    used_video, speech, source = runner.prepare_inputs(tmp_path, request, 1.0)
+    assert used_video == speech == video  # sync reads the speech from the video's own track
+    assert source.describe() == f"{video} with its own speech"
+    assert runner.real_frames(runner.BenchmarkRequest(video=video, weights="random-tiny"), None) is None
+    assert runner.real_frames(runner.BenchmarkRequest(video=video, audio=video, weights="proxy"), None) is None
 
 
 def test_group_stages_sums_into_the_report_groups():

@@ -83,8 +83,12 @@ class ReferenceOutput:
         self.frame_count = len(frames)
         self.crops = mouth_crops(frames, self.points, resolution)
 
-    def compare(self, candidate_path: Path) -> dict:
+    def compare(self, candidate_path: Path, match_length: bool = False) -> dict:
+        """Mouth scores of `candidate_path` against this reference; `match_length`: over the frames both have
+        (an input video against an output whose length its speech set)."""
         frames = read_video_frames(candidate_path)
-        if len(frames) != self.frame_count:
+        count = min(len(frames), self.frame_count) if match_length else len(frames)
+        if count != self.frame_count and not match_length:
             raise ValueError(f"{candidate_path} has {len(frames)} frames, the reference {self.frame_count}")
-        return compare_mouths(self.crops, mouth_crops(frames, self.points, self.resolution))
+        crops = mouth_crops(frames[:count], self.points[:count], self.resolution)
+        return compare_mouths(self.crops[:count], crops)

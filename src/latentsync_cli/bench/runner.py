@@ -125,7 +125,8 @@ def run_benchmark(
         if on_cpu:
             progress("warming up")
             warm_up(cases[0], bases, runner)
-        results = measure_cases(cases, bases, runner, video, audio, request.level, progress)
+        real = real_frames(request, runner)
+        results = measure_cases(cases, bases, runner, video, audio, request.level, progress, real)
         encoders = compare_encoders(video, workspace, device, progress)
         # The steps the mode really runs (a pick sets these), whatever a CPU run measured with.
         results = [replace(result, mode_steps=mode_steps[result.mode]) for result in results]
@@ -160,11 +161,13 @@ def measure_cases(
     audio: Path,
     level: str,
     progress: Callable[[str], None],
+    real: ReferenceOutput | None = None,
 ) -> list[CaseResult]:
     """Run every case; on a GPU each one runs twice and the second run is measured.
 
     The first case is the reference: with trained weights, every output is
-    compared with its output.
+    compared with its output, and with the input's real frames (`real`) when the
+    input speaks its own speech.
     """
     warm_each = not runner.on_cpu  # first GPU runs pay for kernel selection and compilation
     results = []
@@ -186,6 +189,8 @@ def measure_cases(
                     reference = ReferenceOutput(output)
                 if reference is not None:
                     fidelity = reference.compare(output)
+                if real is not None:
+                    fidelity = {**(fidelity or {}), "real_frames": real.compare(output, match_length=True)}
             except ValueError as error:  # no face in the reference output, or a frame count mismatch
                 fidelity_error = str(error)
         label = CPU_LABEL if runner.on_cpu else ""
@@ -223,8 +228,8 @@ def warm_up(case: BenchCase, bases: dict[str, RunSettings], runner: CaseRunner) 
 
 def check_request(request: BenchmarkRequest, table: PresetTable) -> None:
     """UsageError for flags that do not go together, before any work."""
-    if (request.video is None) != (request.audio is None):
-        raise UsageError("--video and --audio go together: give both, or neither for the built-in test clip")
+    if request.audio is not None and request.video is None:
+        raise UsageError("--audio goes with --video: give a video (alone: with its own speech), or neither")
     for flag, path in (("--video", request.video), ("--audio", request.audio)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{flag} {path}: file not found; check the path")
@@ -291,19 +296,28 @@ def _default_duration(level: str, on_cpu: bool) -> float:
 # --- inputs ----------------------------------------------------------------------------------
 
 
+def real_frames(request: BenchmarkRequest, runner: CaseRunner) -> ReferenceOutput | None:
+    """The input video's own frames as a reference, when it speaks its own speech (--video alone) and the
+    weights are trained: each output's mouth is then also scored against the real one."""
+    if request.video is None or request.audio is not None or request.weights in ("random", "random-tiny"):
+        return None
+    return ReferenceOutput(Path(request.video))
+
+
 def prepare_inputs(workspace: Path, request: BenchmarkRequest, duration_s: float) -> tuple[Path, Path, BenchmarkInput]:
     """The video and audio to run on, and what they are for the entry."""
-    if request.video is not None and request.audio is not None:
-        length = audio_duration_s(request.audio)
+    if request.video is not None:  # alone: with its own speech (sync reads a video's audio track)
+        speech = request.audio if request.audio is not None else request.video
+        length = audio_duration_s(speech)
         source = BenchmarkInput(
             source="user",
             video=str(request.video),
-            audio=str(request.audio),
+            audio=str(request.audio) if request.audio is not None else None,
             duration_s=length,
             frames=None if length is None else round(length * FPS),
             seed=request.seed,
         )
-        return Path(request.video), Path(request.audio), source
+        return Path(request.video), Path(speech), source
     video = make_face_clip(workspace / "face.mp4", duration_s, preset="ultrafast")
     audio = make_speech(workspace / "speech.wav", duration_s)
     frames = round(duration_s * FPS)

@@ -199,7 +199,7 @@ class BenchmarkInput:
 
     def describe(self) -> str:
         if self.source == "user":
-            return f"{self.video} with {self.audio}"
+            return f"{self.video} with {self.audio or 'its own speech'}"
         return f"synthetic face clip and speech, {self.duration_s:g} s"
 
     def to_dict(self) -> dict[str, Any]:

@@ -65,7 +65,8 @@ class BenchmarkFlags:
         typer.Option("--report", help="Report folder [default: <user data dir>/benchmarks/<date>-<device>]."),
     ] = None
     video: Annotated[Path | None, typer.Option("--video", help="Your own face video instead of the test clip.")] = None
-    audio: Annotated[Path | None, typer.Option("--audio", help="Your own speech, with --video.")] = None
+    audio: Annotated[Path | None, typer.Option("--audio", help="Your own speech, with --video (without it: the video's own speech, and each "
+                                "output's mouth is also scored against the real one).")] = None
     modes: Annotated[
         str | None,
         typer.Option("--modes", help="Comma-separated speed modes to measure [default: all]; `normal` always runs."),

@@ -1,7 +1,7 @@
 """The speed ideas of docs/PERFORMANCE.md: each changes the computation as it says, is counted, and is off
 by default (upstream's loop).
 
-The denoising loop runs on test_optimizers' two-level UNet (4 frames of 8x8 latents); the pipeline
+The denoising loop runs on conftest's two-level UNet (4 frames of 8x8 latents); the pipeline
 tests on the random-tiny models through the model lane, as test_pipeline does.
 """
 
@@ -12,14 +12,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_optimizers import SMALL_UNET, make_inputs
+from test_optimizers import make_inputs
 from test_pipeline import count_unet_calls, generate, make_windows
 
 from latentsync_cli.bench.flops import unet_tflop, unet_tflop_per_output_second
 from latentsync_cli.bench.matrix import plan_cases
 from latentsync_cli.errors import UsageError
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.optimizers import OptimizationLog
 from latentsync_cli.optimizers.cfg_cache import CfgCachePlan
 from latentsync_cli.optimizers.coherence import WarmStartPlan
@@ -52,13 +51,8 @@ FAST = RunSettings(steps=1, guidance=1.5, window=2, vae_slicing=False, deepcache
 
 
 @pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(1)
-    model = UNet3DConditionModel(SMALL_UNET).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return model
+def unet(small_unet):
+    return small_unet  # conftest's two-level UNet, its weights nudged off their initial values
 
 
 def run_loop(unet, steps=4, guidance=GUIDANCE, deepcache=NO_CACHE, loop=UPSTREAM_LOOP, on_step=None):
@@ -182,7 +176,7 @@ def test_the_skipping_signal_is_the_first_blocks_time_modulated_input(unet):
     with torch.no_grad():
         early, late = unet.first_block_input(sample, 900), unet.first_block_input(sample, 100)
         conv = unet.conv_in(sample.transpose(1, 2).flatten(0, 1)).unflatten(0, (1, 4))
-    assert early.shape == (1, 4, SMALL_UNET.block_out_channels[0], 8, 8)
+    assert early.shape == (1, 4, unet.conv_in.out_channels, 8, 8)
     shift = early - conv  # the same for every frame and pixel: the time embedding's projection
     torch.testing.assert_close(shift, shift[:, :1, :, :1, :1].expand_as(shift), atol=1e-5, rtol=0)
     assert not torch.allclose(early, late)

@@ -41,7 +41,6 @@ class RunPlan:
     unet_call: Callable  # what the denoising loop calls: the UNet, compiled and/or graph-replayed
     log: OptimizationLog
     graphs: CudaGraphUNet | None = None  # set by CudaGraphs, so the ladder can drop its graphs
-    pad_frames_to: int | None = None  # static window length for CUDA graphs, else None
 
     def make_scheduler(self, device: torch.device | None = None) -> SchedulerMixin:
         """A fresh scheduler with the plan's timesteps (multistep solvers keep state: one per UNet call)."""

@@ -276,7 +276,7 @@ def test_several_windows_per_call_equal_one_window_per_call(small_unet):
 def test_padding_a_window_would_change_its_frames(tiny_unet):
     """Why CUDA graphs capture one graph per window length instead of padding a short window:
     the UNet's GroupNorms and motion modules mix a window's frames, so repeating the last frame
-    changes the real frames' result (by up to 0.57 in golden e2e's 8-frame window)."""
+    changes the real frames' result (by up to 0.41 in golden e2e run C's 8-frame window)."""
     latents, inputs = make_inputs(frames=3)
 
     def pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:  # 3 frames -> 5, the last one repeated

@@ -4,8 +4,8 @@ A replay skips Python and kernel launch overhead. Graphs need static shapes:
 one graph is captured per input shape, so a video's last, shorter window gets
 its own. A window is never padded to the full length instead: the UNet's
 GroupNorms and motion modules mix the frames of a window, so padding changes
-the real frames' result (by up to 0.57 in the final latents of the golden
-e2e run's 8-frame window, tests/test_golden_e2e.py). With DeepCache there
+the real frames' result (by up to 0.41 in the final latents of the golden
+e2e run C's 8-frame window, scripts/measure_upstream_parity.py --padding). With DeepCache there
 are two graphs per shape: the full pass (which writes the cached hidden state
 into a static buffer) and the shallow pass (which reads it from one).
 """

@@ -9,9 +9,11 @@ faces, the shared initial noise, DDIM with guidance and DeepCache, decode,
 paste) and the restore into the frames (OpenCV, and torch for the GPU path).
 
 Tier 1 (runs A, B, C) injects upstream's aligned faces, matrices and random
-draws into FaceGenerator. Tier 2 (run A) is the whole LipsyncPipeline.run on
-the fixture's frames as a lossless file, with only the random draws injected
-(SyncJob.noise): its own decode, loop, alignment, float16 faces and paste.
+draws into FaceGenerator. Tier 2 (run A) takes the faces and matrices from the
+project's own alignment instead. Run A also goes through the whole
+LipsyncPipeline.run on the fixture's frames as a lossless file, with only the
+random draws injected (SyncJob.noise): its own decode, loop, alignment as the
+frames stream, float16 faces and paste.
 The tests named test_golden_e2e_difference_* pin where the project differs from
 upstream on purpose, with the size of each difference (docs/UPSTREAM.md).
 
@@ -27,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from e2e_golden import (
+    PIPELINE_FRAMES,
     RESOLUTION,
     RUNS,
     TIER1_FRAMES,
@@ -40,6 +43,7 @@ from e2e_golden import (
     load_models,
     mouth_mask_float64,
     own_alignment,
+    own_windows,
     pipeline_run,
     run_settings,
     run_windows,
@@ -267,17 +271,16 @@ def test_golden_e2e_difference_float16_faces(fixture, models, runs, audio_featur
     assert TIER1_FRAMES.mean < stats.mean <= 0.012, stats
 
 
-# --- tier 2: the whole pipeline, its own alignment from the given points --------------------------
+# --- tier 2: the project's own alignment from the given points ------------------------------------
 
 
 @pytest.mark.slow
-def test_golden_e2e_tier2_run_a(fixture, pipeline_result):
-    """LipsyncPipeline.run as a job runs it; only the draws are upstream's. Outside out_box every frame
-    equals its looped input frame exactly."""
-    result = pipeline_result
+def test_golden_e2e_tier2_run_a(fixture, models, audio_features):
+    """The fixture's tier 2: the faces and matrices from the project's alignment (reused in loop order, as
+    upstream does), upstream's draws."""
+    windows = own_windows(fixture, len(audio_features), *own_alignment(fixture))
+    result = run_windows(models, RUNS["A"], windows, audio_features, RecordedNoise(fixture.draws))
     stored = fixture.runs["A"]
-    assert result.noise_calls == [(0, (16, 4, 64, 64)), (1, (8, 4, 64, 64))]
-    assert result.steps == [(3, 0), (3, 0)]
     for window, latents in enumerate(result.latents):
         expected = stored[f"final_latents_w{window}"]
         print(f"tier 2 run A window {window}: final latents max |diff| {(latents - expected).abs().max():.3g}")
@@ -285,6 +288,24 @@ def test_golden_e2e_tier2_run_a(fixture, pipeline_result):
     stats = frame_stats(fixture, "A", result.frames)
     print(f"tier 2 run A frames: {stats}")
     assert stats.within(TIER2_FRAMES), stats
+
+
+@pytest.mark.slow
+def test_golden_e2e_whole_pipeline_run_a(fixture, pipeline_result):
+    """LipsyncPipeline.run as a job runs it; only the draws are upstream's. Outside out_box every frame
+    equals its looped input frame exactly; the latents are within tier 2, the frames within tier 2 but
+    for one grey level of max (PIPELINE_FRAMES: the streamed alignment and float16 faces, on purpose)."""
+    result = pipeline_result
+    stored = fixture.runs["A"]
+    assert result.noise_calls == [(0, (16, 4, 64, 64)), (1, (8, 4, 64, 64))]
+    assert result.steps == [(3, 0), (3, 0)]
+    for window, latents in enumerate(result.latents):
+        expected = stored[f"final_latents_w{window}"]
+        print(f"pipeline run A window {window}: final latents max |diff| {(latents - expected).abs().max():.3g}")
+        torch.testing.assert_close(latents, expected, atol=RUNS["A"].tier2_latents_atol, rtol=0)
+    stats = frame_stats(fixture, "A", result.frames)
+    print(f"pipeline run A frames: {stats}")
+    assert stats.within(PIPELINE_FRAMES), stats
 
 
 # --- fixed by this suite --------------------------------------------------------------------------

@@ -29,7 +29,14 @@ from latentsync_cli.models.audio_features import AudioFeatureExtractor
 from latentsync_cli.models.frame_count import output_frame_count
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline, SyncJob
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
-from latentsync_cli.pipeline.windows import WindowInput, WindowPlan, batches_of_equal_length, window_ranges, window_seed
+from latentsync_cli.pipeline.windows import (
+    SeededNoise,
+    WindowInput,
+    WindowPlan,
+    batches_of_equal_length,
+    window_ranges,
+    window_seed,
+)
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
@@ -65,13 +72,13 @@ def make_windows(flags_per_window: list[list[bool]], resolution: int = 256) -> l
     return windows
 
 
-def generate(models, settings, windows, audio_features, finished=None, on_generated=None):
+def generate(models, settings, windows, audio_features, finished=None, on_generated=None, noise=None):
     """The windows through the model lane, as the pipeline runs them: those in `finished` (index -> faces)
     are taken as they are, the others are generated and told to `on_generated`."""
     timer = StageTimer("cpu")
     pipeline = LipsyncPipeline(models, settings, timer)
     paste_mask = torch.from_numpy(mouth_mask(256))[None, None]
-    faces = pipeline.face_generator(audio_features, paste_mask)
+    faces = pipeline.face_generator(audio_features, paste_mask, noise=noise)
     finished = finished or {}
     ranges = [range(w.first_frame, w.first_frame + len(w.frames)) for w in windows]
     plan = WindowPlan(ranges, frozenset(w.index for w in windows if w.index not in finished),
@@ -197,6 +204,33 @@ def test_finished_windows_are_taken_and_later_windows_do_not_change(tiny_models,
     assert len(batches) == 1  # only window 2 went through the UNet
     assert torch.all(resumed[0] == 0.25)
     torch.testing.assert_close(resumed[2], uninterrupted[2], atol=0, rtol=0)
+
+
+class RecordingNoise:
+    """The tool's draws (SeededNoise), noting which window asked for its draws and with what shape."""
+
+    def __init__(self, seed: int):
+        self.seeded = SeededNoise(seed)
+        self.asked: list[tuple[int, tuple[int, ...]]] = []
+
+    def initial_noise(self, latent_size: int) -> torch.Tensor:
+        return self.seeded.initial_noise(latent_size)
+
+    def posterior_draws(self, window_index, shape, device, dtype):
+        self.asked.append((window_index, tuple(shape)))
+        return self.seeded.posterior_draws(window_index, shape, device, dtype)
+
+
+def test_every_draw_comes_from_the_noise_source_and_the_default_is_the_seeded_one(tiny_models, audio_features):
+    """The seam the golden e2e test injects upstream's draws through: a generated window asks the source
+    for its draws by its index (a finished one asks nothing), and without a source the draws are
+    SeededNoise(settings.seed)'s, so the faces are the same."""
+    windows = make_windows([[True, True], [True, False, True]])
+    _, default = generate(tiny_models, FAST, windows, audio_features)
+    noise = RecordingNoise(FAST.seed)
+    _, given = generate(tiny_models, FAST, windows, audio_features, finished={0: default[0].numpy()}, noise=noise)
+    assert noise.asked == [(1, (2, 4, 32, 32))]  # window 1's two faces
+    torch.testing.assert_close(given[1], default[1], atol=0, rtol=0)
 
 
 class RecordingProgress:

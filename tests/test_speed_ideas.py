@@ -18,11 +18,8 @@ from test_pipeline import count_unet_calls, generate, make_windows
 from latentsync_cli.bench.flops import unet_tflop, unet_tflop_per_output_second
 from latentsync_cli.bench.matrix import plan_cases
 from latentsync_cli.errors import UsageError
-from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.optimizers import OptimizationLog
 from latentsync_cli.optimizers.cfg_cache import CfgCachePlan
 from latentsync_cli.optimizers.coherence import WarmStartPlan
-from latentsync_cli.optimizers.cuda_graphs import CudaGraphs
 from latentsync_cli.optimizers.deepcache import DeepCachePlan
 from latentsync_cli.optimizers.loop_plan import UPSTREAM_LOOP, LoopPlan
 from latentsync_cli.optimizers.multiscale import (
@@ -30,18 +27,15 @@ from latentsync_cli.optimizers.multiscale import (
     full_resolution_noise,
     subsample,
 )
-from latentsync_cli.optimizers.run_plan import RunPlan
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.optimizers.step_skipping import StepSkipPlan
-from latentsync_cli.pipeline import LipsyncPipeline
 from latentsync_cli.pipeline.denoise import denoise
 from latentsync_cli.pipeline.overlap_blend import OverlapBlend
-from latentsync_cli.pipeline.windows import WindowInput, WindowOutput, WindowPlan
+from latentsync_cli.pipeline.windows import WindowInput, WindowOutput
 from latentsync_cli.settings.device_record import Capabilities, DeviceRecord
 from latentsync_cli.settings.presets import load_presets
 from latentsync_cli.settings.request import SettingsRequest
 from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
-from latentsync_cli.timing import StageTimer
 from latentsync_cli.unet_steps import UNetSteps
 from latentsync_cli.weights.load import load_models
 
@@ -247,32 +241,6 @@ def test_smart_batching_packs_equal_windows_in_any_order_with_the_same_faces(mod
     assert sorted(batches) == [2 * 1, 2 * 2 * 2]  # windows 0 and 2 share a call
     for got, want in zip(packed, in_order):
         torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
-
-
-def test_smart_batching_stops_the_cuda_graph_padding(models):
-    def plan_for(settings):
-        plan = RunPlan(1, "ddim", 1.5, NO_CACHE, None, models.unet, OptimizationLog())
-        CudaGraphs().apply(plan, settings, torch.device("cuda"))  # what it decides; nothing runs on CUDA
-        return plan
-
-    assert plan_for(RunSettings(cuda_graphs=True, window=16)).pad_frames_to == 16
-    assert plan_for(RunSettings(cuda_graphs=True, window=16, window_overlap=4)).pad_frames_to == 20
-    assert plan_for(RunSettings(cuda_graphs=True, window=16, smart_batching=True)).pad_frames_to is None
-
-
-def test_padding_frames_change_the_faces_and_are_counted(models, audio_features):
-    """Why padding is not only waste: the motion modules attend across frames, so the padded frames
-    change the real ones. Smart batching's unpadded call is the eager computation."""
-    windows = make_windows([[True, True]])
-    padded_pipeline = LipsyncPipeline(models, FAST, StageTimer("cpu"))
-    padded_pipeline.plan.pad_frames_to = 4  # as CUDA graphs with a 4-frame window would
-    mask = torch.from_numpy(mouth_mask(256))[None, None]
-    faces = padded_pipeline.face_generator(audio_features, mask)
-    plan = WindowPlan.everything([range(2)])
-    (padded,) = [output.wait().float() for output in padded_pipeline.generate_windows(windows, faces, plan)]
-    _, (unpadded,) = generate(models, dataclasses.replace(FAST, smart_batching=True), windows, audio_features)
-    assert faces.steps.frame_passes["full"] == 2 * 4  # CFG x 4 frames, 2 of them padding
-    assert (padded - unpadded).abs().max() > 1e-3
 
 
 # --- 3. warm start and window overlap -----------------------------------------------------------

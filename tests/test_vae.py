@@ -19,6 +19,7 @@ from latentsync_cli.models.vae import (
     sd_vae_ft_mse_config,
     tiny_vae_config,
 )
+from latentsync_cli.pipeline.windows import SeededNoise, window_generator
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,19 @@ def test_tiny_vae_keeps_the_latent_geometry(tiny_vae):
     images = decode_latents(tiny_vae, latents)
     assert images.shape == (2, 3, 256, 256)
     assert sum(p.numel() for p in tiny_vae.parameters()) < 200_000
+
+
+def test_seeded_draws_are_the_generator_draws_bit_for_bit(tiny_vae):
+    """The NoiseSource seam changes nothing for users: SeededNoise's two draws of window k give the latents
+    that window k's generator gave when encode_latents drew from it (masked first, then reference)."""
+    masked_faces, faces = _frames(3) * 0.5, _frames(3)
+    generator = window_generator(1247, 2)
+    before = [encode_latents(tiny_vae, images, generator) for images in (masked_faces, faces)]
+    draws = SeededNoise(1247).posterior_draws(2, (3, 4, 32, 32), tiny_vae.device, tiny_vae.dtype)
+    after = [encode_latents(tiny_vae, images, draw=draw) for images, draw in zip((masked_faces, faces), draws)]
+    assert all(torch.equal(old, new) for old, new in zip(before, after))
+    with pytest.raises(ValueError):
+        encode_latents(tiny_vae, faces, generator, draw=draws[0])
 
 
 def test_encode_samples_the_distribution_and_scales(tiny_vae):

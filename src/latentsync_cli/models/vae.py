@@ -86,9 +86,16 @@ def load_vae(
 
 
 def encode_latents(
-    vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None, sources: np.ndarray | None = None
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sources: np.ndarray | None = None,
+    draw: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images (F, 3, H, W) in [-1, 1] -> scaled latents (F, 4, H/8, W/8), sampled from the latent distribution.
+
+    The sample is mean + std * a standard normal draw: drawn from `generator`,
+    or `draw` (F, 4, H/8, W/8) when given (see pipeline.windows.NoiseSource).
 
     `sources` (F,) says which rows repeat an image: row i is the same picture as
     row sources[i]. Each distinct picture is encoded once, and every row still
@@ -96,6 +103,8 @@ def encode_latents(
     would (the encoder's numbers may differ in the last float bits, since the
     batch is smaller).
     """
+    if generator is not None and draw is not None:
+        raise ValueError("pass a generator or a draw, not both")
     images = images.to(device=vae.device, dtype=vae.dtype)
     distinct, rows = np.unique(sources, return_inverse=True) if sources is not None else (None, None)
     with torch.no_grad():
@@ -104,7 +113,10 @@ def encode_latents(
         else:
             parameters = vae.encode(images[torch.from_numpy(distinct)]).latent_dist.parameters  # mean, log-variance
             distribution = DiagonalGaussianDistribution(parameters[torch.from_numpy(rows).to(images.device)])
-        latents = distribution.sample(generator=generator)
+        if draw is None:
+            latents = distribution.sample(generator=generator)
+        else:
+            latents = distribution.mean + distribution.std * draw.to(distribution.mean)
     return latents * LATENT_SCALE
 
 

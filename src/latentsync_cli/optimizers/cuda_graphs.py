@@ -1,8 +1,11 @@
 """CUDA graphs for the denoising step: capture the UNet call once per input shape, then replay it.
 
-A replay skips Python and kernel launch overhead. Graphs need static shapes,
-so with graphs on, the pipeline pads every window to the full window size (by
-repeating its last frame) and drops the padding after. With DeepCache there
+A replay skips Python and kernel launch overhead. Graphs need static shapes:
+one graph is captured per input shape, so a video's last, shorter window gets
+its own. A window is never padded to the full length instead: the UNet's
+GroupNorms and motion modules mix the frames of a window, so padding changes
+the real frames' result (by up to 0.41 in the final latents of the golden
+e2e run C's 8-frame window, scripts/measure_upstream_parity.py --padding). With DeepCache there
 are two graphs per shape: the full pass (which writes the cached hidden state
 into a static buffer) and the shallow pass (which reads it from one).
 """
@@ -90,7 +93,7 @@ class CudaGraphUNet:
 
 
 class CudaGraphs:
-    """Replaces the plan's UNet call with CudaGraphUNet and pads every window to the full window size."""
+    """Replaces the plan's UNet call with CudaGraphUNet (one graph per window length)."""
 
     name = "cuda graphs"
 
@@ -102,12 +105,5 @@ class CudaGraphs:
             return LogEntry(self.name, SKIPPED, f"CUDA graphs need a CUDA device, this run uses {device.type}")
         plan.graphs = CudaGraphUNet(plan.unet_call)
         plan.unet_call = plan.graphs
-        if settings.smart_batching:  # a graph per window length instead of padding (smart batching)
-            return LogEntry(self.name, APPLIED, "UNet step captured once per shape and replayed; no padding")
-        frames = settings.window + settings.window_overlap
-        plan.pad_frames_to = frames
-        detail = (
-            f"UNet step captured once per shape and replayed; windows padded to {frames} frames "
-            "(last frame repeated, padding dropped after)"
-        )
+        detail = "UNet step captured once per shape (a shorter last window gets its own graph) and replayed"
         return LogEntry(self.name, APPLIED, detail)

@@ -54,7 +54,6 @@ class RunPlan:
     window_overlap: int = 0  # frames each window also makes of the previous one
     smart_batching: bool = False  # equal-length windows share a call in any order
     graphs: CudaGraphUNet | None = None  # set by CudaGraphs, so the ladder can drop its graphs
-    pad_frames_to: int | None = None  # static window length for CUDA graphs, else None
 
     def make_scheduler(self, device: torch.device | None = None) -> SchedulerMixin:
         """A fresh scheduler with the plan's timesteps (multistep solvers keep state: one per UNet call)."""

@@ -184,28 +184,3 @@ class UNetConditions:
             self.made[key] = (condition.to(self.dtype), audio.to(self.dtype))
         return self.made[key]
 
-
-def repeat_last_frame(tensor: Tensor, num_frames: int, frame_dim: int = 2) -> Tensor:
-    """Pad `tensor` along `frame_dim` to `num_frames` by repeating its last frame."""
-    missing = num_frames - tensor.shape[frame_dim]
-    if missing <= 0:
-        return tensor
-    last = tensor.narrow(frame_dim, tensor.shape[frame_dim] - 1, 1)
-    repeats = [1] * tensor.ndim
-    repeats[frame_dim] = missing
-    return torch.cat([tensor, last.repeat(*repeats)], dim=frame_dim)
-
-
-def pad_inputs(latents: Tensor, inputs: DenoiseInputs, num_frames: int) -> tuple[Tensor, DenoiseInputs]:
-    """Static shapes for CUDA graphs: every window padded to `num_frames` (drop the padding after)."""
-    if inputs.num_frames >= num_frames:
-        return latents, inputs
-    windows, frames = inputs.mask.shape[0], inputs.num_frames
-    audio = inputs.audio_embeds.unflatten(0, (windows, frames))  # (B, F, T, C)
-    padded = DenoiseInputs(
-        mask=repeat_last_frame(inputs.mask, num_frames),
-        masked_latents=repeat_last_frame(inputs.masked_latents, num_frames),
-        reference_latents=repeat_last_frame(inputs.reference_latents, num_frames),
-        audio_embeds=repeat_last_frame(audio, num_frames, frame_dim=1).flatten(0, 1),
-    )
-    return repeat_last_frame(latents, num_frames), padded

@@ -8,8 +8,10 @@ the same face count share one UNet call, up to `memory.windows_per_call`.
 
 What runs follows upstream (LATENTSYNC_REFERENCE.md): one initial noise shared
 by all frames, masked and reference latents sampled from the VAE with the
-window's own generator, the 13-channel UNet input, classifier-free guidance
-with zero audio, and the unmasked pixels pasted back after decoding.
+window's own draws (a NoiseSource: the tool's per-window seeding, or draws a
+test injects), the 13-channel UNet input, classifier-free guidance with zero
+audio, and the unmasked pixels pasted back after decoding. Checked end to end
+against upstream's own run by tests/test_golden_e2e.py (docs/UPSTREAM.md).
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import torch
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.face.restore_torch import restore_faces_torch
-from latentsync_cli.models.vae import decode_latents, encode_latents
+from latentsync_cli.models.vae import DOWNSAMPLE_FACTOR, LATENT_CHANNELS, decode_latents, encode_latents
 from latentsync_cli.optimizers.memory import MemorySettings, on_device
 from latentsync_cli.optimizers.run_plan import RunPlan
-from latentsync_cli.pipeline.denoise import DenoiseInputs, DenoiseResult, denoise, pad_inputs
+from latentsync_cli.pipeline.denoise import DenoiseInputs, DenoiseResult, denoise
 from latentsync_cli.pipeline.windows import (
+    NoiseSource,
+    SeededNoise,
     WindowInput,
     WindowOutput,
     batches_of_equal_length,
-    shared_noise,
-    window_generator,
 )
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
@@ -47,11 +49,11 @@ class FaceGenerator:
         audio_features: torch.Tensor,
         paste_mask: torch.Tensor,
         keep_on_device: bool = False,
+        noise: NoiseSource | None = None,
     ):
         self.keep_on_device = keep_on_device  # the faces are pasted back on the device (restore_on_device)
         self.models = models
         self.plan = plan
-        self.seed = settings.seed
         self.device = device
         self.timer = timer
         self.lane = device.type  # the timer lane of this work is named after the device that does it
@@ -61,7 +63,12 @@ class FaceGenerator:
         unet_mask = mouth_mask(models.resolution)
         self.image_mask = torch.from_numpy(unet_mask)[None, None].to(device)  # (1, 1, R, R)
         self.latent_mask = torch.from_numpy(latent_mask(unet_mask, models.resolution // 8))[None, None, None]
-        self.noise = shared_noise(settings.seed, models.resolution // 8)
+        # Every random draw: the tool's per-window seeding unless a test injects upstream's recorded draws.
+        self.noise_source = noise if noise is not None else SeededNoise(settings.seed)
+        self.noise = self.noise_source.initial_noise(models.resolution // 8)
+        # The dtype the generated faces leave in (WindowOutput, the work dir): float16 halves their memory and
+        # storage; it rounds the paste-back by one grey level in ~0.7 % of the face box's values (docs/UPSTREAM.md).
+        self.face_dtype = torch.float16
         self.steps = UNetSteps()  # what the UNet did, summed over UNet calls
         # Warm start: the last generated window's index and its last frame's denoised latents (1, 4, 1, h, w).
         self.last_window: tuple[int, torch.Tensor] | None = None
@@ -94,12 +101,15 @@ class FaceGenerator:
         self, batch: list[WindowInput], pixels: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per window, (n, 4, h, w) latents of the masked faces and of the whole faces."""
+        vae = self.models.vae
         masked_latents, reference_latents = [], []
         for window, faces in zip(batch, pixels):
-            generator = window_generator(self.seed, window.index)  # masked first, then reference, as upstream
+            height, width = faces.shape[-2] // DOWNSAMPLE_FACTOR, faces.shape[-1] // DOWNSAMPLE_FACTOR
+            shape = (len(faces), LATENT_CHANNELS, height, width)
+            masked_draw, reference_draw = self.noise_source.posterior_draws(window.index, shape, vae.device, vae.dtype)
             sources = window.face_sources  # a repeated picture is encoded once
-            masked_latents.append(encode_latents(self.models.vae, faces * self.image_mask, generator, sources))
-            reference_latents.append(encode_latents(self.models.vae, faces, generator, sources))
+            masked_latents.append(encode_latents(vae, faces * self.image_mask, sources=sources, draw=masked_draw))
+            reference_latents.append(encode_latents(vae, faces, sources=sources, draw=reference_draw))
         return masked_latents, reference_latents
 
     def denoise(
@@ -120,12 +130,9 @@ class FaceGenerator:
             audio_embeds=self.audio_features[torch.from_numpy(audio_rows)].to(self.device, non_blocking=True),
         )
         latents, first_step = self.initial_latents(batch, scheduler, frames)
-        if self.plan.pad_frames_to is not None:
-            latents, inputs = pad_inputs(latents, inputs, self.plan.pad_frames_to)
         plan = self.plan
         result = denoise(plan.unet_call, scheduler, latents, inputs, plan.guidance, plan.deepcache,
                          loop=plan.loop, first_step=first_step)  # fmt: skip
-        result.latents = result.latents[:, :, :frames]  # without the CUDA graphs padding
         if plan.warm_start.enabled:
             self.last_window = (batch[-1].index, result.latents[-1:, :, -1:].clone())
         return result
@@ -148,10 +155,10 @@ class FaceGenerator:
         return scheduler.add_noise(start, noise, scheduler.timesteps[first_step : first_step + 1]), first_step
 
     def decode(self, latents: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-        """One window's (4, n, h, w) latents -> float16 (n, 3, R, R) faces, the unmasked pixels from `faces`."""
+        """One window's (4, n, h, w) latents -> (n, 3, R, R) faces in face_dtype, the unmasked pixels from `faces`."""
         decoded = decode_latents(self.models.vae, latents.transpose(0, 1)).float()
         pasted = decoded * (1.0 - self.paste_mask) + faces * self.paste_mask
-        return pasted.to(torch.float16)
+        return pasted.to(self.face_dtype)
 
     def to_host(self, window: WindowInput, faces: torch.Tensor) -> WindowOutput:
         """Start copying the faces to the CPU (unless they are pasted back on the device, see restore_on_device)."""

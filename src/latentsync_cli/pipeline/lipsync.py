@@ -47,7 +47,14 @@ from latentsync_cli.optimizers.vae_memory import set_vae_memory
 from latentsync_cli.pipeline.faces import FaceGenerator, restore_on_device
 from latentsync_cli.pipeline.overlap import ReadAhead, run_overlapped
 from latentsync_cli.pipeline.overlap_blend import OverlapBlend
-from latentsync_cli.pipeline.windows import FrameSink, GeneratedListener, WindowInput, WindowOutput, WindowPlan
+from latentsync_cli.pipeline.windows import (
+    FrameSink,
+    GeneratedListener,
+    NoiseSource,
+    WindowInput,
+    WindowOutput,
+    WindowPlan,
+)
 from latentsync_cli.progress import TASK_DECODE, TASK_ENCODE, TASK_GENERATE, TASK_JOB, NoProgress, Progress
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import (
@@ -94,6 +101,8 @@ class SyncJob:
     restore: str = "auto"
     encoder: str = "libx264"  # the sink's encoder, for the optimization table
     encoder_reason: str = "libx264"  # why, for the optimization table
+    # Every random draw (None: the tool's, from the settings' seed, per window; a test injects recorded draws).
+    noise: NoiseSource | None = None
 
 
 @dataclass
@@ -196,7 +205,8 @@ class LipsyncPipeline:
         audio_features = audio_features[: plan.num_frames]
         paste_mask = torch.from_numpy(mouth_mask(self.resolution, job.mask_feather_px))[None, None].to(self.device)
         restore = job.restore if job.restore != "auto" else restore_backend_for(self.device.type)
-        faces = self.face_generator(audio_features, paste_mask, on_device=plan.make_frames and restore == "torch")
+        on_device = plan.make_frames and restore == "torch"
+        faces = self.face_generator(audio_features, paste_mask, on_device, job.noise)
 
         wanted = [index for index in range(len(plan.ranges)) if plan.wanted(index)]
         frames = sum(len(plan.ranges[index]) for index in wanted)
@@ -218,11 +228,15 @@ class LipsyncPipeline:
         return self.result(job, frames_without_face, faces)
 
     def face_generator(
-        self, audio_features: torch.Tensor, paste_mask: torch.Tensor, on_device: bool = False
+        self,
+        audio_features: torch.Tensor,
+        paste_mask: torch.Tensor,
+        on_device: bool = False,
+        noise: NoiseSource | None = None,
     ) -> FaceGenerator:
         """The job's model work: windows of aligned faces -> generated faces (see faces.py)."""
         models, plan, settings, device, timer = self.models, self.plan, self.settings, self.device, self.timer
-        return FaceGenerator(models, plan, settings, device, timer, audio_features, paste_mask, on_device)
+        return FaceGenerator(models, plan, settings, device, timer, audio_features, paste_mask, on_device, noise)
 
     def result(self, job: SyncJob, frames_without_face: int, faces: FaceGenerator) -> SyncResult:
         totals = self.timer.stage_totals()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -139,6 +139,49 @@ def shared_noise(seed: int, latent_size: int) -> torch.Tensor:
     """The one initial noise (1, 4, 1, h, w) that every frame of the video starts from, as upstream."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn((1, 4, 1, latent_size, latent_size), generator=generator)
+
+
+@runtime_checkable
+class NoiseSource(Protocol):
+    """Every random draw of a run: the initial noise, and each window's two VAE posterior draws.
+
+    A posterior sample is mean + std * draw (before the latent scale). Upstream
+    draws, per window, the masked faces' draw first, then the whole faces'.
+    The tool uses SeededNoise; a test can inject draws recorded from upstream.
+    """
+
+    def initial_noise(self, latent_size: int) -> torch.Tensor:
+        """float32 (1, 4, 1, h, w) on the CPU, shared by every frame."""
+        ...
+
+    def posterior_draws(
+        self, window_index: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard normal (masked, reference) draws of `shape` (n, 4, h, w) for window `window_index`."""
+        ...
+
+
+@dataclass(frozen=True)
+class SeededNoise:
+    """The tool's randomness: the initial noise from `seed`, window k's draws from window_generator(seed, k).
+
+    A window's draws depend only on the seed and its index, so resumed jobs and
+    shards make the same video as one uninterrupted run.
+    """
+
+    seed: int
+
+    def initial_noise(self, latent_size: int) -> torch.Tensor:
+        return shared_noise(self.seed, latent_size)
+
+    def posterior_draws(
+        self, window_index: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Drawn on the CPU and moved, as diffusers' DiagonalGaussianDistribution.sample does with a CPU generator.
+        generator = window_generator(self.seed, window_index)
+        masked = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+        reference = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+        return masked, reference
 
 
 def batches_of_equal_length(windows: list[WindowInput], size: int, any_order: bool = False) -> list[list[WindowInput]]:

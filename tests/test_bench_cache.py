@@ -24,7 +24,7 @@ def _entry(key: CacheKey, date: str = "2026-11-22T04:00:00+00:00", marker: str =
         level=level,
         device=None,
         tier="",
-        weights=WeightsInfo(id=key.weights, description="", is_random=True),
+        weights=WeightsInfo(choice=key.weights, id=key.weights, description="", is_random=True),
         label=marker,
         fidelity_note=None,
         reference="normal",

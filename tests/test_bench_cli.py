@@ -115,7 +115,7 @@ def test_bad_flags_are_one_line_usage_errors(env):
         ["--duration", "0"],
         ["--weights", "huge"],
         ["--clear", "--show"],
-        ["--video", "x.mp4"],
+        ["--audio", "x.wav"],
         ["--modes", "warp"],
     )
     for args in cases:

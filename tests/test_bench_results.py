@@ -75,7 +75,7 @@ def _entry(
         "date": "2026-11-22T04:00:00+00:00",
         "level": "stress" if stress else "quick",
         "device": {**H100.to_dict(), "tier": "large_gpu"},
-        "weights": {"choice": "auto", "id": "latentsync-1.6", "description": "LatentSync 1.6", "is_random": False},
+        "weights": {"choice": "auto", "id": "latentsync-1.6", "description": "LatentSync 1.6", "is_random": False, "is_proxy": False},
         "label": "",
         "fidelity_note": None,
         "reference": "normal",

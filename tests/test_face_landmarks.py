@@ -104,13 +104,14 @@ def test_a_repeated_picture_is_found_and_aligned_once():
     detection, one matrix and one crop; a changed frame is detected and cut again."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from latentsync_cli.face.detectors import LandmarkSource
     from latentsync_cli.face.track import FaceLocator
 
     photo = face_photo()
     moved = np.roll(photo, 3, axis=1)
     moved[:, :3] = 0
     pictures = [photo, photo.copy(), photo.copy(), moved, moved, photo]
-    locate = FaceLocator(256, stride=1, face="largest")
+    locate = FaceLocator(256, LandmarkSource("mediapipe", stride=1, choose="largest"))
     try:
         affines = [locate.affine(number, picture) for number, picture in enumerate(pictures)]
         assert locate.detector.detector_runs == 3  # stride 1: once per new picture, not once per frame

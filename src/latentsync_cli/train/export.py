@@ -40,6 +40,13 @@ def usage(folder: Path) -> dict:
             "cpu_s": round(sum(line["cpu_s"] for line in lines), 1), "threads": sorted({line["threads"] for line in lines})}
 
 
+def shipped_clip_info(value):
+    """A clip's entry as shipped: the video by its file name, not this machine's path."""
+    if isinstance(value, dict) and "video" in value:
+        return {**value, "video": Path(value["video"]).name}
+    return value
+
+
 def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
     folder = package_dir or PROXY_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,11 +66,13 @@ def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
         "training": {stage: {"recipe": json.loads((out / stage / RECIPE_FILE).read_text()), **usage(out / stage)}
                      for stage in ("vae", "unet")},
     }
-    manifest["data"] = {key: value for key, value in data_info.items() if key != "audio_encoder"}
+    manifest["data"] = {key: shipped_clip_info(value) for key, value in data_info.items() if key != "audio_encoder"}
     heldout = out / "eval" / "heldout.json"
     if heldout.is_file():
         manifest["heldout"] = json.loads(heldout.read_text())
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    for name in (UNET_FILE, VAE_FILE, MANIFEST_FILE):
+        (folder / name).chmod(0o644)  # safetensors writes 0600: an install for several users must read them
     size = sum((folder / name).stat().st_size for name in (UNET_FILE, VAE_FILE, MANIFEST_FILE))
     if size > MAX_SHIPPED_BYTES:
         raise SystemExit(f"the proxy's files take {size / 2**20:.1f} MB, more than the {MAX_SHIPPED_BYTES >> 20} MB allowed")

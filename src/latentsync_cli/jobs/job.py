@@ -108,7 +108,8 @@ class PreparedJob:
     encoder: EncoderChoice  # the video encoder and why
     num_frames: int  # output frames
     output_spec: OutputSpec | None  # what is written where; None: not kept (profile without -o)
-    speech_source: Speech  # the file whose audio stream the output carries, at its own rate and channels
+    speech_source: Speech | None  # the file whose audio stream the output carries, at its own rate and channels;
+    # None: a named pipe (read once), whose decoded 16 kHz mono speech the output carries
     warnings: tuple[str, ...] = ()  # for the user: notes of the resolution, silent speech, ...
     lease: LeaseTerms = LeaseTerms()  # how long the claims of a job that died block others (LATENTSYNC_LEASE_SECONDS)
 

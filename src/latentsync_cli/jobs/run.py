@@ -34,7 +34,7 @@ from latentsync_cli.jobs.models import ModelCache, absolute
 from latentsync_cli.jobs.outputs import check_output_path, claimed_path, default_output_path
 from latentsync_cli.jobs.scratch import JobScratch, job_scratch_dir, remove_stale_scratch
 from latentsync_cli.jobs.shards import Shard
-from latentsync_cli.media.audio import SAMPLE_RATE, speech_stream
+from latentsync_cli.media.audio import SAMPLE_RATE, is_stream, speech_stream
 from latentsync_cli.media.encode import EncoderChoice, choose_encoder
 from latentsync_cli.media.outputs import FFMPEG_ENCODERS, STDOUT, OutputSpec, Speech, check_codec, choose_output
 from latentsync_cli.media.pipes import STDIN, spool_stdin
@@ -125,7 +125,9 @@ def prepare(
     check_warm_start(job, resolved.settings.warm_start, resolved.sources["warm_start"])
     spec = choose_output(target, job.codec, job.format, video_info) if target is not None else None
     encoder = video_encoder(job, spec, resolved.settings.device)
-    speech_source = Speech(audio or video, speech_stream(audio or video))
+    speech_file = audio or video
+    # A named pipe was read once, above: the output then carries the decoded speech (output_sink).
+    speech_source = None if is_stream(speech_file) else Speech(speech_file, speech_stream(speech_file))
     notes = tuple(resolved.notes) + warnings
     return PreparedJob(job, video, audio, claimed_path(target) if target is not None else None, video_info, speech,
                        resolved, encoder, num_frames, spec, speech_source, notes, lease)  # fmt: skip
@@ -254,8 +256,18 @@ def output_sink(prepared: PreparedJob, num_frames: int, scratch: JobScratch, com
         spec = choose_output(scratch.folder / f"{prepared.video.stem}_profile.mp4", "auto", None, info)
     encoding = EncodeSettings(job.crf, DEFAULT_X264_PRESET, prepared.encoder.name)
     duration = Fraction(num_frames) / info.rate
-    return OutputWriter(spec, info, prepared.speech_source, duration, scratch.folder, encoding, job.output_fd,
+    speech = prepared.speech_source or decoded_speech(prepared.speech, scratch.folder)
+    return OutputWriter(spec, info, speech, duration, scratch.folder, encoding, job.output_fd,
                         publish=scratch.publish, comment=comment)  # fmt: skip
+
+
+def decoded_speech(speech: np.ndarray, folder: Path) -> Speech:
+    """The speech as the model read it (16 kHz mono), as a WAV in `folder`: what a piped speech's output carries."""
+    from latentsync_cli.media.audio import write_wav
+
+    path = folder / "speech.wav"
+    write_wav(path, speech)
+    return Speech(path, speech_stream(path))
 
 
 def stored_track(

@@ -35,7 +35,7 @@ from latentsync_cli.face.restore_torch import restore_faces_torch
 from latentsync_cli.face.track import FaceLocator
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.video import probe_video
-from latentsync_cli.models.audio_features import output_frame_count
+from latentsync_cli.models.frame_count import output_frame_count
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import LATENT_SCALE
 from latentsync_cli.models.whisper import load_whisper_encoder
@@ -287,7 +287,7 @@ class RecordingGenerator(FaceGenerator):
 
     def denoise(self, batch, masked_latents, reference_latents) -> DenoiseResult:
         result = super().denoise(batch, masked_latents, reference_latents)
-        self.results.append(DenoiseResult(result.latents.clone(), result.full_steps, result.cached_steps))
+        self.results.append(DenoiseResult(result.latents.clone(), result.steps))
         return result
 
 

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from latentsync_cli.face.align import crop_size
+from latentsync_cli.face.detectors import LandmarkSource
 from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.face.track import track_faces
 from latentsync_cli.jobs.run import Job, run
 from latentsync_cli.media.audio import SAMPLE_RATE, load_audio, write_wav
-from latentsync_cli.media.video import read_frames
+from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.settings.request import SettingsRequest
 from latentsync_cli.weights.proxy import PROXY_RESOLUTION
 
@@ -53,7 +54,7 @@ def outputs(media_dir, tmp_path_factory):
         assert "trained on three clips" in file_comment(output)  # the file itself says what made it
         made[name] = np.stack(list(read_frames(output, FRAMES)))
     made["input"] = np.stack(list(read_frames(video, FRAMES)))
-    track = track_faces(video, FRAMES, "pingpong", "largest", stride=1, resolution=PROXY_RESOLUTION)
+    track = track_faces(probe_video(video), FRAMES, "pingpong", LandmarkSource("mediapipe"), PROXY_RESOLUTION)
     return made, track
 
 

@@ -196,14 +196,7 @@ class VideoEncoder:
 
     def abort(self) -> None:
         """Stop ffmpeg and delete the temporary file; safe to call more than once."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        if self.process.stdin and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
+        stop_ffmpeg(self.process)
         self.temp_path.unlink(missing_ok=True)
         self._done = True
         self._errors.close()
@@ -234,6 +227,18 @@ class VideoEncoder:
         self._errors.seek(0)
         stderr = self._errors.read().decode("utf-8", "replace")
         return ffmpeg_output_error(stderr, self.process.returncode, self.path)
+
+
+def stop_ffmpeg(process: subprocess.Popen) -> None:
+    """Kill an ffmpeg that is still writing, reap it and close its stdin (safe to call more than once)."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    if process.stdin and not process.stdin.closed:
+        try:
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
 
 
 def ffmpeg_output_error(stderr: str, returncode: int | None, path: Path) -> OutputError:

@@ -53,6 +53,7 @@ from latentsync_cli.media.encode import (
     DEFAULT_X264_PRESET,
     codec_arguments,
     ffmpeg_output_error,
+    stop_ffmpeg,
 )
 from latentsync_cli.media.pixels import DTYPE_WHITE
 from latentsync_cli.media.sequences import SEQUENCE_SUFFIXES, check_output_pattern
@@ -346,14 +347,7 @@ class OutputWriter:
     def abort(self) -> None:
         """Stop ffmpeg and remove what it wrote; safe to call more than once."""
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait()
-            if self.process.stdin and not self.process.stdin.closed:
-                try:
-                    self.process.stdin.close()
-                except BrokenPipeError:
-                    pass
+            stop_ffmpeg(self.process)
         if self.temp_path is not None:
             self.temp_path.unlink(missing_ok=True)
         if self.sequence_folder is not None:

@@ -33,6 +33,7 @@ def test_full_varies_one_setting_at_a_time_and_only_what_the_device_can_run():
         assert case.changes.get("precision", "fp32") == "fp32"
     normal_schedulers = {case.settings(BASES["normal"]).scheduler for case in cpu_cases if case.mode == "normal"}
     assert normal_schedulers == set(SCHEDULERS)
+    assert "normal+g1" in names and "turbo+deepcache+g1.5" in names  # guidance with and without CFG, per mode
     normal_windows = {case.settings(BASES["normal"]).window for case in cpu_cases if case.mode == "normal"}
     assert normal_windows == set(FULL_WINDOWS)
 

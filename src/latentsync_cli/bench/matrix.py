@@ -3,8 +3,9 @@
 A case is a speed mode (resolved at this device's tier defaults) plus a few
 changed settings. `quick` measures every mode with DeepCache on and off;
 `full` adds, one setting at a time around each mode's own settings, the other
-schedulers, windows, windows per UNet call, torch.compile, CUDA graphs and
-precisions this device can run, and each speed idea of docs/PERFORMANCE.md
+schedulers, guidance 1.0 or 1.5 (whichever the mode does not use), windows,
+windows per UNet call, torch.compile, CUDA graphs and precisions this device can
+run, and each speed idea of docs/PERFORMANCE.md
 switched to the other side of the mode's own choice (CFG cache, step skipping,
 multi-scale steps, warm start, window overlap, smart batching); `stress` is one
 long run of one mode.
@@ -20,6 +21,7 @@ from latentsync_cli.settings.run_settings import RunSettings, overlap_problem
 
 LEVELS = ("quick", "full", "stress")
 FULL_WINDOWS = (8, 12, 16, 20, 24)
+FULL_GUIDANCES = (1.0, 1.5)  # without and with classifier-free guidance (upstream's 1.5)
 FULL_WINDOWS_PER_CALL = (1, 2, 4)
 SPEED_IDEAS = ("cfg_cache", "step_skipping", "multiscale", "warm_start", "smart_batching")  # switched on and off
 FULL_OVERLAP = 4  # frames, for the window overlap case of a mode without overlap
@@ -61,6 +63,7 @@ def _full_cases(bases: dict[str, RunSettings], capabilities: Capabilities) -> li
     precisions = ["fp32"] + (["fp16"] if capabilities.fp16 else []) + (["bf16"] if capabilities.bf16 else [])
     variations: list[dict] = []
     variations += [{"scheduler": scheduler} for scheduler in SCHEDULERS]
+    variations += [{"guidance": guidance} for guidance in FULL_GUIDANCES]
     variations += [{"window": window} for window in FULL_WINDOWS if window <= MAX_WINDOW]
     variations += [{"windows_per_call": count} for count in FULL_WINDOWS_PER_CALL]
     if capabilities.compile:
@@ -105,6 +108,8 @@ def case_name(mode: str, settings: RunSettings, changes: dict) -> str:
             name += f"+{value}/call"
         elif key in ("compile", "cuda_graphs"):
             name += f"+{key.replace('_', '')}" if value else f"+no-{key.replace('_', '')}"
+        elif key == "guidance":
+            name += f"+g{value:g}"
         elif key == "window_overlap":
             name += f"+overlap{value}"
         elif isinstance(value, bool):

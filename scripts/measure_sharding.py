@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,9 @@ from latentsync_cli.media.synthetic import make_face_clip, make_speech
 FLAGS = ["--weights", "random-tiny", "--device", "cpu", "--mode", "turbo", "--steps", "2", "--window", "8",
          "--seed", "7", "--progress", "none"]  # fmt: skip
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this Python
+# Ports Ray would otherwise take at fixed numbers, shared with anyone else on the machine.
+RAY_PORT_FLAGS = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                  "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")  # fmt: skip
 EMPTY = "10000/10000"  # a shard with no window to compute on any short clip
 
 
@@ -87,20 +91,48 @@ def measure_shards(folder: Path, clip: Path, voice: Path, shards: int) -> dict:
     }
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_private_ray(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A local Ray head of our own (free ports, its own temp dir), in the foreground (--block) so that
+    ending this one process stops what it started and nothing else on the host; its address."""
+    port = free_port()
+    ports = [str(value) for flag in RAY_PORT_FLAGS for value in (flag, free_port())]
+    command = [*RAY, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+               "false", "--disable-usage-stats", f"--temp-dir={folder / 'ray'}", *ports]  # fmt: skip
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while True:
+        if head.poll() is not None:
+            raise SystemExit(f"ray start exited with {head.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return head, f"127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                head.terminate()
+                raise SystemExit("no Ray cluster came up within 300 s") from None
+            time.sleep(0.2)
+
+
 def measure_ray(folder: Path, clip: Path, voice: Path) -> dict:
-    subprocess.run([*RAY, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
-                    "--disable-usage-stats"], check=True, capture_output=True)  # fmt: skip
+    head, address = start_private_ray(folder)
     try:
         rates = {}
         for workers in (1, 2):
             manifest = folder / f"jobs{workers}.jsonl"
             rows = [{"video": str(clip), "audio": str(voice), "output": f"ray{workers}_{n}.mp4"} for n in range(2)]
             manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-            seconds = cli("sync", "--batch", manifest, *FLAGS, "--ray", "auto", "--ray-workers", workers)
+            seconds = cli("sync", "--batch", manifest, *FLAGS, "--ray", address, "--ray-workers", workers)
             rates[f"{workers}_workers_jobs_per_minute"] = round(2 * 60 / seconds, 2)
         return rates
     finally:
-        subprocess.run([*RAY, "stop", "--force"], capture_output=True)
+        head.terminate()  # `ray start --block` stops the processes it started, and only those
+        head.wait(timeout=300)
 
 
 def main() -> None:

@@ -229,11 +229,7 @@ def test_golden_e2e_tier1_latents(fixture, runs, name):
     assert result.noise_calls == [(0, (16, 4, 64, 64)), (1, (8, 4, 64, 64))]
     full_passes = len(fixture.record["runs"][name]["full_unet_pass_steps_per_window"][0])
     assert result.steps == [(full_passes, RUNS[name].steps - full_passes)] * 2
-    atol = RUNS[name].tier1_latents_atol
-    for window, latents in enumerate(result.latents):
-        expected = stored[f"final_latents_w{window}"]
-        print(f"run {name} window {window}: final latents max |diff| {(latents - expected).abs().max():.3g}")
-        torch.testing.assert_close(latents, expected, atol=atol, rtol=0)
+    assert_final_latents(result.latents, stored, RUNS[name].tier1_latents_atol, f"run {name}")
 
 
 @pytest.mark.slow
@@ -280,11 +276,7 @@ def test_golden_e2e_tier2_run_a(fixture, models, audio_features):
     upstream does), upstream's draws."""
     windows = own_windows(fixture, len(audio_features), *own_alignment(fixture))
     result = run_windows(models, RUNS["A"], windows, audio_features, RecordedNoise(fixture.draws))
-    stored = fixture.runs["A"]
-    for window, latents in enumerate(result.latents):
-        expected = stored[f"final_latents_w{window}"]
-        print(f"tier 2 run A window {window}: final latents max |diff| {(latents - expected).abs().max():.3g}")
-        torch.testing.assert_close(latents, expected, atol=RUNS["A"].tier2_latents_atol, rtol=0)
+    assert_final_latents(result.latents, fixture.runs["A"], RUNS["A"].tier2_latents_atol, "tier 2 run A")
     stats = frame_stats(fixture, "A", result.frames)
     print(f"tier 2 run A frames: {stats}")
     assert stats.within(TIER2_FRAMES), stats
@@ -299,14 +291,18 @@ def test_golden_e2e_whole_pipeline_run_a(fixture, pipeline_result):
     stored = fixture.runs["A"]
     assert result.noise_calls == [(0, (16, 4, 64, 64)), (1, (8, 4, 64, 64))]
     assert result.steps == [(3, 0), (3, 0)]
-    for window, latents in enumerate(result.latents):
-        expected = stored[f"final_latents_w{window}"]
-        print(f"pipeline run A window {window}: final latents max |diff| {(latents - expected).abs().max():.3g}")
-        torch.testing.assert_close(latents, expected, atol=RUNS["A"].tier2_latents_atol, rtol=0)
+    assert_final_latents(result.latents, stored, RUNS["A"].tier2_latents_atol, "pipeline run A")
     stats = frame_stats(fixture, "A", result.frames)
     print(f"pipeline run A frames: {stats}")
     assert stats.within(PIPELINE_FRAMES), stats
 
+
+def assert_final_latents(latents: list[torch.Tensor], stored: dict, atol: float, label: str) -> None:
+    """Each window's final latents against the fixture's, printing the largest difference (run with -s)."""
+    for window, made in enumerate(latents):
+        expected = stored[f"final_latents_w{window}"]
+        print(f"{label} window {window}: final latents max |diff| {(made - expected).abs().max():.3g}")
+        torch.testing.assert_close(made, expected, atol=atol, rtol=0)
 
 # --- fixed by this suite --------------------------------------------------------------------------
 

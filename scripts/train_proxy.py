@@ -4,6 +4,8 @@
     python3 scripts/train_proxy.py prepare  --out /work/proxy-run          # faces + audio features (minutes)
     python3 scripts/train_proxy.py vae      --out /work/proxy-run --steps 300   # one chunk; run again to go on
     python3 scripts/train_proxy.py unet     --out /work/proxy-run --steps 300
+    python3 scripts/train_proxy.py audio    --out /work/proxy-run2         # recompute the audio rows only
+    python3 scripts/train_proxy.py unet     --out /work/proxy-run2 --init-from /work/proxy-run   # fine-tune
     python3 scripts/train_proxy.py evaluate --out /work/proxy-run          # the held-out table
     python3 scripts/train_proxy.py export   --out /work/proxy-run          # -> src/latentsync_cli/weights/proxy_weights/
     python3 scripts/train_proxy.py curves   --out /work/proxy-run          # <out>/loss_curves.png from the logs
@@ -27,10 +29,12 @@ MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("prepare", "vae", "unet", "evaluate", "export", "curves"))
+    parser.add_argument("stage", choices=("prepare", "audio", "vae", "unet", "evaluate", "export", "curves"))
     parser.add_argument("--out", type=Path, required=True, help="the run folder (outside the repository)")
     parser.add_argument("--steps", type=int, default=200, help="vae / unet: steps this chunk runs at most")
     parser.add_argument("--total-steps", type=int, help="vae / unet: the stage's total steps (first chunk only)")
+    parser.add_argument("--init-from", type=Path, help="unet: start from this finished run's UNet (first chunk only)")
+    parser.add_argument("--stem-gain", type=float, help="prepare, audio: the audio encoder's stem gain (1: the first run's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (keep it the same for a run)")
     parser.add_argument("--media", type=Path, default=MEDIA_DIR, help="prepare, evaluate: the demo clips' folder")
     parser.add_argument("--frames", type=int, help="evaluate: at most this many held-out frames per clip")
@@ -46,15 +50,23 @@ def main() -> int:
     if REPO_ROOT in out.parents or out == REPO_ROOT:
         parser.error("--out must be outside the repository")
 
+    gain = {} if args.stem_gain is None else {"stem_gain": args.stem_gain}
     if args.stage == "prepare":
         from latentsync_cli.train.data import prepare_dataset
 
-        prepare_dataset(args.media.resolve(), out)
+        prepare_dataset(args.media.resolve(), out, **gain)
+    elif args.stage == "audio":
+        from latentsync_cli.train.data import refresh_audio
+
+        refresh_audio(out, **gain)
     elif args.stage in ("vae", "unet"):
         from latentsync_cli.train.run import unet_chunk, vae_chunk
 
         chunk = vae_chunk if args.stage == "vae" else unet_chunk
-        finished = chunk(out, args.steps, {"steps": args.total_steps})
+        overrides = {"steps": args.total_steps}
+        if args.init_from is not None:
+            overrides["init_from"] = str(args.init_from.resolve())
+        finished = chunk(out, args.steps, overrides)
         print(f"{args.stage}: {'finished' if finished else 'not finished: run the same command again'}")
     elif args.stage == "evaluate":
         from latentsync_cli.train.evaluate import evaluate_run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -20,6 +21,7 @@ from latentsync_cli.weights.files import check_weights_available
 from latentsync_cli.weights.info import WeightsInfo
 from latentsync_cli.weights.load import load_models
 from latentsync_cli.weights.proxy import (
+    AUDIO_STEM_GAIN,
     MANIFEST_FORMAT,
     PROXY_RESOLUTION,
     load_proxy,
@@ -64,6 +66,9 @@ def test_the_manifest_records_how_it_was_trained():
     assert manifest["format"] == MANIFEST_FORMAT and manifest["resolution"] == PROXY_RESOLUTION
     assert manifest["audio_encoder"]["sha256"] == state_digest(proxy_audio_encoder())
     assert set(manifest["training"]) == {"vae", "unet"}
+    stages = [manifest["training"]["vae"], manifest["training"]["unet"]]
+    stages += [stage["init"] for stage in stages if "init" in stage]  # a fine-tune's first run counts too
+    assert sum(stage["cpu_s"] for stage in stages) < 2.6 * 3600  # the issue's budget: about 2.5 CPU hours
 
 
 @pytest.fixture
@@ -121,3 +126,22 @@ def test_a_manifest_of_another_architecture_is_refused(random_proxy_folder):
 
 def test_the_audio_encoder_is_rebuilt_the_same_each_time():
     assert state_digest(proxy_audio_encoder()) == state_digest(proxy_audio_encoder())
+
+
+def test_the_audio_encoder_hears_the_speech_more_than_the_position():
+    """Two different sounds at the same frames: the proxy's features differ far more than the clock they share
+    (the sinusoidal positions); with PyTorch's default init unchanged (stem gain 1) they barely differ."""
+    from latentsync_cli.models.audio_features import AudioFeatureExtractor
+
+    seconds = np.arange(16000 * 2) / 16000
+    rng = np.random.default_rng(0)
+    sounds = (0.3 * np.sin(2 * np.pi * 220 * seconds) * (np.sin(2 * np.pi * 3 * seconds) > 0),
+              0.1 * rng.standard_normal(seconds.size))
+
+    def apart(stem_gain: float) -> float:
+        extract = AudioFeatureExtractor(proxy_audio_encoder(stem_gain=stem_gain))
+        first, second = (extract(sound.astype(np.float32)) for sound in sounds)
+        return float((first - second).norm() / first.norm())
+
+    assert apart(AUDIO_STEM_GAIN) > 0.4
+    assert apart(1.0) < 0.25

@@ -198,3 +198,16 @@ def test_nothing_in_the_product_imports_the_training_code():
                 names = [node.module]
             offenders += [f"{path.name}: {name}" for name in names if name.startswith("latentsync_cli.train")]
     assert offenders == []
+
+
+def test_a_recipe_written_before_a_field_existed_reads_with_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from latentsync_cli.train.run import RECIPE_FILE, stage_recipe
+
+    older = {key: value for key, value in asdict(UnetRecipe(steps=7)).items() if key != "init_from"}
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(older))
+    recipe = stage_recipe(tmp_path, UnetRecipe, {})
+    assert recipe.steps == 7 and recipe.init_from == ""
+    with pytest.raises(SystemExit, match="init_from"):  # a run's recipe is fixed by its first chunk
+        stage_recipe(tmp_path, UnetRecipe, {"init_from": "/elsewhere"})

@@ -21,10 +21,10 @@ import torch
 
 from latentsync_cli.bench.fidelity import compare_mouths, mouth_box
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.models.vae import decode_latents, encode_latents
+from latentsync_cli.models.vae import DOWNSAMPLE_FACTOR, LATENT_CHANNELS, decode_latents, encode_latents
 from latentsync_cli.pipeline.faces import FaceGenerator
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline
-from latentsync_cli.pipeline.windows import WindowInput, window_generator, window_ranges
+from latentsync_cli.pipeline.windows import WindowInput, window_ranges
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
 from latentsync_cli.weights.load import ModelBundle
@@ -38,12 +38,15 @@ class ReferenceFaceGenerator(FaceGenerator):
         self.references = references
 
     def encode(self, batch, pixels):
+        vae = self.models.vae
         masked_latents, reference_latents = [], []
         for window, faces in zip(batch, pixels):
-            generator = window_generator(self.seed, window.index)  # the draws of FaceGenerator.encode, in order
             references = self.references[window.index].to(self.device).float() / 127.5 - 1.0
-            masked_latents.append(encode_latents(self.models.vae, faces * self.image_mask, generator))
-            reference_latents.append(encode_latents(self.models.vae, references, generator))
+            shape = (len(faces), LATENT_CHANNELS, faces.shape[-2] // DOWNSAMPLE_FACTOR, faces.shape[-1] // DOWNSAMPLE_FACTOR)
+            # the draws FaceGenerator.encode takes, in the same order
+            masked_draw, reference_draw = self.noise_source.posterior_draws(window.index, shape, vae.device, vae.dtype)
+            masked_latents.append(encode_latents(vae, faces * self.image_mask, draw=masked_draw))
+            reference_latents.append(encode_latents(vae, references, draw=reference_draw))
         return masked_latents, reference_latents
 
 

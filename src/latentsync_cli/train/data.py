@@ -22,7 +22,7 @@ from latentsync_cli.face.track import FaceLocator
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.video import probe_video, read_frames
 from latentsync_cli.models.audio_features import AudioFeatureExtractor
-from latentsync_cli.weights.proxy import PROXY_RESOLUTION, proxy_audio_encoder, state_digest
+from latentsync_cli.weights.proxy import AUDIO_STEM_GAIN, PROXY_RESOLUTION, proxy_audio_encoder, state_digest
 
 HOLDOUT_FRACTION = 0.2
 DEMO_CLIPS = ("demo1", "demo2", "demo3")  # <name>_video.mp4 in the media folder, each with its own speech
@@ -74,13 +74,15 @@ def prepare_clip(name: str, video: Path, extractor: AudioFeatureExtractor, resol
     return Clip(name, faces, has_face, audio[:num_frames], held_out_start(num_frames))
 
 
-def prepare_dataset(media_dir: Path, out_dir: Path, resolution: int = PROXY_RESOLUTION, log=print) -> None:
+def prepare_dataset(
+    media_dir: Path, out_dir: Path, resolution: int = PROXY_RESOLUTION, stem_gain: float = AUDIO_STEM_GAIN, log=print
+) -> None:
     """Write <out_dir>/data/<clip>.npz for every demo clip, and data/info.json."""
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    encoder = proxy_audio_encoder()
+    encoder = proxy_audio_encoder(stem_gain=stem_gain)
     extractor = AudioFeatureExtractor(encoder)
-    info = {"resolution": resolution, "holdout_fraction": HOLDOUT_FRACTION, "audio_encoder": state_digest(encoder)}
+    info = {"resolution": resolution, "holdout_fraction": HOLDOUT_FRACTION, **audio_encoder_info(encoder, stem_gain)}
     for name in DEMO_CLIPS:
         video = media_dir / f"{name}_video.mp4"
         clip = prepare_clip(name, video, extractor, resolution)
@@ -95,6 +97,29 @@ def prepare_dataset(media_dir: Path, out_dir: Path, resolution: int = PROXY_RESO
                       "frames_without_face": int((~clip.has_face).sum())}
         log(f"{name}: {clip.num_frames} frames, {clip.train_frames} for training, "
             f"{int((~clip.has_face).sum())} without a face")
+    (data_dir / "info.json").write_text(json.dumps(info, indent=2))
+
+
+def audio_encoder_info(encoder, stem_gain: float) -> dict:
+    return {"audio_encoder": state_digest(encoder), "audio_stem_gain": stem_gain}
+
+
+def refresh_audio(out_dir: Path, stem_gain: float = AUDIO_STEM_GAIN, log=print) -> None:
+    """Recompute every prepared clip's audio rows with the encoder of `stem_gain`; the faces stay as they are.
+
+    For a run that goes on from an earlier run's data made with another audio encoder."""
+    data_dir = out_dir / "data"
+    info = json.loads((data_dir / "info.json").read_text())
+    encoder = proxy_audio_encoder(stem_gain=stem_gain)
+    extractor = AudioFeatureExtractor(encoder)
+    for clip in load_clips(out_dir):
+        audio = extractor(load_audio(Path(info[clip.name]["video"]))).numpy()[: clip.num_frames]
+        if len(audio) != clip.num_frames:
+            raise SystemExit(f"{clip.name}: {len(audio)} audio rows for {clip.num_frames} frames")
+        np.savez(data_dir / f"{clip.name}.npz", faces=clip.faces, has_face=clip.has_face, audio=audio,
+                 train_frames=clip.train_frames)
+        log(f"{clip.name}: audio rows recomputed (stem gain {stem_gain:g})")
+    info.update(audio_encoder_info(encoder, stem_gain))
     (data_dir / "info.json").write_text(json.dumps(info, indent=2))
 
 

@@ -60,7 +60,7 @@ def run_models(out: Path) -> ModelBundle:
     return ModelBundle(
         unet=unet.eval().requires_grad_(False),
         vae=load_trained_vae(proxy_vae_config(), out / "vae"),
-        audio_encoder=proxy_audio_encoder(info["audio_encoder"]),
+        audio_encoder=proxy_audio_encoder(info["audio_encoder"], info.get("audio_stem_gain", 1.0)),
         resolution=PROXY_RESOLUTION,
         weights_id="proxy-run",
         description=f"proxy training run {out}",

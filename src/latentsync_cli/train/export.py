@@ -47,6 +47,16 @@ def shipped_clip_info(value):
     return value
 
 
+def stage_training(out: Path, stage: str) -> dict:
+    """A stage's recipe and cost; a fine-tune carries the run it started from, whose cost is part of its own."""
+    recipe = json.loads((out / stage / RECIPE_FILE).read_text())
+    entry = {"recipe": recipe, **usage(out / stage)}
+    if recipe.get("init_from"):
+        entry["init"] = stage_training(Path(recipe["init_from"]), stage)
+        recipe["init_from"] = Path(recipe["init_from"]).name  # the run folder's name, not this machine's path
+    return entry
+
+
 def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
     folder = package_dir or PROXY_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,12 +71,12 @@ def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
         "vae_config": proxy_vae_config(),
         "vae_latent_space": json.loads((out / "vae" / SCALE_FILE).read_text()),
         "audio_encoder": {"architecture": "whisper-tiny encoder, random weights", "seed": AUDIO_ENCODER_SEED,
-                          "sha256": data_info["audio_encoder"], "torch": torch.__version__},
+                          "stem_gain": data_info.get("audio_stem_gain", 1.0), "sha256": data_info["audio_encoder"],
+                          "torch": torch.__version__},
         "data": data_info,
-        "training": {stage: {"recipe": json.loads((out / stage / RECIPE_FILE).read_text()), **usage(out / stage)}
-                     for stage in ("vae", "unet")},
+        "training": {stage: stage_training(out, stage) for stage in ("vae", "unet")},
     }
-    manifest["data"] = {key: shipped_clip_info(value) for key, value in data_info.items() if key != "audio_encoder"}
+    manifest["data"] = {key: shipped_clip_info(value) for key, value in data_info.items() if not key.startswith("audio_")}
     heldout = out / "eval" / "heldout.json"
     if heldout.is_file():
         manifest["heldout"] = json.loads(heldout.read_text())

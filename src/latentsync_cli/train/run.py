@@ -46,7 +46,8 @@ def stage_recipe(folder: Path, recipe_type, overrides: dict):
         changed = {key: value for key, value in overrides.items() if value is not None and stored.get(key) != value}
         if changed:
             raise SystemExit(f"{path} was written by this run's first chunk; {sorted(changed)} cannot change now")
-        return recipe_type(**{f.name: stored[f.name] for f in fields(recipe_type)})
+        # a field added after the run began keeps its default
+        return recipe_type(**{f.name: stored[f.name] for f in fields(recipe_type) if f.name in stored})
     recipe = recipe_type(**{key: value for key, value in overrides.items() if value is not None})
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recipe.to_dict(), indent=2))
@@ -81,6 +82,8 @@ def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     recipe = stage_recipe(folder, UnetRecipe, overrides)
     windows = LatentWindows.load(out, recipe.window)
     unet = build_unet(proxy_unet_config(), recipe.seed)
+    if recipe.init_from:  # a fine-tune: its first chunk starts from the earlier run (the checkpoint overrides later)
+        unet.load_state_dict(trained_unet_weights(Path(recipe.init_from)))
     stage = Stage(folder, unet, recipe.schedule(), recipe.seed, ema_decay=recipe.ema_decay)
     settings = ChunkSettings(steps=steps, checkpoint_every=25, log_every=10, pid_file=out / PID_FILE)
     train_chunk(stage, unet_step_function(windows, recipe), settings, log)

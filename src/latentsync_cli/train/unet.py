@@ -50,6 +50,7 @@ class UnetRecipe:
     mixed_noise_alpha: float = 1.0
     ema_decay: float = 0.999
     seed: int = 2
+    init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
 
     def schedule(self) -> Schedule:
         return Schedule(self.learning_rate, self.steps, self.warmup_steps, self.decay_fraction)

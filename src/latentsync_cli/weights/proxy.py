@@ -3,7 +3,8 @@
     UNet           UNetConfig.tiny() (the golden tiny architecture, 5.3 M parameters), 16x16 latents
     VAE            a small AutoencoderKL, 8x downsampling, 4 latent channels, 128 px faces
     audio encoder  the Whisper-tiny architecture with seeded random weights, rebuilt here from its
-                   seed; the digest of its weights is checked against the one it was trained with
+                   seed (its two stem convolutions scaled by AUDIO_STEM_GAIN); the digest of its
+                   weights is checked against the one it was trained with
 
 The VAE's latent space was rescaled after training (see latentsync_cli.train.vae)
 so that the pipeline's one latent scale, 0.18215, gives unit-variance latents:
@@ -31,6 +32,11 @@ from latentsync_cli.weights.proxy_files import MANIFEST_FILE, PROXY_DIR, UNET_FI
 
 PROXY_RESOLUTION = 128  # face crop side; latents are 16x16
 AUDIO_ENCODER_SEED = 0  # the proxy's audio features come from Whisper tiny with these random weights
+# PyTorch's default init shrinks the log-mel through the two stem convolutions to about a tenth of
+# the sinusoidal positional embedding added after them: two different speeches then give features
+# 6 % apart at the same frame, and the UNet sees a clock, not the speech. Both stem convolutions'
+# weights times 4 put them 64 % apart (features' rms 0.75 -> 1.34); real Whisper learns this.
+AUDIO_STEM_GAIN = 4.0
 MANIFEST_FORMAT = 1
 
 
@@ -55,13 +61,18 @@ def state_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def proxy_audio_encoder(expected_digest: str | None = None) -> AudioEncoder:
-    """The proxy's audio encoder, float32 on the CPU; WeightsError when it is not the one it was trained with."""
+def proxy_audio_encoder(expected_digest: str | None = None, stem_gain: float = AUDIO_STEM_GAIN) -> AudioEncoder:
+    """The proxy's audio encoder, float32 on the CPU; WeightsError when it is not the one it was trained with.
+
+    `stem_gain` 1 gives the first proxy run's encoder (PyTorch's default init unchanged)."""
     encoder = random_audio_encoder(WhisperDims.tiny(), AUDIO_ENCODER_SEED)
+    with torch.no_grad():
+        encoder.conv1.weight.mul_(stem_gain)
+        encoder.conv2.weight.mul_(stem_gain)
     if expected_digest is not None and state_digest(encoder) != expected_digest:
         raise WeightsError(
             f"torch {torch.__version__} rebuilds the proxy's audio encoder (random Whisper tiny, seed "
-            f"{AUDIO_ENCODER_SEED}) with other numbers than the ones it was trained with: --weights proxy "
+            f"{AUDIO_ENCODER_SEED}, stem x{stem_gain:g}) with other numbers than the ones it was trained with: --weights proxy "
             "needs a torch whose default initialisation matches (it was made with the one in its manifest)"
         )
     return encoder

@@ -48,7 +48,7 @@ class Job:
     settings: SettingsRequest = field(default_factory=SettingsRequest)
     weights: str = option(
         "auto", "auto (the real weights), random or random-tiny (timing and tests only), or proxy (a small model "
-        "trained on three clips, shipped: mouths follow the speech, not at LatentSync 1.6's quality).", INPUT_AND_OUTPUT,
+        "trained on three clips, shipped: it draws mouths, far below LatentSync 1.6's quality).", INPUT_AND_OUTPUT,
         choices=WEIGHT_CHOICES,
     )  # fmt: skip
     checkpoint_dir: Path | None = option(None, "Folder with the weights (see `latentsync models`).", INPUT_AND_OUTPUT)

@@ -12,7 +12,7 @@ class WeightsInfo:
     id: str  # what was loaded: ModelBundle.weights_id, e.g. "latentsync-1.6", "random-tiny"
     description: str
     is_random: bool
-    is_proxy: bool = False  # the small model trained on three clips: mouths follow the speech, not at 1.6's quality
+    is_proxy: bool = False  # the small model trained on three clips: it draws mouths, far below 1.6's quality
 
     @property
     def note(self) -> str | None:

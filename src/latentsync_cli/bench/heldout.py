@@ -21,7 +21,7 @@ import torch
 
 from latentsync_cli.bench.fidelity import compare_mouths, mouth_box
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.models.vae import DOWNSAMPLE_FACTOR, LATENT_CHANNELS, decode_latents, encode_latents
+from latentsync_cli.models.vae import decode_latents, encode_latents
 from latentsync_cli.pipeline.faces import FaceGenerator
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline
 from latentsync_cli.pipeline.windows import WindowInput, window_ranges
@@ -37,17 +37,8 @@ class ReferenceFaceGenerator(FaceGenerator):
         super().__init__(*args, **kwargs)
         self.references = references
 
-    def encode(self, batch, pixels):
-        vae = self.models.vae
-        masked_latents, reference_latents = [], []
-        for window, faces in zip(batch, pixels):
-            references = self.references[window.index].to(self.device).float() / 127.5 - 1.0
-            shape = (len(faces), LATENT_CHANNELS, faces.shape[-2] // DOWNSAMPLE_FACTOR, faces.shape[-1] // DOWNSAMPLE_FACTOR)
-            # the draws FaceGenerator.encode takes, in the same order
-            masked_draw, reference_draw = self.noise_source.posterior_draws(window.index, shape, vae.device, vae.dtype)
-            masked_latents.append(encode_latents(vae, faces * self.image_mask, draw=masked_draw))
-            reference_latents.append(encode_latents(vae, references, draw=reference_draw))
-        return masked_latents, reference_latents
+    def reference_faces(self, window, faces):
+        return self.references[window.index].to(self.device).float() / 127.5 - 1.0, None
 
 
 def to_chw(faces: np.ndarray) -> torch.Tensor:

@@ -109,8 +109,14 @@ class FaceGenerator:
             masked_draw, reference_draw = self.noise_source.posterior_draws(window.index, shape, vae.device, vae.dtype)
             sources = window.face_sources  # a repeated picture is encoded once
             masked_latents.append(encode_latents(vae, faces * self.image_mask, sources=sources, draw=masked_draw))
-            reference_latents.append(encode_latents(vae, faces, sources=sources, draw=reference_draw))
+            references, reference_sources = self.reference_faces(window, faces)
+            reference_latents.append(encode_latents(vae, references, sources=reference_sources, draw=reference_draw))
         return masked_latents, reference_latents
+
+    def reference_faces(self, window: WindowInput, faces: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The faces (n, 3, R, R) in [-1, 1] whose latents fill the reference channels, and which of them repeat a
+        picture: the window's own faces, as upstream takes them (bench.heldout hands in others)."""
+        return faces, window.face_sources
 
     def denoise(
         self, batch: list[WindowInput], masked_latents: list[torch.Tensor], reference_latents: list[torch.Tensor]

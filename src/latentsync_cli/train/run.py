@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from latentsync_cli.train.data import load_clips
-from latentsync_cli.train.loop import ChunkSettings, Stage, train_chunk
+from latentsync_cli.train.loop import CHECKPOINT_FILE, ChunkSettings, Stage, train_chunk
 from latentsync_cli.train.unet import LatentWindows, UnetRecipe, build_unet, unet_step_function
 from latentsync_cli.train.vae import (
     FINAL_FILE,
@@ -82,7 +82,7 @@ def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     recipe = stage_recipe(folder, UnetRecipe, overrides)
     windows = LatentWindows.load(out, recipe.window)
     unet = build_unet(proxy_unet_config(), recipe.seed)
-    if recipe.init_from:  # a fine-tune: its first chunk starts from the earlier run (the checkpoint overrides later)
+    if recipe.init_from and not (folder / CHECKPOINT_FILE).is_file():  # a fine-tune's first chunk
         unet.load_state_dict(trained_unet_weights(Path(recipe.init_from)))
     stage = Stage(folder, unet, recipe.schedule(), recipe.seed, ema_decay=recipe.ema_decay)
     settings = ChunkSettings(steps=steps, checkpoint_every=25, log_every=10, pid_file=out / PID_FILE)

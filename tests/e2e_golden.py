@@ -257,6 +257,11 @@ def injected_windows(fixture: Fixture, num_frames: int) -> list[WindowInput]:
     return windows
 
 
+def suite_windows(fixture: Fixture, num_frames: int, run: str) -> list[WindowInput]:
+    """The tier-1 windows the suite computes of `run` (SUITE_WINDOWS)."""
+    return [window for window in injected_windows(fixture, num_frames) if window.index in SUITE_WINDOWS[run]]
+
+
 def own_alignment(fixture: Fixture) -> tuple[np.ndarray, np.ndarray]:
     """Tier 2: the project's FaceLocator on frames 0..9 in order, the points from FixtureLandmarks.
 

@@ -47,6 +47,7 @@ from e2e_golden import (
     pipeline_run,
     run_settings,
     run_windows,
+    suite_windows,
     write_lossless_video,
 )
 
@@ -102,7 +103,7 @@ def runs(fixture, models, audio_features):
 
     def run(name: str):
         if name not in done:
-            windows = [w for w in injected_windows(fixture, len(audio_features)) if w.index in SUITE_WINDOWS[name]]
+            windows = suite_windows(fixture, len(audio_features), name)
             noise = RecordedNoise(fixture.draws)
             done[name] = run_windows(models, RUNS[name], windows, audio_features, noise, torch_paste=name == "A")
         return done[name]
@@ -260,7 +261,7 @@ def test_golden_e2e_difference_float16_faces(fixture, models, runs, audio_featur
     assert generator.face_dtype == torch.float16
     result = runs("A")
     faces = result.faces.to(generator.face_dtype).float().numpy()
-    windows = [w for w in injected_windows(fixture, len(audio_features)) if w.index in SUITE_WINDOWS["A"]]
+    windows = suite_windows(fixture, len(audio_features), "A")
     frames = [frame for window in windows for frame in window.frames]
     affines = [affine for window in windows for affine in window.affines]
     stats = frame_stats(fixture, "A", np.stack(restore_faces(frames, faces, affines)))

@@ -104,6 +104,11 @@ def audio_encoder_info(encoder, stem_gain: float) -> dict:
     return {"audio_encoder": state_digest(encoder), "audio_stem_gain": stem_gain}
 
 
+def audio_stem_gain(info: dict) -> float:
+    """The stem gain a run's data was prepared with (data/info.json); runs from before it was recorded used 1."""
+    return info.get("audio_stem_gain", 1.0)
+
+
 def refresh_audio(out_dir: Path, stem_gain: float = AUDIO_STEM_GAIN, log=print) -> None:
     """Recompute every prepared clip's audio rows with the encoder of `stem_gain`; the faces stay as they are.
 

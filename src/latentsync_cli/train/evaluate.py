@@ -42,7 +42,7 @@ from latentsync_cli.settings.hardware import probe_devices
 from latentsync_cli.settings.presets import load_presets
 from latentsync_cli.settings.request import SettingsRequest
 from latentsync_cli.settings.run_settings import RunSettings, resolve_settings
-from latentsync_cli.train.data import Clip, load_clips
+from latentsync_cli.train.data import Clip, audio_stem_gain, load_clips
 from latentsync_cli.train.run import trained_unet_weights
 from latentsync_cli.train.unet import build_unet
 from latentsync_cli.train.vae import load_trained_vae
@@ -60,7 +60,7 @@ def run_models(out: Path) -> ModelBundle:
     return ModelBundle(
         unet=unet.eval().requires_grad_(False),
         vae=load_trained_vae(proxy_vae_config(), out / "vae"),
-        audio_encoder=proxy_audio_encoder(info["audio_encoder"], info.get("audio_stem_gain", 1.0)),
+        audio_encoder=proxy_audio_encoder(info["audio_encoder"], audio_stem_gain(info)),
         resolution=PROXY_RESOLUTION,
         weights_id="proxy-run",
         description=f"proxy training run {out}",

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from latentsync_cli.train.data import audio_stem_gain
 from latentsync_cli.train.run import RECIPE_FILE, trained_unet_weights
 from latentsync_cli.train.vae import SCALE_FILE, load_trained_vae
 from latentsync_cli.weights.proxy import (
@@ -71,7 +72,7 @@ def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
         "vae_config": proxy_vae_config(),
         "vae_latent_space": json.loads((out / "vae" / SCALE_FILE).read_text()),
         "audio_encoder": {"architecture": "whisper-tiny encoder, random weights", "seed": AUDIO_ENCODER_SEED,
-                          "stem_gain": data_info.get("audio_stem_gain", 1.0), "sha256": data_info["audio_encoder"],
+                          "stem_gain": audio_stem_gain(data_info), "sha256": data_info["audio_encoder"],
                           "torch": torch.__version__},
         "data": data_info,
         "training": {stage: stage_training(out, stage) for stage in ("vae", "unet")},

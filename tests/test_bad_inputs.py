@@ -4,7 +4,7 @@ Error cases: one `error:` line naming the problem, the documented exit code, no
 traceback, nothing at the output path, no scratch or partial files left.
 Valid but unusual inputs (silent speech, one frame, 8K, odd sizes, VFR,
 rotation, grey, 10-bit, PNG with alpha, several faces) run as one batch, so the
-tiny models load once; that batch also holds one broken row, which must fail
+models load once; that batch also holds one broken row, which must fail
 alone and make the batch exit 8.
 
 The error cases run concurrently (each process spends most of its time

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import FAST, cli_env, clip_with_reference, leftovers, run_cli, start_cli, video_stream_bytes
+from clitools import FAST, FAST_WEIGHTS, cli_env, clip_with_reference, leftovers, run_cli, start_cli, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
@@ -84,7 +84,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 def tiny_job(media, output: Path) -> Job:
     settings = SettingsRequest(mode="turbo", steps=1, window=8, seed=7, device="cpu")
-    return Job(video=media["clip"], audio=media["voice"], output=output, settings=settings, weights="random-tiny")
+    return Job(video=media["clip"], audio=media["voice"], output=output, settings=settings, weights=FAST_WEIGHTS)
 
 
 def test_two_shards_on_the_cluster_give_the_single_run_video(cluster, media, tmp_path):

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from clitools import FAST, cli_command, cli_env, leftovers, run_cli, start_cli, stream_summary
+from clitools import FAST, FAST_WEIGHTS, cli_command, cli_env, leftovers, run_cli, start_cli, stream_summary
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.job import Job
@@ -50,7 +50,7 @@ def test_a_second_job_for_the_same_output_is_refused_at_once_and_the_first_finis
     voice = make_speech(tmp_path / "voice.wav", SECONDS, use_espeak=False)
     target = tmp_path / "out.mp4"
     settings = SettingsRequest(mode="turbo", steps=1, device="cpu")
-    first = prepare(Job(clip, voice, target, settings, weights="random-tiny"))
+    first = prepare(Job(clip, voice, target, settings, weights=FAST_WEIGHTS))
     with claim_output(first) as scratch:  # what the first job holds from its claim to its end
         second = run_cli("sync", clip, voice, "-o", target, *FAST)
         assert second.code == ExitCode.OUTPUT, second.stderr

@@ -3,7 +3,7 @@ PNG and a half-float EXR sequence, a 29.97 fps clip through a pipe. Each comes b
 frame count (--length video), in its own format and depth, and every pixel outside the face's paste region
 is the decoded source's, bit for bit; shards and finalize write the same sequence as one run.
 
-The plates are 320x240 and 0.6 s: the tiny model's CPU time is what these tests cost.
+The plates are 320x240 and 0.6 s, synced with the small proxy model (128 px faces).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from latentsync_cli.media.video import probe_video, read_frames
 
 SECONDS = 0.6
 SIZE = (320, 240)
-TINY_RESOLUTION = 256  # the face crop of --weights random-tiny
+TINY_RESOLUTION = 128  # the face crop of --weights proxy
 FLAGS = [*FAST, "--window", "4", "--progress", "none", "--length", "video"]
 NTSC_VIDEO = Fraction(30000, 1001)
 

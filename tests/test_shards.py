@@ -1,7 +1,7 @@
 """`--shard K/N` + `--finalize` through the real CLI: the same H.264 stream as one uninterrupted run.
 
 The clip is 1.6 s (41 frames at window 8: 6 windows), so three shards get two
-windows each. Everything runs with the tiny model and one denoising step.
+windows each. Everything runs with the small proxy model and one denoising step.
 """
 
 from __future__ import annotations

@@ -56,6 +56,17 @@ def media_dir() -> Path:
     return MEDIA_DIR
 
 
+# --- the order the test processes take the files in --------------------------------------------
+
+# The e2e golden file's model runs take about 6 minutes, longer than any other file: taken
+# first, no test process waits for it at the end (pyproject.toml: a file's tests stay on one process).
+LONGEST_FILE = "test_golden_e2e.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name != LONGEST_FILE)  # a stable sort: the rest keep their order
+
+
 # --- the user's files stay out of every test ---------------------------------------------------
 
 

@@ -10,11 +10,12 @@ paste) and the restore into the frames (OpenCV, and torch for the GPU path).
 
 Tier 1 (runs A, B, C) injects upstream's aligned faces, matrices and random
 draws into FaceGenerator; run A computes its 16-frame window, B and C their
-8-frame window (SUITE_WINDOWS; scripts/measure_upstream_parity.py runs them whole). Tier 2 (the faces and matrices from the project's own
-alignment) is run A through the whole LipsyncPipeline.run on the fixture's
-frames as a lossless file, with only the random draws injected (SyncJob.noise):
-its own decode, loop, alignment as the frames stream, float16 faces and paste.
-The alignment alone is checked against the fixture's matrices without a model run.
+8-frame window (SUITE_WINDOWS; scripts/measure_upstream_parity.py runs them
+whole). Tier 2 (the faces and matrices from the project's own alignment) is
+run A through the whole LipsyncPipeline.run on the fixture's frames as a
+lossless file, with only the random draws injected (SyncJob.noise): its own
+decode, loop, alignment as the frames stream, float16 faces and paste. The
+alignment alone is checked against the fixture's matrices without a model run.
 The tests named test_golden_e2e_difference_* pin where the project differs from
 upstream on purpose, with the size of each difference (docs/UPSTREAM.md).
 
@@ -295,6 +296,7 @@ def assert_final_latents(
         print(f"{label} window {window}: final latents max |diff| {(made - expected).abs().max():.3g}")
         torch.testing.assert_close(made, expected, atol=atol, rtol=0)
 
+
 # --- fixed by this suite --------------------------------------------------------------------------
 
 
@@ -321,6 +323,7 @@ def test_golden_e2e_cuda_graphs_keep_the_short_window(fixture, models, audio_fea
 
     short_window = injected_windows(fixture, len(audio_features))[1:]
     with pytest.raises(StopAtFirstUNetCall):
-        run_windows(models, RUNS["C"], short_window, audio_features, RecordedNoise(fixture.draws), adjust_plan=with_graphs)
+        noise = RecordedNoise(fixture.draws)
+        run_windows(models, RUNS["C"], short_window, audio_features, noise, adjust_plan=with_graphs)
     # run C has no guidance: one batch row; 13 channels (noisy, mask, masked, reference latents); 8 frames
     assert samples == [(1, 13, 8, 64, 64)]

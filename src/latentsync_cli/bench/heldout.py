@@ -21,7 +21,7 @@ import torch
 
 from latentsync_cli.bench.fidelity import compare_mouths, mouth_box
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.models.vae import decode_latents, encode_latents
+from latentsync_cli.models.vae import decode_latents, encode_latents, to_vae_range
 from latentsync_cli.pipeline.faces import FaceGenerator
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline
 from latentsync_cli.pipeline.windows import WindowInput, window_ranges
@@ -38,7 +38,7 @@ class ReferenceFaceGenerator(FaceGenerator):
         self.references = references
 
     def reference_faces(self, window, faces):
-        return self.references[window.index].to(self.device).float() / 127.5 - 1.0, None
+        return to_vae_range(self.references[window.index].to(self.device)), None
 
 
 def to_chw(faces: np.ndarray) -> torch.Tensor:
@@ -96,7 +96,7 @@ def generate_faces(
 @torch.no_grad()
 def vae_reconstruction(models: ModelBundle, faces: np.ndarray, seed: int = 0) -> np.ndarray:
     """The upper bound of any generation: each face through the VAE, its unmasked pixels pasted back."""
-    pixels = to_chw(faces).float() / 127.5 - 1.0
+    pixels = to_vae_range(to_chw(faces))
     latents = encode_latents(models.vae, pixels, torch.Generator().manual_seed(seed))
     decoded = decode_latents(models.vae, latents).float().cpu()
     keep = torch.from_numpy(mouth_mask(models.resolution))[None, None]

@@ -85,6 +85,11 @@ def load_vae(
     return vae.to(device).eval().requires_grad_(False)
 
 
+def to_vae_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values (any layout) -> float32 in [-1, 1], the range the VAE encodes."""
+    return pixels.float() / 127.5 - 1.0
+
+
 def encode_latents(
     vae: AutoencoderKL,
     images: torch.Tensor,

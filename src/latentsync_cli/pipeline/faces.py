@@ -21,7 +21,13 @@ import torch
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.face.restore_torch import restore_faces_torch
-from latentsync_cli.models.vae import DOWNSAMPLE_FACTOR, LATENT_CHANNELS, decode_latents, encode_latents
+from latentsync_cli.models.vae import (
+    DOWNSAMPLE_FACTOR,
+    LATENT_CHANNELS,
+    decode_latents,
+    encode_latents,
+    to_vae_range,
+)
 from latentsync_cli.optimizers.memory import MemorySettings, on_device
 from latentsync_cli.optimizers.run_plan import RunPlan
 from latentsync_cli.pipeline.denoise import DenoiseInputs, DenoiseResult, denoise
@@ -85,7 +91,7 @@ class FaceGenerator:
     def generate_batch(self, batch: list[WindowInput], offload: bool) -> list[WindowOutput]:
         """One UNet call's windows: encode, denoise, decode and paste back."""
         models, device = self.models, self.device
-        pixels = [window.faces.to(device, non_blocking=True).float() / 127.5 - 1.0 for window in batch]
+        pixels = [to_vae_range(window.faces.to(device, non_blocking=True)) for window in batch]
         with on_device(models.vae, device, offload), self.timer.stage("VAE encode", self.lane, gpu=True):
             masked_latents, reference_latents = self.encode(batch, pixels)
         with on_device(models.unet, device, offload), self.timer.stage("denoise", self.lane, gpu=True):

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
 from latentsync_cli.face.mask import mouth_mask
-from latentsync_cli.models.vae import LATENT_SCALE
+from latentsync_cli.models.vae import LATENT_SCALE, to_vae_range
 from latentsync_cli.train.data import Clip
 from latentsync_cli.train.loop import Schedule, StepFunction
 
@@ -61,7 +61,7 @@ def build_vae(config: dict, seed: int) -> AutoencoderKL:
 def to_pixels(faces: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (n, R, R, 3) -> float32 (n, 3, R, R) in [-1, 1], as the pipeline feeds the VAE."""
     faces = torch.as_tensor(faces)
-    return faces.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_vae_range(faces.permute(0, 3, 1, 2))
 
 
 def generated_region(resolution: int) -> torch.Tensor:

@@ -82,7 +82,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return clip_with_reference(tmp_path_factory.mktemp("cluster"), SECONDS, JOB_FLAGS)
 
 
-def tiny_job(media, output: Path) -> Job:
+def fast_job(media, output: Path) -> Job:
     settings = SettingsRequest(mode="turbo", steps=1, window=8, seed=7, device="cpu")
     return Job(video=media["clip"], audio=media["voice"], output=output, settings=settings, weights=FAST_WEIGHTS)
 
@@ -138,7 +138,7 @@ def busy_worker_pids() -> list[int]:
 
 def test_a_worker_killed_mid_job_costs_only_its_shard(cluster, media, tmp_path):
     target = tmp_path / "out.mp4"
-    job = tiny_job(media, target)
+    job = fast_job(media, target)
     records = []
     driver = threading.Thread(
         target=lambda: records.extend(run_on_ray([(1, job)], ClusterOptions(workers=2, shards=2))), daemon=True
@@ -157,7 +157,7 @@ def test_a_worker_killed_mid_job_costs_only_its_shard(cluster, media, tmp_path):
 
 
 def test_a_bad_row_fails_alone_on_the_cluster(cluster, media, tmp_path):
-    good, bad = tiny_job(media, tmp_path / "good.mp4"), tiny_job(media, tmp_path / "bad.mp4")
+    good, bad = fast_job(media, tmp_path / "good.mp4"), fast_job(media, tmp_path / "bad.mp4")
     bad = Job(**{**bad.__dict__, "video": tmp_path / "missing.mp4"})
     records = run_on_ray([(1, good), (2, bad)], ClusterOptions(workers=1))
     assert [(record.job, record.status) for record in records] == [(1, "ok"), (2, "failed")]

@@ -1,13 +1,13 @@
 """How far the project's computation is from upstream's own end-to-end run, stage by stage (golden e2e_tiny).
 
-    python3 scripts/measure_upstream_parity.py [--runs A,B,C] [--no-tier2] [--pipeline] [--padding] [--golden DIR]
+    python3 scripts/measure_upstream_parity.py [--runs A,B,C] [--no-tier2] [--pipeline [RUN]] [--padding] [--golden DIR]
 
 Prints, for the fixture's 10 frames and 0.88 s of speech: the audio features, the
 ping-pong loop, the alignment from the given points, and for each run the final
 latents of both windows and the restored frames (tier 1: upstream's faces, matrices
 and draws injected; tier 2: run A with the project's own alignment), the float16
-faces the pipeline hands on, and with --pipeline run A through the whole
-LipsyncPipeline (the looped frames aligned as they stream). The numbers in
+faces the pipeline hands on, and with --pipeline a run (C, as the suite, or the one
+named) through the whole LipsyncPipeline (the looped frames aligned as they stream). The numbers in
 docs/UPSTREAM.md come from this script. It reuses the test helpers in
 tests/e2e_golden.py; tests/test_golden_e2e.py asserts the same numbers against
 the fixture's tolerances. Each model run takes a minute or more on 2 cores.
@@ -151,7 +151,8 @@ def main() -> None:
     parser.add_argument("--golden", type=Path, default=REPO.parent / "shared" / "reference" / "golden")
     parser.add_argument("--runs", default="A,B,C", help="tier 1 runs, comma-separated")
     parser.add_argument("--no-tier2", action="store_true", help="skip run A with the project's own alignment")
-    parser.add_argument("--pipeline", action="store_true", help="also run A through the whole LipsyncPipeline")
+    parser.add_argument("--pipeline", nargs="?", const=golden.PIPELINE_RUN, metavar="RUN",
+                        help=f"also take RUN (default {golden.PIPELINE_RUN}, the suite's) through the whole LipsyncPipeline")
     parser.add_argument("--padding", action="store_true", help="also run C's short window padded to 16 frames")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -174,9 +175,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             video = golden.write_lossless_video(fixture.frames, Path(folder) / "frames.mkv")
             start = time.perf_counter()
-            result = golden.pipeline_run(models, golden.RUNS["A"], fixture, video)
+            result = golden.pipeline_run(models, golden.RUNS[args.pipeline], fixture, video)
         print("tier 2, the whole pipeline (LipsyncPipeline.run: streamed alignment, float16 faces):")
-        report_run(fixture, "A", result, time.perf_counter() - start)
+        report_run(fixture, args.pipeline, result, time.perf_counter() - start)
     if args.padding:
         padding_stage(fixture, models, chunks)
 

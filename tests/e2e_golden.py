@@ -65,9 +65,12 @@ class RunSpec:
 
 
 # The windows the suite runs at tier 1 (each model run is minutes on a CPU): A its 16-frame window, B and C
-# their 8-frame one (DeepCache, guidance 1.0, the short window's path). The whole-pipeline run A covers both
+# their 8-frame one (DeepCache, guidance 1.0, the short window's path). The whole-pipeline run covers both
 # windows at tier 2; scripts/measure_upstream_parity.py runs every window of every run.
 SUITE_WINDOWS = {"A": (0,), "B": (1,), "C": (1,)}
+# The run the suite takes through the whole pipeline: C, because guidance 1.0 makes one UNet pass per step
+# where A's guidance makes two; tier 1 checks the guided pass (A) through the same FaceGenerator.
+PIPELINE_RUN = "C"
 RUNS = {
     "A": RunSpec(steps=3, guidance=1.5, deepcache=False, tier1_latents_atol=1e-3, tier2_latents_atol=0.05),
     "B": RunSpec(steps=6, guidance=1.5, deepcache=True, tier1_latents_atol=2e-3, tier2_latents_atol=0.1),
@@ -88,7 +91,8 @@ TIER1_FRAMES = FrameTolerance(max=2, share_over_1=1e-4, mean=0.005)
 TIER2_FRAMES = FrameTolerance(max=4, share_over_1=0.02, mean=0.05)
 # The whole pipeline adds two differences on purpose to tier 2 (the looped frames aligned as they stream, so the
 # restore resamples each face's footprint up to 0.025 px elsewhere; float16 faces): measured max 5, 0.056 % of
-# values more than 1 off, mean 0.043 (docs/UPSTREAM.md). Tier 2's share and mean, a max of 6.
+# values more than 1 off, mean 0.043 on run A; max 4, 0.095 %, mean 0.048 on run C (docs/UPSTREAM.md). Tier 2's
+# share and mean, a max of 6.
 PIPELINE_FRAMES = replace(TIER2_FRAMES, max=6)
 
 

@@ -12,7 +12,7 @@ Tier 1 (runs A, B, C) injects upstream's aligned faces, matrices and random
 draws into FaceGenerator; run A computes its 16-frame window, B and C their
 8-frame window (SUITE_WINDOWS; scripts/measure_upstream_parity.py runs them
 whole). Tier 2 (the faces and matrices from the project's own alignment) is
-run A through the whole LipsyncPipeline.run on the fixture's frames as a
+run C through the whole LipsyncPipeline.run on the fixture's frames as a
 lossless file, with only the random draws injected (SyncJob.noise): its own
 decode, loop, alignment as the frames stream, float16 faces and paste. The
 alignment alone is checked against the fixture's matrices without a model run.
@@ -32,6 +32,7 @@ import pytest
 import torch
 from e2e_golden import (
     PIPELINE_FRAMES,
+    PIPELINE_RUN,
     RESOLUTION,
     RUNS,
     SUITE_WINDOWS,
@@ -114,9 +115,9 @@ def runs(fixture, models, audio_features):
 
 @pytest.fixture(scope="module")
 def pipeline_result(fixture, models, tmp_path_factory):
-    """Tier 2: run A through the whole LipsyncPipeline (see e2e_golden.pipeline_run)."""
+    """Tier 2: run PIPELINE_RUN through the whole LipsyncPipeline (see e2e_golden.pipeline_run)."""
     video = write_lossless_video(fixture.frames, tmp_path_factory.mktemp("e2e") / "frames.mkv")
-    return pipeline_run(models, RUNS["A"], fixture, video)
+    return pipeline_run(models, RUNS[PIPELINE_RUN], fixture, video)
 
 
 # --- audio, loop, windows, schedule: cheap and exact ------------------------------------------------
@@ -272,17 +273,16 @@ def test_golden_e2e_difference_float16_faces(fixture, models, runs, audio_featur
 
 
 @pytest.mark.slow
-def test_golden_e2e_whole_pipeline_run_a(fixture, pipeline_result):
+def test_golden_e2e_whole_pipeline(fixture, pipeline_result):
     """LipsyncPipeline.run as a job runs it; only the draws are upstream's. Outside out_box every frame
     equals its looped input frame exactly; the latents are within tier 2, the frames within tier 2 but
     for one grey level of max (PIPELINE_FRAMES: the streamed alignment and float16 faces, on purpose)."""
-    result = pipeline_result
-    stored = fixture.runs["A"]
+    result, spec = pipeline_result, RUNS[PIPELINE_RUN]
     assert result.noise_calls == [(0, (16, 4, 64, 64)), (1, (8, 4, 64, 64))]
-    assert result.steps == [(3, 0), (3, 0)]
-    assert_final_latents(result.latents, stored, RUNS["A"].tier2_latents_atol, "pipeline run A")
-    stats = frame_stats(fixture, "A", result.frames)
-    print(f"pipeline run A frames: {stats}")
+    assert result.steps == [(spec.steps, 0), (spec.steps, 0)]
+    assert_final_latents(result.latents, fixture.runs[PIPELINE_RUN], spec.tier2_latents_atol, "pipeline")
+    stats = frame_stats(fixture, PIPELINE_RUN, result.frames)
+    print(f"pipeline run {PIPELINE_RUN} frames: {stats}")
     assert stats.within(PIPELINE_FRAMES), stats
 
 

@@ -152,12 +152,13 @@ def stream_summary(path: Path) -> tuple[int, int, int]:
 
 def clip_with_reference(folder: Path, seconds: float, flags: list) -> dict[str, Path]:
     """A face clip and speech of `seconds`, and the video one uninterrupted `sync` with `flags` makes of them
-    (what a resumed, sharded or clustered run must reproduce)."""
+    (what a resumed, sharded or clustered run must reproduce). The reference runs in this process: the runs
+    compared with it in other processes show that nothing of a process's state reaches the output."""
     from latentsync_cli.media.synthetic import make_face_clip, make_speech
 
     clip = make_face_clip(folder / "clip.mp4", seconds, size=(320, 240), preset="ultrafast")
     voice = make_speech(folder / "voice.wav", seconds, use_espeak=False)
     single = folder / "single.mp4"
-    ran = run_cli("sync", clip, voice, "-o", single, *flags)
+    ran = run_cli_here("sync", clip, voice, "-o", single, *flags)
     assert ran.code == 0, ran.stderr
     return {"clip": clip, "voice": voice, "single": single, "folder": folder}

@@ -16,7 +16,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from clitools import FAST, cli_command, cli_env, leftovers, run_cli
+from clitools import FAST, cli_command, cli_env, leftovers, run_cli_here
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.face.align import crop_size
@@ -87,7 +87,8 @@ def plates(tmp_path_factory) -> dict[str, Path]:
 
 
 def sync(*args):
-    ran = run_cli("sync", *args, *FLAGS, timeout=900)
+    """`latentsync sync ARGS` in this process (the pipe tests below run it as a process between two ffmpegs)."""
+    ran = run_cli_here("sync", *args, *FLAGS)
     assert ran.code == 0, ran.stderr
     return ran
 
@@ -214,7 +215,7 @@ def test_a_batch_writes_a_sequence_and_skips_a_finished_one(plates, tmp_path):
         f"{plates['png16']},{plates['take']},fresh/f_%04d.png,24\n"
         f"{plates['png16']},{plates['take']},done/f_%04d.png,24\n"
     )
-    ran = run_cli("sync", "--batch", manifest, "--json", *FLAGS, timeout=900)
+    ran = run_cli_here("sync", "--batch", manifest, "--json", *FLAGS)
     assert ran.code == 0, ran.stderr
     statuses = [line.split('"status": "')[1].split('"')[0] for line in ran.stdout.splitlines()]
     assert statuses == ["ok", "skipped"]

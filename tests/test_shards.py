@@ -2,6 +2,8 @@
 
 The clip is 1.6 s (41 frames at window 8: 6 windows), so three shards get two
 windows each. Everything runs with the small proxy model and one denoising step.
+The first test runs each shard in its own process, as a farm does; the others run
+the CLI in this process (`run_cli_here`), which saves each run the imports.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clitools import FAST, clip_with_reference, leftovers, run_cli, video_stream_bytes
+from clitools import FAST, clip_with_reference, leftovers, run_cli, run_cli_here, video_stream_bytes
 
 from latentsync_cli.errors import ExitCode
 
@@ -24,19 +26,21 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 
 def sync(media, target: Path, *extra):
-    return run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, *extra)
+    return run_cli_here("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, *extra)
 
 
 def test_shards_in_reverse_order_then_finalize_give_the_single_run_video(media, tmp_path):
     target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
-    for shard in ("3/3", "2/3", "1/3"):
-        ran = sync(media, target, "--work-dir", work_dir, "--shard", shard)
+    for shard in ("3/3", "2/3", "1/3"):  # each in its own process
+        ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--work-dir", work_dir,
+                      "--shard", shard)  # fmt: skip
         assert ran.code == 0, ran.stderr
         assert not target.exists()  # a shard writes only into the work dir
     assert sorted(path.name for path in work_dir.glob("window-*.npz")) == [f"window-{i:05d}.npz" for i in range(6)]
     assert (work_dir / "track.npz").exists()  # the face track, found once and read by every shard
 
-    finalized = sync(media, target, "--work-dir", work_dir, "--finalize", "--json")
+    finalized = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--work-dir", work_dir,
+                        "--finalize", "--json")  # fmt: skip
     assert finalized.code == 0, finalized.stderr
     assert json.loads(finalized.stdout)["resumed_windows"] == 6  # no window was computed again
     assert video_stream_bytes(target) == video_stream_bytes(media["single"])
@@ -70,10 +74,11 @@ def test_overlapping_windows_in_shards_give_the_single_run_video(tmp_path):
     media = clip_with_reference(tmp_path / "clip", SECONDS, flags)
     target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
     for shard in ("2/2", "1/2"):
-        ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir,
-                      "--shard", shard)  # fmt: skip
+        ran = run_cli_here("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir,
+                           "--shard", shard)  # fmt: skip
         assert ran.code == 0, ran.stderr
-    ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir, "--finalize")
+    ran = run_cli_here("sync", media["clip"], media["voice"], "-o", target, *flags, "--work-dir", work_dir,
+                       "--finalize")  # fmt: skip
     assert ran.code == 0, ran.stderr
     assert video_stream_bytes(target) == video_stream_bytes(media["single"])
 

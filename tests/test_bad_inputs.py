@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from clitools import FAST, Ran, ffmpeg, leftovers, run_cli, stream_summary
+from clitools import FAST, Ran, ffmpeg, leftovers, run_cli, run_cli_here, stream_summary
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.media.audio import write_wav
@@ -360,7 +360,7 @@ def unusual(corpus) -> dict:
     ]
     manifest.write_text("\n".join(lines) + "\n")
     (f / "out").mkdir()
-    ran = run_cli("sync", "--batch", manifest, "--json", *FAST, "--window", "16", timeout=600)
+    ran = run_cli_here("sync", "--batch", manifest, "--json", *FAST, "--window", "16")
     records = [json.loads(line) for line in ran.stdout.splitlines() if line.strip()]
     return {"ran": ran, "records": records, "rows": rows, "folder": f, "short_voice": short_voice, "voice": voice}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clitools import FAST, leftovers, run_cli, stream_summary
+from clitools import FAST, leftovers, run_cli, run_cli_here, stream_summary
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
@@ -25,7 +25,7 @@ def test_batch_runs_skips_and_fails_rows_independently(tmp_path):
     manifest = tmp_path / "jobs.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    ran = run_cli("sync", "--batch", manifest, "--json", *FAST, "--window", "16")
+    ran = run_cli_here("sync", "--batch", manifest, "--json", *FAST, "--window", "16")
 
     assert ran.code == ExitCode.BATCH_FAILED, ran.stderr
     records = [json.loads(line) for line in ran.stdout.splitlines()]

@@ -56,6 +56,8 @@ def make_cases(folder: Path) -> list[Case]:
     voice = str(make_speech(folder / "voice.wav", seconds=1.0, use_espeak=False))
     existing = folder / "existing.mp4"
     existing.write_bytes(b"")
+    not_media = folder / "notes.mp4"
+    not_media.write_text("a text file with a video's name\n")
     offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": None}
     unreachable = {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": UNREACHABLE_HUB}
     return [
@@ -63,6 +65,7 @@ def make_cases(folder: Path) -> list[Case]:
         Case("flag-error", ["sync", clip, voice, "--mode", "warp"], 2),
         Case("path-error", ["sync", str(folder / "missing.mp4"), voice], 4),
         Case("output-error", ["sync", clip, voice, "-o", str(existing)], 6),
+        Case("media-error", ["sync", str(not_media), voice, "--weights", "proxy"], 4),  # weights present
         Case("weights-offline", ["sync", clip, voice, "--weights", "checkpoint"], 5, offline),
         Case("weights-unreachable", ["sync", clip, voice, "--weights", "checkpoint"], 5, unreachable),
     ]

@@ -105,8 +105,9 @@ def prepare(
     `table` and `hardware` default to this machine's preset table and probed
     devices; `pick_from_benchmark` to its benchmark cache (asked only for quality auto).
     """
-    # Cheapest first, so that a mistake costs no more than starting the program: flags, paths,
-    # then the device probe (it may import torch), the media, and the settings for the speech length.
+    # Cheapest first, so that a mistake costs no more than starting the program: flags, paths, the
+    # media (ffmpeg), then the device probe (on a machine without NVML it imports torch, seconds) and the
+    # settings for the speech length.
     table = table if table is not None else load_presets(job.settings.presets_file)
     check_flags(job, table)
     lease = LeaseTerms.from_environment()
@@ -116,10 +117,10 @@ def prepare(
     check_weights_available(job.weights, absolute(job.checkpoint_dir))  # missing weights: exit 5 in well under 3 s
     if job.face_detector == "insightface":
         find_model_root(absolute(job.checkpoint_dir))  # InsightFace's models: exit 5 before any work
-    hardware = hardware if hardware is not None else probe_devices()
-    resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
     video_info, speech, warnings = read_media(video, audio, job)
     num_frames, speech = frames_and_speech(video_info, speech, job.length)
+    hardware = hardware if hardware is not None else probe_devices()
+    resolve_request(job.settings, table, hardware, None, no_benchmark)  # flags that depend on the device
     speech_seconds = speech.size / SAMPLE_RATE
     resolved = resolve_request(job.settings, table, hardware, speech_seconds, pick_from_benchmark)
     check_warm_start(job, resolved.settings.warm_start, resolved.sources["warm_start"])

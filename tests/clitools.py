@@ -88,6 +88,19 @@ def stderr_file_descriptor_to(sink) -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run this process's torch work on `count` threads (a kernel's numbers can depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- as a subprocess ---------------------------------------------------------------------------
 
 

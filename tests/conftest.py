@@ -58,6 +58,28 @@ def media_dir() -> Path:
 
 # --- the order the test processes take the files in --------------------------------------------
 
+def pytest_configure(config: pytest.Config) -> None:
+    share_the_cores()
+
+
+def share_the_cores() -> None:
+    """In each of N parallel test processes (pytest-xdist), torch and the CLI processes a test starts use
+    1/N of the cores. Two processes each running torch on every core spend most of their time waiting for
+    each other: a test that takes 9 s on one thread beside a busy process took 24 s on two.
+
+    A kernel's numbers can depend on its thread count, so every run a test compares inherits the same
+    count (test_cluster makes its reference with the Ray workers' count). With one process (-n 0) nothing
+    changes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    os.environ["OMP_NUM_THREADS"] = threads  # read by torch in every process a test starts
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
 # The e2e golden file's model runs take about 6 minutes, longer than any other file: taken
 # first, no test process waits for it at the end (pyproject.toml: a file's tests stay on one process).
 LONGEST_FILE = "test_golden_e2e.py"

@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import FAST, FAST_WEIGHTS, cli_env, clip_with_reference, leftovers, run_cli, start_cli, video_stream_bytes
+from clitools import (
+    FAST,
+    FAST_WEIGHTS,
+    cli_env,
+    clip_with_reference,
+    leftovers,
+    run_cli,
+    start_cli,
+    torch_threads,
+    video_stream_bytes,
+)
 
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
@@ -79,7 +89,8 @@ def wait_for_port(head: subprocess.Popen, port: int, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
-    return clip_with_reference(tmp_path_factory.mktemp("cluster"), SECONDS, JOB_FLAGS)
+    with torch_threads(len(os.sched_getaffinity(0))):  # the threads a Ray worker on the CPU takes (jobs/cluster.py)
+        return clip_with_reference(tmp_path_factory.mktemp("cluster"), SECONDS, JOB_FLAGS)
 
 
 def fast_job(media, output: Path) -> Job:

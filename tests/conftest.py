@@ -67,12 +67,10 @@ def share_the_cores() -> None:
     1/N of the cores. Two processes each running torch on every core spend most of their time waiting for
     each other: a test that takes 9 s on one thread beside a busy process took 24 s on two.
 
-    A kernel's numbers can depend on its thread count, so every run a test compares inherits the same
-    count (test_cluster makes its reference with the Ray workers' count). With one process (-n 0) nothing
-    changes."""
+    A kernel's numbers can depend on its thread count, so every run a test compares gets the same count:
+    set here before any test runs, also with one process (-n 0), it is the one the CLI processes inherit
+    and the in-process runs use (test_cluster makes its reference with the Ray workers' count)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers < 2:
-        return
     threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
     os.environ["OMP_NUM_THREADS"] = threads  # read by torch in every process a test starts
     import torch

@@ -32,6 +32,7 @@ from clitools import (
     video_stream_bytes,
 )
 
+from latentsync_cli.cpu_threads import job_cpu_threads
 from latentsync_cli.errors import ExitCode
 from latentsync_cli.jobs.cluster import ClusterOptions, run_on_ray
 from latentsync_cli.jobs.job import Job
@@ -89,7 +90,7 @@ def wait_for_port(head: subprocess.Popen, port: int, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
-    with torch_threads(len(os.sched_getaffinity(0))):  # the threads a Ray worker on the CPU takes (jobs/cluster.py)
+    with torch_threads(job_cpu_threads()):  # the threads a Ray worker on the CPU takes (jobs/cluster.py)
         return clip_with_reference(tmp_path_factory.mktemp("cluster"), SECONDS, JOB_FLAGS)
 
 

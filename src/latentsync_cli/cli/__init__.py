@@ -11,10 +11,14 @@ import json
 import os
 import sys
 
+from latentsync_cli.cpu_threads import job_cpu_threads
+
 # torch's OpenMP threads spin while waiting for work by default; next to the
 # pipeline's own decode/encode threads on a small CPU that spinning made one
-# UNet call 5x slower. Must be set before torch is imported.
+# UNet call 5x slower. And they leave the pipeline's lanes a core (cpu_threads.py).
+# Both must be set before torch is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", str(job_cpu_threads()))
 
 import click
 import typer

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from latentsync_cli.cpu_threads import job_cpu_threads
 from latentsync_cli.errors import InputError, LatentsyncError, NotAvailableError, UsageError
 from latentsync_cli.jobs.batch import BatchRecord, check_rows, read_manifest, row_job
 from latentsync_cli.jobs.job import Job
@@ -73,7 +74,7 @@ class ShardWorker:
             # process would, so that a shard computes what the single run does.
             import torch
 
-            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            torch.set_num_threads(job_cpu_threads())
 
     def pid(self) -> int:
         return os.getpid()

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentsync_cli.cpu_threads import available_cores
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 GOLDEN_DIR = SHARED_DIR / "reference" / "golden"
@@ -56,7 +58,8 @@ def media_dir() -> Path:
     return MEDIA_DIR
 
 
-# --- the order the test processes take the files in --------------------------------------------
+# --- the cores each test process takes -----------------------------------------------------------
+
 
 def pytest_configure(config: pytest.Config) -> None:
     share_the_cores()
@@ -71,12 +74,14 @@ def share_the_cores() -> None:
     set here before any test runs, also with one process (-n 0), it is the one the CLI processes inherit
     and the in-process runs use (test_cluster makes its reference with the Ray workers' count)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    threads = str(max(1, available_cores() // workers))
     os.environ["OMP_NUM_THREADS"] = threads  # read by torch in every process a test starts
     import torch
 
     torch.set_num_threads(int(threads))
 
+
+# --- the order the test processes take the files in --------------------------------------------
 
 # The e2e golden file's model runs take about 6 minutes, longer than any other file: taken
 # first, no test process waits for it at the end (pyproject.toml: a file's tests stay on one process).

@@ -15,5 +15,9 @@ def job_cpu_threads() -> int:
     OMP_NUM_THREADS is set, and so does a Ray worker on the CPU, so that a shard
     computes what a single run does (a kernel's numbers can depend on its threads).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return max(1, available_cores() - 1)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

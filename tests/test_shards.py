@@ -29,18 +29,20 @@ def sync(media, target: Path, *extra):
     return run_cli_here("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, *extra)
 
 
+def sync_in_a_process(media, target: Path, *extra):
+    return run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, *extra)
+
+
 def test_shards_in_reverse_order_then_finalize_give_the_single_run_video(media, tmp_path):
     target, work_dir = tmp_path / "out.mp4", tmp_path / "work"
-    for shard in ("3/3", "2/3", "1/3"):  # each in its own process
-        ran = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--work-dir", work_dir,
-                      "--shard", shard)  # fmt: skip
+    for shard in ("3/3", "2/3", "1/3"):
+        ran = sync_in_a_process(media, target, "--work-dir", work_dir, "--shard", shard)
         assert ran.code == 0, ran.stderr
         assert not target.exists()  # a shard writes only into the work dir
     assert sorted(path.name for path in work_dir.glob("window-*.npz")) == [f"window-{i:05d}.npz" for i in range(6)]
     assert (work_dir / "track.npz").exists()  # the face track, found once and read by every shard
 
-    finalized = run_cli("sync", media["clip"], media["voice"], "-o", target, *JOB_FLAGS, "--work-dir", work_dir,
-                        "--finalize", "--json")  # fmt: skip
+    finalized = sync_in_a_process(media, target, "--work-dir", work_dir, "--finalize", "--json")
     assert finalized.code == 0, finalized.stderr
     assert json.loads(finalized.stdout)["resumed_windows"] == 6  # no window was computed again
     assert video_stream_bytes(target) == video_stream_bytes(media["single"])

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imageio_ffmpeg
+
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
 
 UNREACHABLE_HUB = "http://127.0.0.1:9"
@@ -58,6 +60,9 @@ def make_cases(folder: Path) -> list[Case]:
     existing.write_bytes(b"")
     not_media = folder / "notes.mp4"
     not_media.write_text("a text file with a video's name\n")
+    no_face = folder / "no face.mp4"  # one second of grey
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=gray:size=320x240:rate=25", "-t", "1", "-pix_fmt", "yuv420p", str(no_face)], check=True)
     offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": None}
     unreachable = {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": UNREACHABLE_HUB}
     return [
@@ -66,6 +71,7 @@ def make_cases(folder: Path) -> list[Case]:
         Case("path-error", ["sync", str(folder / "missing.mp4"), voice], 4),
         Case("output-error", ["sync", clip, voice, "-o", str(existing)], 6),
         Case("media-error", ["sync", str(not_media), voice, "--weights", "proxy"], 4),  # weights present
+        Case("no-face", ["sync", str(no_face), voice, "--weights", "proxy"], 4),
         Case("weights-offline", ["sync", clip, voice, "--weights", "checkpoint"], 5, offline),
         Case("weights-unreachable", ["sync", clip, voice, "--weights", "checkpoint"], 5, unreachable),
     ]

@@ -46,7 +46,7 @@ from latentsync_cli.constants import DEFAULT_SEED, FPS
 from latentsync_cli.errors import DeviceMemoryError, InputError, UsageError, WeightsError
 from latentsync_cli.jobs.job import Job
 from latentsync_cli.jobs.models import ModelCache
-from latentsync_cli.jobs.run import claim_output, execute, prepare
+from latentsync_cli.jobs.run import check_face, claim_output, execute, prepare
 from latentsync_cli.media.audio import audio_duration_s
 from latentsync_cli.media.encode import choose_encoder
 from latentsync_cli.media.synthetic import make_face_clip, make_speech
@@ -372,6 +372,7 @@ class CaseRunner:
             if watcher is not None:
                 watcher.start()
             with claim_output(prepared) as scratch:
+                check_face(prepared)
                 finished = execute(prepared, self.models.get(prepared), scratch)
         except DeviceMemoryError as error:
             return replace(result, error=f"out of memory: {error.message}")

@@ -3,12 +3,13 @@
     job = Job(video=Path("talk.mp4"), audio=Path("voice.wav"), settings=SettingsRequest(mode="turbo"))
     prepared = prepare(job)               # every check that needs no model; speech decoded; settings resolved
     with claim_output(prepared) as scratch:   # a lease on the output until the job ends (a second job is refused)
+        check_face(prepared)                  # the video shows a face (execute() counts on it)
         models = ModelCache().get(prepared)   # the weights (kept for the next job; see jobs/models.py)
         finished = execute(prepared, models, scratch, progress)   # -> FinishedJob
 
 `run(job, cache, progress)` does all of it. The order makes mistakes cost
 nothing: flags first, then the input files, the output path and the media,
-and only then the weights. Nothing is written at the output path unless the
+then a face in the video, and only then the weights. Nothing is written at the output path unless the
 job succeeds.
 """
 
@@ -87,6 +88,8 @@ def run(
             scratch = stack.enter_context(claim_output(prepared, warn))
         for warning in prepared.warnings:
             warn(warning)
+        progress.message("checking for a face")
+        check_face(prepared)  # before the models load: a clip without a face fails in seconds
         progress.message(f"loading the {job.weights} weights")
         models = (cache or ModelCache()).get(prepared)
         if models.note is not None:
@@ -191,9 +194,9 @@ def execute(
     if the job still holds it. With a work dir, finished windows are kept and reused.
 
     The job decides what the pipeline does with each window (jobs/window_plan.py)
-    and where the frames go (the output file, or nowhere for a shard).
+    and where the frames go (the output file, or nowhere for a shard). Its video
+    was checked for a face (check_face) before the models were loaded.
     """
-    from latentsync_cli.face.track import check_for_a_face
     from latentsync_cli.jobs.window_plan import plan_windows
     from latentsync_cli.pipeline import LipsyncPipeline, SyncJob
     from latentsync_cli.pipeline.windows import window_ranges
@@ -205,9 +208,6 @@ def execute(
                           models.is_proxy)  # fmt: skip
     timer = StageTimer(settings.device)
     landmarks = landmark_source(prepared)
-    progress.message("checking for a face")
-    with timer.stage("landmarks", MAIN_LANE):
-        check_for_a_face(prepared.video_info, landmarks)
     ranges = window_ranges(prepared.num_frames, settings.window)
     with ExitStack() as stack:
         store = open_work_dir(stack, prepared, weights, warn)
@@ -232,6 +232,13 @@ def execute(
         )
         result = LipsyncPipeline(models, settings, timer, progress).run(sync_job)
     return FinishedJob(prepared, result, weights)
+
+
+def check_face(prepared: PreparedJob) -> None:
+    """InputError unless one of the video's first frames shows a face (run() checks before the models load)."""
+    from latentsync_cli.face.track import check_for_a_face
+
+    check_for_a_face(prepared.video_info, landmark_source(prepared))
 
 
 def landmark_source(prepared: PreparedJob) -> LandmarkSource:

@@ -350,6 +350,7 @@ class CaseRunner:
         self.workspace = workspace
         self.models = ModelCache()
         self.weights_info: WeightsInfo | None = None  # what the cases ran with, once one has run
+        self.videos_with_a_face: set[Path] = set()  # inputs check_face has passed: every case reads the same one
 
     def job(self, case: BenchCase, base: RunSettings, video: Path, audio: Path, output: Path) -> Job:
         request = case_request(case, base, self.seed, self.device, self.on_cpu)
@@ -372,7 +373,9 @@ class CaseRunner:
             if watcher is not None:
                 watcher.start()
             with claim_output(prepared) as scratch:
-                check_face(prepared)
+                if video not in self.videos_with_a_face:
+                    check_face(prepared)
+                    self.videos_with_a_face.add(video)
                 finished = execute(prepared, self.models.get(prepared), scratch)
         except DeviceMemoryError as error:
             return replace(result, error=f"out of memory: {error.message}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,10 +76,10 @@ def share_the_cores() -> None:
     and the in-process runs use (test_cluster makes its reference with the Ray workers' count)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     threads = str(max(1, available_cores() // workers))
-    os.environ["OMP_NUM_THREADS"] = threads  # read by torch in every process a test starts
-    import torch
-
-    torch.set_num_threads(int(threads))
+    os.environ["OMP_NUM_THREADS"] = threads  # read by torch when it is imported, here and in every process started
+    torch = sys.modules.get("torch")  # not imported here: the xdist controller, which runs no test, never needs it
+    if torch is not None:
+        torch.set_num_threads(int(threads))
 
 
 # --- the order the test processes take the files in --------------------------------------------

@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--runs", default="A,B,C", help="tier 1 runs, comma-separated")
     parser.add_argument("--no-tier2", action="store_true", help="skip run A with the project's own alignment")
     parser.add_argument("--pipeline", nargs="?", const=golden.PIPELINE_RUN, metavar="RUN",
-                        help=f"also take RUN (default {golden.PIPELINE_RUN}, the suite's) through the whole LipsyncPipeline")
+                        help=f"also take RUN (default {golden.PIPELINE_RUN}, the suite's) through LipsyncPipeline")
     parser.add_argument("--padding", action="store_true", help="also run C's short window padded to 16 frames")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

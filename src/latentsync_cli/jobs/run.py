@@ -9,8 +9,8 @@
 
 `run(job, cache, progress)` does all of it. The order makes mistakes cost
 nothing: flags first, then the input files, the output path and the media,
-then a face in the video, and only then the weights. Nothing is written at the output path unless the
-job succeeds.
+then a face in the video, and only then the weights. Nothing is written at
+the output path unless the job succeeds.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
     python3 scripts/train_proxy.py unet     --out /work/proxy-run --steps 300
     python3 scripts/train_proxy.py audio    --out /work/proxy-run2         # recompute the audio rows only
     python3 scripts/train_proxy.py unet     --out /work/proxy-run2 --init-from /work/proxy-run   # fine-tune
+    python3 scripts/train_proxy.py unet     --out /work/proxy-run3 --init-from /work/proxy-run2 \
+            --recipe x0_weight_cap=20 --recipe ema_decay=0.99 --total-steps 380     # another recipe
     python3 scripts/train_proxy.py evaluate --out /work/proxy-run          # the held-out table
     python3 scripts/train_proxy.py export   --out /work/proxy-run          # -> src/latentsync_cli/weights/proxy_weights/
     python3 scripts/train_proxy.py curves   --out /work/proxy-run          # <out>/loss_curves.png from the logs
@@ -34,6 +36,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="vae / unet: steps this chunk runs at most")
     parser.add_argument("--total-steps", type=int, help="vae / unet: the stage's total steps (first chunk only)")
     parser.add_argument("--init-from", type=Path, help="unet: start from this finished run's UNet (first chunk only)")
+    parser.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
+                        help="vae / unet: set one field of the stage's recipe (first chunk only; repeatable)")
     parser.add_argument("--stem-gain", type=float, help="prepare, audio: the audio encoder's stem gain (1: the first run's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (keep it the same for a run)")
     parser.add_argument("--media", type=Path, default=MEDIA_DIR, help="prepare, evaluate: the demo clips' folder")
@@ -60,10 +64,16 @@ def main() -> int:
 
         refresh_audio(out, **gain)
     elif args.stage in ("vae", "unet"):
-        from latentsync_cli.train.run import unet_chunk, vae_chunk
+        from latentsync_cli.train.run import recipe_overrides, unet_chunk, vae_chunk
+        from latentsync_cli.train.unet import UnetRecipe
+        from latentsync_cli.train.vae import VaeRecipe
 
         chunk = vae_chunk if args.stage == "vae" else unet_chunk
-        overrides = {"steps": args.total_steps}
+        try:
+            overrides = recipe_overrides(VaeRecipe if args.stage == "vae" else UnetRecipe, args.recipe)
+        except ValueError as error:
+            parser.error(str(error))
+        overrides["steps"] = args.total_steps
         if args.init_from is not None:
             overrides["init_from"] = str(args.init_from.resolve())
         finished = chunk(out, args.steps, overrides)

@@ -211,3 +211,36 @@ def test_a_recipe_written_before_a_field_existed_reads_with_its_default(tmp_path
     assert recipe.steps == 7 and recipe.init_from == ""
     with pytest.raises(SystemExit, match="init_from"):  # a run's recipe is fixed by its first chunk
         stage_recipe(tmp_path, UnetRecipe, {"init_from": "/elsewhere"})
+
+
+def test_the_x0_weighting_scales_each_step_by_its_noise_level():
+    from dataclasses import replace
+
+    from latentsync_cli.optimizers.schedulers import make_scheduler
+
+    alphas_cumprod = make_scheduler("ddim", 20).alphas_cumprod.float()
+    windows = micro_windows()
+    for seed in (5, 9, 14):  # timesteps 95 (weight 1), 755 (about 15) and 918 (the cap)
+        gradients, drawn = [], []
+        for recipe in (replace(MICRO_RECIPE, seed=seed), replace(MICRO_RECIPE, seed=seed, x0_weight_cap=20.0)):
+            unet = build_unet(MICRO_UNET, 0)
+            losses = unet_step_function(windows, recipe)(unet, torch.Generator().manual_seed(seed))
+            gradients.append(unet.conv_in.weight.grad.clone())
+            drawn.append(losses)
+        assert drawn[0] == drawn[1]  # the same window, timestep and loss: only the step's weight differs
+        alpha = alphas_cumprod[int(drawn[0]["t"])]
+        expected = float(((1 - alpha) / alpha).clamp(1.0, 20.0))
+        scaled = gradients[0] * expected
+        assert float((gradients[1] - scaled).norm() / scaled.norm()) < 1e-5
+
+
+def test_recipe_fields_are_set_from_the_command_line_with_their_types():
+    from latentsync_cli.train.run import recipe_overrides
+
+    overrides = recipe_overrides(UnetRecipe, ["x0_weight_cap=20", "warmup_steps=10", "init_from=/runs/a"])
+    assert overrides == {"x0_weight_cap": 20.0, "warmup_steps": 10, "init_from": "/runs/a"}
+    assert isinstance(overrides["warmup_steps"], int)
+    with pytest.raises(ValueError, match="FIELD one of"):
+        recipe_overrides(VaeRecipe, ["x0_weight_cap=20"])
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        recipe_overrides(UnetRecipe, ["steps"])

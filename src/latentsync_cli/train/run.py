@@ -54,6 +54,19 @@ def stage_recipe(folder: Path, recipe_type, overrides: dict):
     return recipe
 
 
+def recipe_overrides(recipe_type, assignments: list[str]) -> dict:
+    """{field: value} from "field=value" strings, each value read as the type of the field's default."""
+    defaults = recipe_type()
+    overrides = {}
+    for assignment in assignments:
+        name, separator, text = assignment.partition("=")
+        if not separator or name not in {f.name for f in fields(recipe_type)}:
+            names = ", ".join(f.name for f in fields(recipe_type))
+            raise ValueError(f"--recipe {assignment!r}: expected FIELD=VALUE, FIELD one of {names}")
+        overrides[name] = type(getattr(defaults, name))(text)
+    return overrides
+
+
 def vae_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     """Train the VAE for up to `steps` more steps; when its last step is done, rescale it and cache the latents.
     Returns True when the VAE is finished."""

@@ -19,6 +19,13 @@ starts every frame from. The UNet gets the 13 channels [noisy 4 | mask 1 | maske
 reference 4] and predicts the noise; the loss is the squared error weighted
 1 + `mouth_weight` inside the mask's generated region (the only part the pipeline
 keeps: the rest of the face is pasted back from the input).
+
+`x0_weight_cap` > 0 also weights each step by clamp((1 - a_t) / a_t, 1, cap), a_t the
+timestep's alphas_cumprod: the noise error as it shows in the predicted clean latents.
+Plain noise MSE hardly trains the high-noise steps: at t = 950, taking the noisy
+latents themselves for the noise already scores under 0.01, whatever the face. Yet
+those steps set the mouth's shape, and a small model trained that way takes its shape
+from the seed (docs/PERFORMANCE.md, "Where the seed's hold comes from").
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class UnetRecipe:
     audio_drop: float = 0.1
     mixed_noise_alpha: float = 1.0
     ema_decay: float = 0.999
+    x0_weight_cap: float = 0.0  # 0: upstream's plain noise MSE (see the module's docstring)
     seed: int = 2
     init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
 
@@ -164,6 +172,11 @@ def unet_step_function(windows: LatentWindows, recipe: UnetRecipe) -> StepFuncti
     shared_std = (recipe.mixed_noise_alpha**2 / (1 + recipe.mixed_noise_alpha**2)) ** 0.5
     independent_std = (1 / (1 + recipe.mixed_noise_alpha**2)) ** 0.5
 
+    def step_weight_of(alpha: torch.Tensor) -> float:
+        if recipe.x0_weight_cap <= 0:
+            return 1.0
+        return float(((1 - alpha) / alpha).clamp(1.0, recipe.x0_weight_cap))
+
     def step(unet: UNet3DConditionModel, generator: torch.Generator) -> dict[str, float]:
         window = windows.sample(generator)
         timestep = torch.randint(0, TRAIN_TIMESTEPS, (1,), generator=generator)
@@ -173,12 +186,13 @@ def unet_step_function(windows: LatentWindows, recipe: UnetRecipe) -> StepFuncti
         noise = shared_std * shared + independent_std * independent
         drop_audio = float(torch.rand((), generator=generator)) < recipe.audio_drop
         alpha = alphas_cumprod[timestep]
+        step_weight = step_weight_of(alpha)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         sample = torch.cat([noisy, mask, window.masked, window.reference], dim=1)
         audio = torch.zeros_like(window.audio) if drop_audio else window.audio
         squared = (unet(sample, timestep, audio) - noise).square()
         loss = (squared * weight).mean() / weight.mean()
-        loss.backward()
+        (loss * step_weight).backward()
         mouth = squared.detach()[(1.0 - mask).expand_as(squared) > 0.5].mean()
         return {"loss": float(loss.detach()), "mouth_mse": float(mouth), "t": float(timestep)}
 

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Where does the proxy's mouth come from: the speech, or the seed? Three measurements on held-out frames.
+
+    python3 scripts/measure_proxy_seed.py --run /work/proxy-run2 --frames 32 --json out.json
+    python3 scripts/measure_proxy_seed.py --frames 32 --guidance 1.5,3,6     # the shipped proxy
+
+The first held-out `--frames` of each demo clip (a proxy training run's data folder holds
+the aligned faces and their audio rows), each frame its own reference, as in `sync`:
+
+  seed      the mean change (0-255) in the mouth box when one thing changes against seed 0
+            with the clip's own speech: another speech (demo*_audio.wav), another initial
+            noise (the VAE's posterior draws kept), another posterior draw (the initial noise
+            kept); and the mouth PSNR against the real frames. Once per `--guidance`.
+  channels  the same frames made with seeds 0 and 1; the change in the mouth box when the
+            generated latents of seed 0 take one channel from seed 1 and are decoded again.
+  latents   per latent channel of one clip's cached VAE posteriors: the posterior's standard
+            deviation (scaled, as the pipeline uses it, and in the VAE's units before its
+            latent space was rescaled) against the frame-to-frame deviation of its mean.
+  x0        the real latents (posterior means) of `--window` held-out frames of one clip,
+            noised at several timesteps: the UNet's one-step estimate of the clean latents
+            against the real ones (rms, per channel, in the visible part and in the mouth).
+
+A model whose mouth follows the speech shows a larger change for the speech than for the
+seed; docs/PERFORMANCE.md ("Where the seed's hold comes from") has the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentsync_cli.bench.heldout import face_windows, mouth_change, mouth_scores, to_uint8
+from latentsync_cli.constants import TRAIN_TIMESTEPS
+from latentsync_cli.face.mask import latent_mask, mouth_mask
+from latentsync_cli.models.audio_features import AudioFeatureExtractor
+from latentsync_cli.models.vae import LATENT_SCALE, decode_latents, to_vae_range
+from latentsync_cli.optimizers.schedulers import make_scheduler
+from latentsync_cli.pipeline.faces import FaceGenerator
+from latentsync_cli.pipeline.lipsync import LipsyncPipeline
+from latentsync_cli.pipeline.windows import SeededNoise
+from latentsync_cli.settings.run_settings import RunSettings
+from latentsync_cli.timing import StageTimer
+from latentsync_cli.train.data import Clip, load_clips
+from latentsync_cli.train.evaluate import mode_settings, other_speech, run_models
+from latentsync_cli.train.vae import SCALE_FILE
+from latentsync_cli.weights.load import ModelBundle, load_models
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
+TIMESTEPS = (50, 200, 500, 800, 950)
+
+
+class MixedNoise:
+    """A NoiseSource whose initial noise comes from one seed and whose posterior draws come from another."""
+
+    def __init__(self, initial_seed: int, posterior_seed: int):
+        self.initial, self.posterior = SeededNoise(initial_seed), SeededNoise(posterior_seed)
+
+    def initial_noise(self, latent_size: int) -> torch.Tensor:
+        return self.initial.initial_noise(latent_size)
+
+    def posterior_draws(self, window_index, shape, device, dtype):
+        return self.posterior.posterior_draws(window_index, shape, device, dtype)
+
+
+class RecordingFaceGenerator(FaceGenerator):
+    """FaceGenerator that keeps the denoised latents of every window it decodes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.latents: list[torch.Tensor] = []
+
+    def decode(self, latents: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        self.latents.append(latents.transpose(0, 1).float().cpu())  # (4, n, h, w) -> (n, 4, h, w)
+        return super().decode(latents, faces)
+
+
+@torch.no_grad()
+def generate(models: ModelBundle, settings: RunSettings, faces: np.ndarray, audio: torch.Tensor,
+             noise: MixedNoise) -> tuple[np.ndarray, torch.Tensor]:
+    """`sync`'s faces (uint8) and their denoised latents (n, 4, h, w) for aligned faces and audio rows."""
+    pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device))
+    paste_mask = torch.from_numpy(mouth_mask(models.resolution))[None, None]
+    generator = RecordingFaceGenerator(models, pipeline.plan, settings, pipeline.device, pipeline.timer, audio,
+                                       paste_mask, False, noise)
+    outputs = generator.generate(face_windows(faces, settings.window), pipeline.ladder.current)
+    return np.concatenate([to_uint8(output.wait()) for output in outputs]), torch.cat(generator.latents)
+
+
+@torch.no_grad()
+def decoded_faces(models: ModelBundle, latents: torch.Tensor, faces: np.ndarray) -> np.ndarray:
+    """Latents decoded and pasted into the real faces' unmasked pixels, as FaceGenerator does."""
+    keep = torch.from_numpy(mouth_mask(models.resolution))[None, None]
+    pixels = to_vae_range(torch.from_numpy(faces).permute(0, 3, 1, 2))
+    decoded = decode_latents(models.vae, latents).float()
+    return to_uint8(decoded * (1.0 - keep) + pixels * keep)
+
+
+def held_out(clip: Clip, frames: int) -> tuple[np.ndarray, torch.Tensor, range]:
+    rows = clip.held_out[:frames]
+    return clip.faces[rows.start : rows.stop], torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
+
+
+def seed_against_speech(models, settings, clips, frames, media_dir) -> dict[str, float]:
+    extractor = AudioFeatureExtractor(models.audio_encoder)
+    changes: dict[str, list[float]] = {}
+    for clip in clips:
+        faces, own, rows = held_out(clip, frames)
+        base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
+        row = {
+            "another speech": mouth_change(base, generate(models, settings, faces,
+                                                          other_speech(media_dir, clip, extractor, rows),
+                                                          MixedNoise(0, 0))[0]),
+            "another initial noise": mouth_change(base, generate(models, settings, faces, own, MixedNoise(1, 0))[0]),
+            "another posterior draw": mouth_change(base, generate(models, settings, faces, own, MixedNoise(0, 1))[0]),
+            "mouth PSNR (dB)": mouth_scores(faces, base)["mouth_psnr"],
+        }
+        for name, value in row.items():
+            changes.setdefault(name, []).append(value)
+    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+
+
+def seed_by_channel(models, settings, clips, frames) -> dict[str, float]:
+    changes: dict[str, list[float]] = {}
+    for clip in clips:
+        faces, own, _ = held_out(clip, frames)
+        first, first_latents = generate(models, settings, faces, own, MixedNoise(0, 0))
+        second, second_latents = generate(models, settings, faces, own, MixedNoise(1, 1))
+        base = decoded_faces(models, first_latents, faces)
+        changes.setdefault("whole seed", []).append(mouth_change(base, second))
+        for channel in range(first_latents.shape[1]):
+            swapped = first_latents.clone()
+            swapped[:, channel] = second_latents[:, channel]
+            changes.setdefault(f"channel {channel} from seed 1", []).append(
+                mouth_change(base, decoded_faces(models, swapped, faces)))
+    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+
+
+def latent_channels(run: Path, clip: Clip) -> dict[str, list[float]]:
+    """Per channel: the posterior's mean standard deviation and the frame-to-frame deviation of its mean."""
+    cached = np.load(run / "latents" / f"{clip.name}.npz")
+    mean, std = cached["face_mean"], cached["face_std"]  # (n, 4, h, w), scaled by LATENT_SCALE
+    factor = json.loads((run / "vae" / SCALE_FILE).read_text())["factor"]
+    channels = range(mean.shape[1])
+    return {
+        "posterior std": [round(float(std[:, c].mean()), 3) for c in channels],
+        "posterior std, VAE units": [round(float(std[:, c].mean() / (LATENT_SCALE * factor)), 3) for c in channels],
+        "frame-to-frame std of the mean": [round(float(mean[:, c].std(axis=0).mean()), 3) for c in channels],
+    }
+
+
+@torch.no_grad()
+def one_step_clean_estimate(models: ModelBundle, run: Path, clip: Clip, window: int) -> dict[str, dict]:
+    """rms error of the UNet's one-step estimate of the clean latents, by timestep, channel and region."""
+    cached = np.load(run / "latents" / f"{clip.name}.npz")
+    start = clip.held_out.start
+
+    def frames_second(array: np.ndarray, first: int) -> torch.Tensor:
+        return torch.from_numpy(array[first : first + window]).transpose(0, 1)[None].float()
+
+    clean = frames_second(cached["face_mean"], start)
+    masked = frames_second(cached["masked_mean"], start)
+    reference = frames_second(cached["face_mean"], start + 2 * window)  # elsewhere in the held-out part
+    audio = torch.from_numpy(clip.audio[start : start + window])
+    size = clean.shape[-1]
+    keep = torch.from_numpy(latent_mask(mouth_mask(size * 8), size))
+    mask = keep[None, None, None].expand(1, 1, window, size, size)
+    alphas_cumprod = make_scheduler("ddim", 20).alphas_cumprod.float()
+    unet = models.unet.float()
+    generator = torch.Generator().manual_seed(0)
+    results = {"channel rms": [round(float(clean[0, c].square().mean().sqrt()), 3) for c in range(clean.shape[1])]}
+    for timestep in TIMESTEPS:
+        assert timestep < TRAIN_TIMESTEPS
+        noise = torch.randn(clean.shape, generator=generator)
+        alpha = alphas_cumprod[timestep]
+        noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+        predicted = unet(torch.cat([noisy, mask, masked, reference], dim=1), torch.tensor([timestep]), audio)
+        error = ((noisy - (1 - alpha).sqrt() * predicted) / alpha.sqrt() - clean)[0]  # (4, n, h, w)
+        results[f"t={timestep}"] = {
+            region: [round(float(error[c][:, where].square().mean().sqrt()), 3) for c in range(error.shape[0])]
+            for region, where in (("visible", keep > 0.5), ("mouth", keep < 0.5))
+        }
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a proxy training run folder (default: the shipped proxy, with the "
+                                                 "data of --data)")
+    parser.add_argument("--data", type=Path, help="a run folder whose data/ and latents/ to use (default: --run)")
+    parser.add_argument("--frames", type=int, default=32, help="held-out frames per clip")
+    parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")
+    parser.add_argument("--window", type=int, default=16, help="x0: frames of the one window")
+    parser.add_argument("--clip", default="demo2", help="latents, x0: the clip")
+    parser.add_argument("--only", choices=("seed", "channels", "latents", "x0"), action="append",
+                        help="run only these")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--media", type=Path, default=MEDIA_DIR)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    data = args.data or args.run
+    if data is None:
+        parser.error("--data (a run folder with data/ and latents/) is needed with the shipped proxy")
+    torch.set_num_threads(args.threads)
+    models = run_models(args.run) if args.run else load_models("proxy")
+    clips = load_clips(data)
+    settings = mode_settings("normal")
+    only = set(args.only or ("seed", "channels", "latents", "x0"))
+    clip = next(clip for clip in clips if clip.name == args.clip)
+    results: dict = {"weights": str(args.run or "proxy (shipped)"), "frames_per_clip": args.frames}
+    if "seed" in only:
+        for guidance in (float(value) for value in args.guidance.split(",")):
+            results[f"seed, guidance {guidance}"] = row = seed_against_speech(
+                models, replace(settings, guidance=guidance), clips, args.frames, args.media)
+            print(f"guidance {guidance}: {row}", flush=True)
+    if "channels" in only:
+        results["channels"] = seed_by_channel(models, settings, clips, args.frames)
+        print(f"channels: {results['channels']}", flush=True)
+    if "latents" in only:
+        results["latents"] = latent_channels(data, clip)
+        print(f"latents ({args.clip}): {results['latents']}", flush=True)
+    if "x0" in only:
+        results["x0"] = one_step_clean_estimate(models, data, clip, args.window)
+        print(f"x0 ({args.clip}): {json.dumps(results['x0'])}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

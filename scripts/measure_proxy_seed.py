@@ -112,11 +112,10 @@ def seed_against_speech(models, settings, clips, frames, media_dir) -> dict[str,
     changes: dict[str, list[float]] = {}
     for clip in clips:
         faces, own, rows = held_out(clip, frames)
+        other = other_speech(media_dir, clip, extractor, rows)
         base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
         row = {
-            "another speech": mouth_change(base, generate(models, settings, faces,
-                                                          other_speech(media_dir, clip, extractor, rows),
-                                                          MixedNoise(0, 0))[0]),
+            "another speech": mouth_change(base, generate(models, settings, faces, other, MixedNoise(0, 0))[0]),
             "another initial noise": mouth_change(base, generate(models, settings, faces, own, MixedNoise(1, 0))[0]),
             "another posterior draw": mouth_change(base, generate(models, settings, faces, own, MixedNoise(0, 1))[0]),
             "mouth PSNR (dB)": mouth_scores(faces, base)["mouth_psnr"],

@@ -244,3 +244,18 @@ def test_recipe_fields_are_set_from_the_command_line_with_their_types():
         recipe_overrides(VaeRecipe, ["x0_weight_cap=20"])
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         recipe_overrides(UnetRecipe, ["steps"])
+
+
+def test_logvar_init_starts_every_latent_channel_narrow():
+    config = {**tiny_vae_config(), "sample_size": 32}
+    pixels = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    widths = {}
+    for logvar_init in (0.0, -6.0):
+        vae = build_vae(config, seed=0, logvar_init=logvar_init).eval()
+        with torch.no_grad():
+            widths[logvar_init] = vae.encode(pixels).latent_dist.std.mean(dim=(0, 2, 3))  # per channel
+    assert (widths[0.0] > 0.5).all()  # PyTorch's default: as wide as the prior
+    assert (widths[-6.0] < 0.2).all()
+    same = build_vae(config, seed=0, logvar_init=-6.0).state_dict()
+    default = build_vae(config, seed=0).state_dict()
+    assert [key for key in same if not torch.equal(same[key], default[key])] == ["quant_conv.bias"]

@@ -75,7 +75,7 @@ def vae_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
         return True
     recipe = stage_recipe(folder, VaeRecipe, overrides)
     clips = load_clips(out)
-    vae = build_vae(proxy_vae_config(), recipe.seed)
+    vae = build_vae(proxy_vae_config(), recipe.seed, recipe.logvar_init)
     stage = Stage(folder, vae, recipe.schedule(), recipe.seed)
     settings = ChunkSettings(steps=steps, checkpoint_every=50, log_every=10, pid_file=out / PID_FILE)
     train_chunk(stage, vae_step_function(training_faces(clips), recipe), settings, log)

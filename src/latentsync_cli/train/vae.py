@@ -5,6 +5,12 @@ more inside the mask's generated region (the only pixels the proxy's output
 takes from the VAE), plus `kl_weight` x the KL divergence of the posterior to
 N(0, I) (summed over the latent, as Stable Diffusion's VAE was trained).
 
+`logvar_init` < 0 starts every latent channel's posterior narrow (quant_conv's
+log-variance bias): with PyTorch's default initialisation the posterior starts
+as wide as the prior, and in 1200 steps at the light KL weight the decoder came
+to read one channel and left three mostly noise (docs/PERFORMANCE.md, "Where the
+seed's hold comes from").
+
 The pipeline multiplies latents by one constant, 0.18215 (models.vae.LATENT_SCALE).
 Rather than give the proxy another, `rescale_latent_space` multiplies the
 VAE's latent by a factor c (quant_conv's mean rows by c, its log-variance bias
@@ -42,6 +48,7 @@ class VaeRecipe:
     decay_fraction: float = 0.3
     mouth_weight: float = 3.0
     kl_weight: float = 1e-6
+    logvar_init: float = 0.0  # the posterior's initial log-variance; 0: PyTorch's default initialisation
     seed: int = 1
 
     def schedule(self) -> Schedule:
@@ -51,11 +58,17 @@ class VaeRecipe:
         return asdict(self)
 
 
-def build_vae(config: dict, seed: int) -> AutoencoderKL:
-    """A VAE with PyTorch's default initialisation from `seed` (the global RNG is left as it was)."""
+def build_vae(config: dict, seed: int, logvar_init: float = 0.0) -> AutoencoderKL:
+    """A VAE with PyTorch's default initialisation from `seed` (the global RNG is left as it was); `logvar_init`
+    other than 0 replaces the bias of quant_conv's log-variance rows."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderKL(**config)
+        vae = AutoencoderKL(**config)
+    if logvar_init:
+        channels = config["latent_channels"]
+        with torch.no_grad():
+            vae.quant_conv.bias[channels:] = logvar_init  # rows [mean | log-variance]
+    return vae
 
 
 def to_pixels(faces: np.ndarray | torch.Tensor) -> torch.Tensor:

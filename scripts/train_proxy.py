@@ -7,7 +7,7 @@
     python3 scripts/train_proxy.py audio    --out /work/proxy-run2         # recompute the audio rows only
     python3 scripts/train_proxy.py unet     --out /work/proxy-run2 --init-from /work/proxy-run   # fine-tune
     python3 scripts/train_proxy.py unet     --out /work/proxy-run3 --init-from /work/proxy-run2 \
-            --recipe x0_weight_cap=20 --recipe ema_decay=0.99 --total-steps 380     # another recipe
+            --recipe x0_weight_cap=20 --recipe ema_decay=0.99 --total-steps 350     # another recipe
     python3 scripts/train_proxy.py evaluate --out /work/proxy-run          # the held-out table
     python3 scripts/train_proxy.py export   --out /work/proxy-run          # -> src/latentsync_cli/weights/proxy_weights/
     python3 scripts/train_proxy.py curves   --out /work/proxy-run          # <out>/loss_curves.png from the logs

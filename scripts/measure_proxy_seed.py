@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentsync_cli.bench.heldout import face_windows, mouth_change, mouth_scores, to_uint8
+from latentsync_cli.bench.heldout import decoded_and_pasted, face_windows, mouth_change, mouth_scores, to_chw, to_uint8
 from latentsync_cli.constants import TRAIN_TIMESTEPS
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.models.audio_features import AudioFeatureExtractor
-from latentsync_cli.models.vae import LATENT_SCALE, decode_latents, to_vae_range
+from latentsync_cli.models.vae import LATENT_SCALE, to_vae_range
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.pipeline.faces import FaceGenerator
 from latentsync_cli.pipeline.lipsync import LipsyncPipeline
@@ -48,6 +48,7 @@ from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
 from latentsync_cli.train.data import Clip, load_clips
 from latentsync_cli.train.evaluate import mode_settings, other_speech, run_models
+from latentsync_cli.train.unet import frames_second
 from latentsync_cli.train.vae import SCALE_FILE
 from latentsync_cli.weights.load import ModelBundle, load_models
 
@@ -93,15 +94,6 @@ def generate(models: ModelBundle, settings: RunSettings, faces: np.ndarray, audi
     return np.concatenate([to_uint8(output.wait()) for output in outputs]), torch.cat(generator.latents)
 
 
-@torch.no_grad()
-def decoded_faces(models: ModelBundle, latents: torch.Tensor, faces: np.ndarray) -> np.ndarray:
-    """Latents decoded and pasted into the real faces' unmasked pixels, as FaceGenerator does."""
-    keep = torch.from_numpy(mouth_mask(models.resolution))[None, None]
-    pixels = to_vae_range(torch.from_numpy(faces).permute(0, 3, 1, 2))
-    decoded = decode_latents(models.vae, latents).float()
-    return to_uint8(decoded * (1.0 - keep) + pixels * keep)
-
-
 def held_out(clip: Clip, frames: int) -> tuple[np.ndarray, torch.Tensor, range]:
     rows = clip.held_out[:frames]
     return clip.faces[rows.start : rows.stop], torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
@@ -129,15 +121,16 @@ def seed_by_channel(models, settings, clips, frames) -> dict[str, float]:
     changes: dict[str, list[float]] = {}
     for clip in clips:
         faces, own, _ = held_out(clip, frames)
-        first, first_latents = generate(models, settings, faces, own, MixedNoise(0, 0))
+        pixels = to_vae_range(to_chw(faces))
+        _, first_latents = generate(models, settings, faces, own, MixedNoise(0, 0))
         second, second_latents = generate(models, settings, faces, own, MixedNoise(1, 1))
-        base = decoded_faces(models, first_latents, faces)
+        base = decoded_and_pasted(models, first_latents, pixels)
         changes.setdefault("whole seed", []).append(mouth_change(base, second))
         for channel in range(first_latents.shape[1]):
             swapped = first_latents.clone()
             swapped[:, channel] = second_latents[:, channel]
             changes.setdefault(f"channel {channel} from seed 1", []).append(
-                mouth_change(base, decoded_faces(models, swapped, faces)))
+                mouth_change(base, decoded_and_pasted(models, swapped, pixels)))
     return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
 
 
@@ -160,12 +153,12 @@ def one_step_clean_estimate(models: ModelBundle, run: Path, clip: Clip, window: 
     cached = np.load(run / "latents" / f"{clip.name}.npz")
     start = clip.held_out.start
 
-    def frames_second(array: np.ndarray, first: int) -> torch.Tensor:
-        return torch.from_numpy(array[first : first + window]).transpose(0, 1)[None].float()
+    def window_at(array: np.ndarray, first: int) -> torch.Tensor:  # (1, 4, window, h, w)
+        return frames_second(torch.from_numpy(array[first : first + window])).float()
 
-    clean = frames_second(cached["face_mean"], start)
-    masked = frames_second(cached["masked_mean"], start)
-    reference = frames_second(cached["face_mean"], start + 2 * window)  # elsewhere in the held-out part
+    clean = window_at(cached["face_mean"], start)
+    masked = window_at(cached["masked_mean"], start)
+    reference = window_at(cached["face_mean"], start + 2 * window)  # elsewhere in the held-out part
     audio = torch.from_numpy(clip.audio[start : start + window])
     size = clean.shape[-1]
     keep = torch.from_numpy(latent_mask(mouth_mask(size * 8), size))

@@ -97,7 +97,12 @@ def generate_faces(
 def vae_reconstruction(models: ModelBundle, faces: np.ndarray, seed: int = 0) -> np.ndarray:
     """The upper bound of any generation: each face through the VAE, its unmasked pixels pasted back."""
     pixels = to_vae_range(to_chw(faces))
-    latents = encode_latents(models.vae, pixels, torch.Generator().manual_seed(seed))
+    return decoded_and_pasted(models, encode_latents(models.vae, pixels, torch.Generator().manual_seed(seed)), pixels)
+
+
+@torch.no_grad()
+def decoded_and_pasted(models: ModelBundle, latents: torch.Tensor, pixels: torch.Tensor) -> np.ndarray:
+    """Latents (n, 4, h, w) decoded, the faces' unmasked pixels (n, 3, R, R) in [-1, 1] pasted back, as uint8."""
     decoded = decode_latents(models.vae, latents).float().cpu()
     keep = torch.from_numpy(mouth_mask(models.resolution))[None, None]
     return to_uint8(decoded * (1.0 - keep) + pixels * keep)

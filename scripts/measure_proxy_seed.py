@@ -19,6 +19,11 @@ the aligned faces and their audio rows), each frame its own reference, as in `sy
   x0        the real latents (posterior means) of `--window` held-out frames of one clip,
             noised at several timesteps: the UNet's one-step estimate of the clean latents
             against the real ones (rms, per channel, in the visible part and in the mouth).
+  audio     how much of the mouth the speech rows carry at all, with no UNet: a ridge
+            regression from each frame's rows to its mouth box's mean grey level (an open
+            mouth is darker), fitted on the training frames, scored by its correlation on
+            the held-out frames; once for the audio encoder's rows (what the UNet sees) and
+            once for the log-mel at the same positions (what the encoder sees).
 
 A model whose mouth follows the speech shows a larger change for the speech than for the
 seed; docs/PERFORMANCE.md ("Where the seed's hold comes from") has the numbers.
@@ -35,10 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentsync_cli.bench.fidelity import mouth_box
 from latentsync_cli.bench.heldout import decoded_and_pasted, face_windows, mouth_change, mouth_scores, to_chw, to_uint8
 from latentsync_cli.constants import TRAIN_TIMESTEPS
 from latentsync_cli.face.mask import latent_mask, mouth_mask
-from latentsync_cli.models.audio_features import AudioFeatureExtractor
+from latentsync_cli.media.audio import load_audio
+from latentsync_cli.models.audio_features import AudioFeatureExtractor, feature_chunks, log_mel_spectrogram
 from latentsync_cli.models.vae import LATENT_SCALE, to_vae_range
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.pipeline.faces import FaceGenerator
@@ -55,6 +62,7 @@ from latentsync_cli.weights.load import ModelBundle, load_models
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
 TIMESTEPS = (50, 200, 500, 800, 950)
+RIDGE_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 
 
 class MixedNoise:
@@ -181,6 +189,60 @@ def one_step_clean_estimate(models: ModelBundle, run: Path, clip: Clip, window: 
     return results
 
 
+def log_mel_rows(clip: Clip, media_dir: Path) -> np.ndarray:
+    """(n, 10, 160): the log-mel under each frame's 10 encoder positions (two mel frames per position)."""
+    mel = log_mel_spectrogram(load_audio(media_dir / f"{clip.name}_video.mp4"))  # (80, T) at 100/s
+    pairs = mel[:, : mel.shape[1] // 2 * 2].T.reshape(-1, 1, 2 * mel.shape[0])  # (T/2, 1, 160) at 50/s
+    return feature_chunks(pairs)[: clip.num_frames].numpy()
+
+
+def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, penalty: float) -> np.ndarray:
+    """Ridge regression in its dual form (far fewer frames than features)."""
+    gram = train_x @ train_x.T
+    weights = np.linalg.solve(gram + penalty * np.eye(len(gram)), train_y)
+    return test_x @ (train_x.T @ weights)
+
+
+def correlation(first: np.ndarray, second: np.ndarray) -> float:
+    first, second = first - first.mean(), second - second.mean()
+    return float((first * second).sum() / np.sqrt((first**2).sum() * (second**2).sum()))
+
+
+def speech_carries_mouth(clips: list[Clip], media_dir: Path) -> dict[str, dict]:
+    """Held-out correlation of a ridge fit from speech rows to the mouth box's mean grey level, per clip.
+
+    Features and targets are standardised per clip on its training frames. The penalty is picked
+    on the last quarter of each clip's training frames (fitted on the rest), then the fit is
+    redone on all training frames and scored on the held-out ones."""
+    top, bottom, left, right = mouth_box(clips[0].faces.shape[1])
+    results = {}
+    for features in ("audio encoder rows", "log-mel at the same positions"):
+        data = []  # per clip: (name, x, y, training frames)
+        for clip in clips:
+            rows = clip.audio if features == "audio encoder rows" else log_mel_rows(clip, media_dir)
+            x = rows.reshape(clip.num_frames, -1).astype(np.float64)
+            y = clip.faces[:, top:bottom, left:right].astype(np.float64).mean(axis=(1, 2, 3))
+            train = clip.held_out.start
+            data.append((clip.name, (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6),
+                         (y - y[:train].mean()) / y[:train].std(), train))
+
+        def scores(fit_end, score_end, penalty: float) -> dict[str, float]:
+            """Fit on frames [0, fit_end(train)) of every clip; score each clip on [fit_end, score_end)."""
+            fit_x = np.concatenate([x[: fit_end(train)] for _, x, _, train in data])
+            fit_y = np.concatenate([y[: fit_end(train)] for _, _, y, train in data])
+            return {name: correlation(ridge_predict(fit_x, fit_y, x[fit_end(train) : score_end(train, len(y))], penalty),
+                                      y[fit_end(train) : score_end(train, len(y))])
+                    for name, x, y, train in data}
+
+        def validation_mean(penalty: float) -> float:
+            return float(np.mean(list(scores(lambda train: train * 3 // 4, lambda train, n: train, penalty).values())))
+
+        penalty = max(RIDGE_PENALTIES, key=validation_mean)
+        held_out = scores(lambda train: train, lambda train, n: n, penalty)
+        results[features] = {"penalty": penalty, **{name: round(value, 3) for name, value in held_out.items()},
+                             "mean": round(float(np.mean(list(held_out.values()))), 3)}
+    return results
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a proxy training run folder (default: the shipped proxy, with the "
@@ -190,7 +252,7 @@ def main() -> int:
     parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")
     parser.add_argument("--window", type=int, default=16, help="x0: frames of the one window")
     parser.add_argument("--clip", default="demo2", help="latents, x0: the clip")
-    parser.add_argument("--only", choices=("seed", "channels", "latents", "x0"), action="append",
+    parser.add_argument("--only", choices=("seed", "channels", "latents", "x0", "audio"), action="append",
                         help="run only these")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--media", type=Path, default=MEDIA_DIR)
@@ -203,7 +265,7 @@ def main() -> int:
     models = run_models(args.run) if args.run else load_models("proxy")
     clips = load_clips(data)
     settings = mode_settings("normal")
-    only = set(args.only or ("seed", "channels", "latents", "x0"))
+    only = set(args.only or ("seed", "channels", "latents", "x0", "audio"))
     clip = next(clip for clip in clips if clip.name == args.clip)
     results: dict = {"weights": str(args.run or "proxy (shipped)"), "frames_per_clip": args.frames}
     if "seed" in only:
@@ -220,6 +282,9 @@ def main() -> int:
     if "x0" in only:
         results["x0"] = one_step_clean_estimate(models, data, clip, args.window)
         print(f"x0 ({args.clip}): {json.dumps(results['x0'])}", flush=True)
+    if "audio" in only:
+        results["audio"] = speech_carries_mouth(clips, args.media)
+        print(f"audio: {results['audio']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -40,8 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentsync_cli.bench.fidelity import mouth_box
-from latentsync_cli.bench.heldout import decoded_and_pasted, face_windows, mouth_change, mouth_scores, to_chw, to_uint8
+from latentsync_cli.bench.heldout import (
+    decoded_and_pasted,
+    face_windows,
+    mouth_change,
+    mouth_crops,
+    mouth_scores,
+    to_chw,
+    to_uint8,
+)
 from latentsync_cli.constants import TRAIN_TIMESTEPS
 from latentsync_cli.face.mask import latent_mask, mouth_mask
 from latentsync_cli.media.audio import load_audio
@@ -203,45 +210,51 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     return test_x @ (train_x.T @ weights)
 
 
-def correlation(first: np.ndarray, second: np.ndarray) -> float:
-    first, second = first - first.mean(), second - second.mean()
-    return float((first * second).sum() / np.sqrt((first**2).sum() * (second**2).sum()))
+def standardised(values: np.ndarray, train: int) -> np.ndarray:
+    """Each column to zero mean and unit deviation over the first `train` rows."""
+    values = values.astype(np.float64)
+    return (values - values[:train].mean(0)) / (values[:train].std(0) + 1e-6)
+
+
+def ridge_scores(clip_data: list[tuple], penalty: float, validation: bool) -> dict[str, float]:
+    """One ridge fit on every clip's frames before its split; per clip, the correlation after it.
+
+    clip_data: (name, rows, grey level, training frames) per clip. The split is the held-out
+    part's start, scored to the clip's end; for validation it is 3/4 of the training frames,
+    scored up to the held-out part."""
+    splits = {name: (train * 3 // 4, train) if validation else (train, len(grey)) for name, _, grey, train in clip_data}
+    fit_x = np.concatenate([rows[: splits[name][0]] for name, rows, _, _ in clip_data])
+    fit_y = np.concatenate([grey[: splits[name][0]] for name, _, grey, _ in clip_data])
+    scores = {}
+    for name, rows, grey, _ in clip_data:
+        start, stop = splits[name]
+        predicted = ridge_predict(fit_x, fit_y, rows[start:stop], penalty)
+        scores[name] = float(np.corrcoef(predicted, grey[start:stop])[0, 1])
+    return scores
 
 
 def speech_carries_mouth(clips: list[Clip], media_dir: Path) -> dict[str, dict]:
     """Held-out correlation of a ridge fit from speech rows to the mouth box's mean grey level, per clip.
 
-    Features and targets are standardised per clip on its training frames. The penalty is picked
+    Rows and grey levels are standardised per clip on its training frames. The penalty is picked
     on the last quarter of each clip's training frames (fitted on the rest), then the fit is
     redone on all training frames and scored on the held-out ones."""
-    top, bottom, left, right = mouth_box(clips[0].faces.shape[1])
     results = {}
     for features in ("audio encoder rows", "log-mel at the same positions"):
-        data = []  # per clip: (name, x, y, training frames)
+        clip_data = []
         for clip in clips:
             rows = clip.audio if features == "audio encoder rows" else log_mel_rows(clip, media_dir)
-            x = rows.reshape(clip.num_frames, -1).astype(np.float64)
-            y = clip.faces[:, top:bottom, left:right].astype(np.float64).mean(axis=(1, 2, 3))
+            grey = np.stack(mouth_crops(clip.faces)).mean(axis=(1, 2, 3))
             train = clip.held_out.start
-            data.append((clip.name, (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6),
-                         (y - y[:train].mean()) / y[:train].std(), train))
-
-        def scores(fit_end, score_end, penalty: float) -> dict[str, float]:
-            """Fit on frames [0, fit_end(train)) of every clip; score each clip on [fit_end, score_end)."""
-            fit_x = np.concatenate([x[: fit_end(train)] for _, x, _, train in data])
-            fit_y = np.concatenate([y[: fit_end(train)] for _, _, y, train in data])
-            return {name: correlation(ridge_predict(fit_x, fit_y, x[fit_end(train) : score_end(train, len(y))], penalty),
-                                      y[fit_end(train) : score_end(train, len(y))])
-                    for name, x, y, train in data}
-
-        def validation_mean(penalty: float) -> float:
-            return float(np.mean(list(scores(lambda train: train * 3 // 4, lambda train, n: train, penalty).values())))
-
-        penalty = max(RIDGE_PENALTIES, key=validation_mean)
-        held_out = scores(lambda train: train, lambda train, n: n, penalty)
+            clip_data.append((clip.name, standardised(rows.reshape(clip.num_frames, -1), train),
+                              standardised(grey, train), train))
+        penalty = max(RIDGE_PENALTIES,
+                      key=lambda value: np.mean(list(ridge_scores(clip_data, value, validation=True).values())))
+        held_out = ridge_scores(clip_data, penalty, validation=False)
         results[features] = {"penalty": penalty, **{name: round(value, 3) for name, value in held_out.items()},
                              "mean": round(float(np.mean(list(held_out.values()))), 3)}
     return results
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

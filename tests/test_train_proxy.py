@@ -259,3 +259,13 @@ def test_logvar_init_starts_every_latent_channel_narrow():
     same = build_vae(config, seed=0, logvar_init=-6.0).state_dict()
     default = build_vae(config, seed=0).state_dict()
     assert [key for key in same if not torch.equal(same[key], default[key])] == ["quant_conv.bias"]
+
+
+def test_training_data_aligns_the_faces_as_sync_does(media_dir):
+    """`train_proxy.py prepare`'s face path, on the first frames of a demo clip (it once fell behind FaceLocator)."""
+    from latentsync_cli.train.data import align_faces
+
+    faces, has_face = align_faces(media_dir / "demo1_video.mp4", 3, 128)
+    assert faces.shape == (3, 128, 128, 3) and faces.dtype == np.uint8
+    assert has_face.all()
+    assert faces.std() > 20  # a face, not the grey that stands for a frame without one

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentsync_cli.face.detectors import LandmarkSource
 from latentsync_cli.face.track import FaceLocator
 from latentsync_cli.media.audio import load_audio
 from latentsync_cli.media.video import probe_video, read_frames
@@ -53,7 +54,7 @@ def align_faces(video: Path, num_frames: int, resolution: int) -> tuple[np.ndarr
     """The first `num_frames` frames of `video` as `sync` reads and aligns them: faces and which frames have one."""
     faces = np.full((num_frames, resolution, resolution, 3), 127, dtype=np.uint8)
     has_face = np.zeros(num_frames, dtype=bool)
-    locate = FaceLocator(resolution, stride=1, face="largest")
+    locate = FaceLocator(resolution, LandmarkSource("mediapipe", stride=1, choose="largest"))
     frames = read_frames(video, num_frames, loop="pingpong")
     try:
         for number, frame in enumerate(frames):

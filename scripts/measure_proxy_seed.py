@@ -7,7 +7,8 @@
 The first held-out `--frames` of each demo clip (a proxy training run's data folder holds
 the aligned faces and their audio rows), each frame its own reference, as in `sync`:
 
-  seed      the mean change (0-255) in the mouth box when one thing changes against seed 0
+  seed      (with --part training: on the first training frames instead, which the model
+            was fitted to) the mean change (0-255) in the mouth box when one thing changes against seed 0
             with the clip's own speech: another speech (demo*_audio.wav), another initial
             noise (the VAE's posterior draws kept), another posterior draw (the initial noise
             kept); and the mouth PSNR against the real frames. Once per `--guidance`.
@@ -109,16 +110,17 @@ def generate(models: ModelBundle, settings: RunSettings, faces: np.ndarray, audi
     return np.concatenate([to_uint8(output.wait()) for output in outputs]), torch.cat(generator.latents)
 
 
-def held_out(clip: Clip, frames: int) -> tuple[np.ndarray, torch.Tensor, range]:
-    rows = clip.held_out[:frames]
+def held_out(clip: Clip, frames: int, part: str = "held-out") -> tuple[np.ndarray, torch.Tensor, range]:
+    """The first `frames` frames of the clip's held-out part (or of its training part): faces, own speech, rows."""
+    rows = (clip.held_out if part == "held-out" else range(clip.train_frames))[:frames]
     return clip.faces[rows.start : rows.stop], torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
 
 
-def seed_against_speech(models, settings, clips, frames, media_dir) -> dict[str, float]:
+def seed_against_speech(models, settings, clips, frames, media_dir, part: str = "held-out") -> dict[str, float]:
     extractor = AudioFeatureExtractor(models.audio_encoder)
     changes: dict[str, list[float]] = {}
     for clip in clips:
-        faces, own, rows = held_out(clip, frames)
+        faces, own, rows = held_out(clip, frames, part)
         other = other_speech(media_dir, clip, extractor, rows)
         base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
         row = {
@@ -262,6 +264,8 @@ def main() -> int:
                                                  "data of --data)")
     parser.add_argument("--data", type=Path, help="a run folder whose data/ and latents/ to use (default: --run)")
     parser.add_argument("--frames", type=int, default=32, help="held-out frames per clip")
+    parser.add_argument("--part", choices=("held-out", "training"), default="held-out",
+                        help="seed: the clips' held-out frames, or their first training frames (seen in training)")
     parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")
     parser.add_argument("--window", type=int, default=16, help="x0: frames of the one window")
     parser.add_argument("--clip", default="demo2", help="latents, x0: the clip")
@@ -283,8 +287,8 @@ def main() -> int:
     results: dict = {"weights": str(args.run or "proxy (shipped)"), "frames_per_clip": args.frames}
     if "seed" in only:
         for guidance in (float(value) for value in args.guidance.split(",")):
-            results[f"seed, guidance {guidance}"] = row = seed_against_speech(
-                models, replace(settings, guidance=guidance), clips, args.frames, args.media)
+            results[f"seed, guidance {guidance}, {args.part} frames"] = row = seed_against_speech(
+                models, replace(settings, guidance=guidance), clips, args.frames, args.media, args.part)
             print(f"guidance {guidance}: {row}", flush=True)
     if "channels" in only:
         results["channels"] = seed_by_channel(models, settings, clips, args.frames)

@@ -3,6 +3,7 @@
 
     python3 scripts/train_proxy.py prepare  --out /work/proxy-run          # faces + audio features (minutes)
     python3 scripts/train_proxy.py vae      --out /work/proxy-run --steps 300   # one chunk; run again to go on
+    python3 scripts/train_proxy.py syncnet  --out /work/proxy-run --steps 500   # only for --recipe sync_weight=...
     python3 scripts/train_proxy.py unet     --out /work/proxy-run --steps 300
     python3 scripts/train_proxy.py audio    --out /work/proxy-run2         # recompute the audio rows only
     python3 scripts/train_proxy.py unet     --out /work/proxy-run2 --init-from /work/proxy-run   # fine-tune
@@ -10,6 +11,7 @@
             --recipe x0_weight_cap=20 --recipe ema_decay=0.99 --total-steps 350     # another recipe
     python3 scripts/train_proxy.py evaluate --out /work/proxy-run          # the held-out table
     python3 scripts/train_proxy.py export   --out /work/proxy-run          # -> src/latentsync_cli/weights/proxy_weights/
+    python3 scripts/train_proxy.py unpack   --out /work/shipped            # after prepare: the shipped proxy as a run
     python3 scripts/train_proxy.py curves   --out /work/proxy-run          # <out>/loss_curves.png from the logs
 
 A chunk runs --steps steps (not a time) from the stage's last checkpoint and
@@ -31,19 +33,19 @@ MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("prepare", "audio", "vae", "unet", "evaluate", "export", "curves"))
+    parser.add_argument("stage", choices=("prepare", "audio", "vae", "syncnet", "unet", "evaluate", "export", "unpack", "curves"))
     parser.add_argument("--out", type=Path, required=True, help="the run folder (outside the repository)")
-    parser.add_argument("--steps", type=int, default=200, help="vae / unet: steps this chunk runs at most")
-    parser.add_argument("--total-steps", type=int, help="vae / unet: the stage's total steps (first chunk only)")
+    parser.add_argument("--steps", type=int, default=200, help="vae, syncnet, unet: steps this chunk runs at most")
+    parser.add_argument("--total-steps", type=int, help="vae, syncnet, unet: the stage's total steps (first chunk only)")
     parser.add_argument("--init-from", type=Path, help="unet: start from this finished run's UNet (first chunk only)")
     parser.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
-                        help="vae / unet: set one field of the stage's recipe (first chunk only; repeatable)")
+                        help="vae, syncnet, unet: set one field of the stage's recipe (first chunk only; repeatable)")
     parser.add_argument("--stem-gain", type=float, help="prepare, audio: the audio encoder's stem gain (1: the first run's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (keep it the same for a run)")
     parser.add_argument("--media", type=Path, default=MEDIA_DIR, help="prepare, evaluate: the demo clips' folder")
     parser.add_argument("--frames", type=int, help="evaluate: at most this many held-out frames per clip")
     parser.add_argument("--shipped", action="store_true", help="evaluate: the shipped files, not the run's")
-    parser.add_argument("--package-dir", type=Path, help="export: where the shipped files go")
+    parser.add_argument("--package-dir", type=Path, help="export: where the shipped files go; unpack: where they are")
     args = parser.parse_args()
 
     import torch
@@ -63,14 +65,16 @@ def main() -> int:
         from latentsync_cli.train.data import refresh_audio
 
         refresh_audio(out, **gain)
-    elif args.stage in ("vae", "unet"):
-        from latentsync_cli.train.run import recipe_overrides, unet_chunk, vae_chunk
+    elif args.stage in ("vae", "syncnet", "unet"):
+        from latentsync_cli.train.run import recipe_overrides, syncnet_chunk, unet_chunk, vae_chunk
+        from latentsync_cli.train.syncnet import SyncRecipe
         from latentsync_cli.train.unet import UnetRecipe
         from latentsync_cli.train.vae import VaeRecipe
 
-        chunk = vae_chunk if args.stage == "vae" else unet_chunk
+        chunk, recipe_type = {"vae": (vae_chunk, VaeRecipe), "syncnet": (syncnet_chunk, SyncRecipe),
+                              "unet": (unet_chunk, UnetRecipe)}[args.stage]
         try:
-            overrides = recipe_overrides(VaeRecipe if args.stage == "vae" else UnetRecipe, args.recipe)
+            overrides = recipe_overrides(recipe_type, args.recipe)
         except ValueError as error:
             parser.error(str(error))
         overrides["steps"] = args.total_steps
@@ -91,6 +95,10 @@ def main() -> int:
         from latentsync_cli.train.export import export_run
 
         export_run(out, args.package_dir)
+    elif args.stage == "unpack":
+        from latentsync_cli.train.export import unpack_shipped
+
+        unpack_shipped(out, args.package_dir)
     else:
         from latentsync_cli.train.curves import plot_curves
 

@@ -15,7 +15,7 @@ import torch
 
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.models.vae import tiny_vae_config
-from latentsync_cli.train.loop import LOG_FILE, ChunkSettings, Schedule, Stage, train_chunk
+from latentsync_cli.train.loop import LOG_FILE, ChunkSettings, Schedule, Stage, one_step, train_chunk
 from latentsync_cli.train.unet import ClipLatents, LatentWindows, UnetRecipe, build_unet, unet_step_function
 from latentsync_cli.train.vae import VaeRecipe, build_vae, posterior, rescale_latent_space, vae_step_function
 
@@ -269,3 +269,78 @@ def test_training_data_aligns_the_faces_as_sync_does(media_dir):
     assert faces.shape == (3, 128, 128, 3) and faces.dtype == np.uint8
     assert has_face.all()
     assert faces.std() > 20  # a face, not the grey that stands for a frame without one
+
+
+MICRO_SYNCNET = dict(frames=3, latent_rows=4, latent_size=8, audio_tokens=5, audio_dim=16, width=16, embedding=16)
+
+
+def test_the_syncnet_learns_which_speech_goes_with_which_mouth():
+    """Audio rows made from the mouth's own latents: a few hundred steps must tell them from shifted rows."""
+    from latentsync_cli.train.syncnet import (
+        LatentSyncNet,
+        SyncNetConfig,
+        SyncRecipe,
+        evaluate_syncnet,
+        sync_step_function,
+    )
+
+    config = SyncNetConfig(**MICRO_SYNCNET)
+    torch.manual_seed(0)
+    syncnet = LatentSyncNet(config)
+    windows = micro_windows()
+    speaking = torch.randn((4 * 4 * 8, 5 * 16), generator=torch.Generator().manual_seed(1))
+    for clip in windows.clips:  # each frame's rows: a fixed linear map of the mouth latents the net sees
+        clip.audio = ((clip.face_mean[:, :, 4:, :] * syncnet.generated).flatten(1) @ speaking).reshape(-1, 5, 16)
+    recipe = SyncRecipe(steps=150, batch=16, warmup_steps=10, min_shift=2)
+    before = evaluate_syncnet(syncnet.eval(), windows.clips, recipe.min_shift)["own_beats_shifted"]
+    stage = Stage(Path("unused"), syncnet.train(), recipe.schedule(), recipe.seed)
+    step = sync_step_function(windows.clips, recipe, config)
+    for _ in range(recipe.steps):
+        one_step(stage, step, grad_clip=1.0)
+    after = evaluate_syncnet(syncnet.eval(), windows.clips, recipe.min_shift)["own_beats_shifted"]
+    assert after > 0.9 and after > before + 0.2, (before, after)
+
+
+def test_the_sync_loss_reaches_the_unet_and_leaves_the_syncnet_frozen():
+    from dataclasses import replace
+
+    from latentsync_cli.train.syncnet import LatentSyncNet, SyncNetConfig
+
+    torch.manual_seed(0)
+    syncnet = LatentSyncNet(SyncNetConfig(**MICRO_SYNCNET)).eval().requires_grad_(False)
+    windows = micro_windows()
+    gradients = {}
+    for weight in (0.0, 1.0):
+        recipe = replace(MICRO_RECIPE, audio_drop=0.0, sync_weight=weight)
+        unet = build_unet(MICRO_UNET, 0)
+        losses = unet_step_function(windows, recipe, syncnet)(unet, torch.Generator().manual_seed(3))
+        gradients[weight] = unet.conv_out.weight.grad.clone()
+        assert np.isfinite(losses["sync_loss"]) == (weight > 0)
+    assert not torch.allclose(gradients[0.0], gradients[1.0])
+    assert all(parameter.grad is None for parameter in syncnet.parameters())
+
+
+def test_the_shipped_proxy_unpacks_into_a_finished_run(tmp_path):
+    """`train_proxy.py unpack`: the package's files as a run that `--init-from` and the measurements read."""
+    from safetensors.torch import load_file
+
+    from latentsync_cli.train.data import DEMO_CLIPS
+    from latentsync_cli.train.export import unpack_shipped
+    from latentsync_cli.train.run import trained_unet_weights
+    from latentsync_cli.weights.proxy import PROXY_RESOLUTION
+    from latentsync_cli.weights.proxy_files import PROXY_DIR, UNET_FILE
+
+    (tmp_path / "data").mkdir()
+    faces = np.random.default_rng(0).integers(0, 256, (4, PROXY_RESOLUTION, PROXY_RESOLUTION, 3), dtype=np.uint8)
+    for name in DEMO_CLIPS:
+        np.savez(tmp_path / "data" / f"{name}.npz", faces=faces, has_face=np.ones(4, bool),
+                 audio=np.zeros((4, 50, 384), np.float32), train_frames=3)
+    unpack_shipped(tmp_path, log=quiet)
+
+    shipped = load_file(PROXY_DIR / UNET_FILE)
+    unpacked = trained_unet_weights(tmp_path)
+    assert all(torch.equal(unpacked[key], value.float()) for key, value in shipped.items())
+    with np.load(tmp_path / "latents" / "demo1.npz") as latents:
+        assert latents["face_mean"].shape == (4, 4, PROXY_RESOLUTION // 8, PROXY_RESOLUTION // 8)
+    with pytest.raises(SystemExit, match="exists"):  # never over a run's own stages
+        unpack_shipped(tmp_path, log=quiet)

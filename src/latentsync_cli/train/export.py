@@ -4,6 +4,9 @@
     vae.safetensors    the VAE, its latent space rescaled (train/vae.py)
     proxy.json         resolution, both configs, the audio encoder's seed and digest, the recipes, what the
                        training cost, and the held-out table when the run has one
+
+`unpack_shipped` goes the other way: the shipped files as a finished run folder, for a
+measurement or a fine-tune (`--init-from`) when the run that made them is not at hand.
 """
 
 from __future__ import annotations
@@ -13,17 +16,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from latentsync_cli.train.data import audio_stem_gain
-from latentsync_cli.train.run import RECIPE_FILE, trained_unet_weights
-from latentsync_cli.train.vae import SCALE_FILE, load_trained_vae
+from latentsync_cli.train.data import audio_stem_gain, load_clips
+from latentsync_cli.train.loop import USAGE_FILE, Stage
+from latentsync_cli.train.run import RECIPE_FILE, stage_recipe, trained_unet_weights
+from latentsync_cli.train.unet import UnetRecipe, build_unet
+from latentsync_cli.train.vae import FINAL_FILE, SCALE_FILE, VaeRecipe, cache_latents, load_trained_vae
 from latentsync_cli.weights.proxy import (
     AUDIO_ENCODER_SEED,
     MANIFEST_FORMAT,
     PROXY_RESOLUTION,
     proxy_unet_config,
     proxy_vae_config,
+    read_manifest,
 )
 from latentsync_cli.weights.proxy_files import MANIFEST_FILE, PROXY_CAVEAT, PROXY_DIR, UNET_FILE, VAE_FILE
 
@@ -89,3 +95,31 @@ def export_run(out: Path, package_dir: Path | None = None, log=print) -> Path:
         raise SystemExit(f"the proxy's files take {size / 2**20:.1f} MB, more than the {MAX_SHIPPED_BYTES >> 20} MB allowed")
     log(f"wrote {folder} ({size / 2**20:.1f} MB)")
     return folder
+
+
+def unpack_shipped(out: Path, package_dir: Path | None = None, log=print) -> None:
+    """The shipped proxy as a finished run in `out` (whose data/ `prepare` has written): vae/ with the
+    shipped VAE in float32 and the latents it caches, unet/ with a checkpoint whose EMA weights are the
+    shipped UNet's; both with the manifest's recipes and costs. The fp16 rounding stays in the weights."""
+    folder = package_dir or PROXY_DIR
+    manifest = read_manifest(folder)
+    stages = {"vae": VaeRecipe, "unet": UnetRecipe}
+    for stage, recipe_type in stages.items():
+        if (out / stage).exists():
+            raise SystemExit(f"{out / stage} exists: unpack into a run folder that has only data/")
+        shipped = manifest["training"][stage]
+        known = {field: value for field, value in shipped["recipe"].items() if hasattr(recipe_type(), field)}
+        stage_recipe(out / stage, recipe_type, {**known, "init_from": ""} if stage == "unet" else known)
+        chunk = {"from_step": 0, "to_step": shipped["recipe"]["steps"], "wall_s": shipped["wall_s"],
+                 "cpu_s": shipped["cpu_s"], "threads": shipped["threads"][0]}
+        (out / stage / USAGE_FILE).write_text(json.dumps(chunk) + "\n")
+    save_file({k: v.float().contiguous() for k, v in load_file(folder / VAE_FILE).items()}, out / "vae" / FINAL_FILE)
+    (out / "vae" / SCALE_FILE).write_text(json.dumps(manifest["vae_latent_space"], indent=2))
+    cache_latents(load_trained_vae(proxy_vae_config(), out / "vae"), load_clips(out), out / "latents")
+    recipe = stage_recipe(out / "unet", UnetRecipe, {})
+    unet = build_unet(proxy_unet_config(), recipe.seed)
+    unet.load_state_dict({k: v.float() for k, v in load_file(folder / UNET_FILE).items()})
+    stage = Stage(out / "unet", unet, recipe.schedule(), recipe.seed, ema_decay=recipe.ema_decay)
+    stage.step = recipe.steps
+    stage.save()
+    log(f"{out}: the shipped proxy as a finished run (VAE, cached latents, UNet)")

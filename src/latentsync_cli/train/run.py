@@ -3,6 +3,7 @@
     <out>/data/       prepare: aligned faces and audio features of each demo clip
     <out>/vae/        vae: checkpoint, log; when done, vae.safetensors (latent space rescaled)
     <out>/latents/    the cached VAE posteriors of every frame (written when the VAE is done)
+    <out>/syncnet/    syncnet: checkpoint, log; when done, syncnet.safetensors and heldout.json
     <out>/unet/       unet: checkpoint (with EMA weights), log
     <out>/eval/       evaluate: the held-out table (JSON and Markdown)
     <out>/train.pid   the process id of the running chunk
@@ -18,10 +19,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from latentsync_cli.train import syncnet as sync
 from latentsync_cli.train.data import load_clips
 from latentsync_cli.train.loop import CHECKPOINT_FILE, ChunkSettings, Stage, train_chunk
-from latentsync_cli.train.unet import LatentWindows, UnetRecipe, build_unet, unet_step_function
+from latentsync_cli.train.unet import LatentWindows, UnetRecipe, build_unet, load_clip_latents, unet_step_function
 from latentsync_cli.train.vae import (
     FINAL_FILE,
     VaeRecipe,
@@ -87,19 +90,51 @@ def vae_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     return True
 
 
-def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
-    """Train the UNet for up to `steps` more steps; returns True when it is finished."""
+def syncnet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
+    """Train the latent SyncNet for up to `steps` more steps; when done, save it and score the held-out frames.
+    Returns True when it is finished."""
+    require_vae(out)
+    folder = out / "syncnet"
+    if (folder / sync.FINAL_FILE).is_file():
+        return True
+    recipe = stage_recipe(folder, sync.SyncRecipe, overrides)
+    torch.manual_seed(recipe.seed)  # the SyncNet's initial weights
+    syncnet = sync.LatentSyncNet()
+    stage = Stage(folder, syncnet, recipe.schedule(), recipe.seed)
+    settings = ChunkSettings(steps=steps, checkpoint_every=100, log_every=25, pid_file=out / PID_FILE)
+    train_chunk(stage, sync.sync_step_function(load_clip_latents(out), recipe), settings, log)
+    if not stage.done:
+        return False
+    save_file({k: v.contiguous() for k, v in syncnet.state_dict().items()}, folder / sync.FINAL_FILE)
+    scores = {part: sync.evaluate_syncnet(syncnet.eval(), load_clip_latents(out, held_out=part == "held_out"),
+                                          recipe.min_shift) for part in ("training", "held_out")}
+    (folder / "heldout.json").write_text(json.dumps(scores, indent=2))
+    log(f"SyncNet finished: {json.dumps(scores)}")
+    return True
+
+
+def require_vae(out: Path) -> None:
     if not (out / "vae" / FINAL_FILE).is_file():
         raise SystemExit(f"the VAE of {out} is not finished: run the `vae` stage first")
+
+
+def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
+    """Train the UNet for up to `steps` more steps; returns True when it is finished."""
+    require_vae(out)
     folder = out / "unet"
     recipe = stage_recipe(folder, UnetRecipe, overrides)
+    syncnet = None
+    if recipe.sync_weight > 0:
+        if not (out / "syncnet" / sync.FINAL_FILE).is_file():
+            raise SystemExit(f"the SyncNet of {out} is not finished: run the `syncnet` stage first")
+        syncnet = sync.load_trained_syncnet(out / "syncnet")
     windows = LatentWindows.load(out, recipe.window)
     unet = build_unet(proxy_unet_config(), recipe.seed)
     if recipe.init_from and not (folder / CHECKPOINT_FILE).is_file():  # a fine-tune's first chunk
         unet.load_state_dict(trained_unet_weights(Path(recipe.init_from)))
     stage = Stage(folder, unet, recipe.schedule(), recipe.seed, ema_decay=recipe.ema_decay)
     settings = ChunkSettings(steps=steps, checkpoint_every=25, log_every=10, pid_file=out / PID_FILE)
-    train_chunk(stage, unet_step_function(windows, recipe), settings, log)
+    train_chunk(stage, unet_step_function(windows, recipe, syncnet), settings, log)
     return stage.done
 
 

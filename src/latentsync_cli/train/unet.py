@@ -26,6 +26,13 @@ Plain noise MSE hardly trains the high-noise steps: at t = 950, taking the noisy
 latents themselves for the noise already scores under 0.01, whatever the face. Yet
 those steps set the mouth's shape, and a small model trained that way takes its shape
 from the seed (docs/PERFORMANCE.md, "Where the seed's hold comes from").
+
+`sync_weight` > 0 adds upstream's other stage-2 term: the clean latents the noise
+estimate implies, a_t^-1/2 (noisy - (1 - a_t)^1/2 noise estimate), with the kept part
+of the face taken from the target as the pipeline pastes it, are scored against the
+window's speech by the run's SyncNet (train/syncnet.py; frozen), over every run of
+its frames (SYNC_FRAMES) in the window; the loss is its binary cross-entropy against "in sync", times
+`sync_weight`. Steps whose audio is dropped have no speech to score and skip it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional
 
 from latentsync_cli.constants import TRAIN_TIMESTEPS
 from latentsync_cli.face.mask import latent_mask, mouth_mask
@@ -43,6 +51,7 @@ from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.optimizers.schedulers import make_scheduler
 from latentsync_cli.train.loop import Schedule, StepFunction
+from latentsync_cli.train.syncnet import LatentSyncNet, sliding_windows
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class UnetRecipe:
     mixed_noise_alpha: float = 1.0
     ema_decay: float = 0.999
     x0_weight_cap: float = 0.0  # 0: upstream's plain noise MSE (see the module's docstring)
+    sync_weight: float = 0.0  # > 0: add the run's SyncNet loss on the implied clean latents (see the docstring)
     seed: int = 2
     init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
 
@@ -104,6 +114,21 @@ class Window:
     audio: torch.Tensor  # (F, 50, 384)
 
 
+def load_clip_latents(out: Path, held_out: bool = False, names: tuple[str, ...] | None = None) -> list[ClipLatents]:
+    """Each clip's training frames (or, with `held_out`, its held-out frames) from the run's cached latents."""
+    from latentsync_cli.train.data import DEMO_CLIPS, load_clips
+
+    clips = []
+    for clip in load_clips(out, names or DEMO_CLIPS):
+        part = slice(clip.train_frames, clip.num_frames) if held_out else slice(0, clip.train_frames)
+        if not clip.has_face[part].all():
+            raise SystemExit(f"{clip.name}: frames without a face are not supported")
+        with np.load(out / "latents" / f"{clip.name}.npz") as cached:
+            arrays = {key: torch.from_numpy(cached[key][part]) for key in cached.files}
+        clips.append(ClipLatents(audio=torch.from_numpy(clip.audio[part]), **arrays))
+    return clips
+
+
 def frames_second(latents: torch.Tensor) -> torch.Tensor:
     """(F, 4, h, w) -> (1, 4, F, h, w)."""
     return latents.transpose(0, 1)[None]
@@ -121,17 +146,7 @@ class LatentWindows:
 
     @classmethod
     def load(cls, out: Path, window: int, names: tuple[str, ...] | None = None) -> LatentWindows:
-        from latentsync_cli.train.data import DEMO_CLIPS, load_clips
-
-        clips = []
-        for clip in load_clips(out, names or DEMO_CLIPS):
-            train = slice(0, clip.train_frames)
-            if not clip.has_face[train].all():
-                raise SystemExit(f"{clip.name}: training frames without a face are not supported")
-            with np.load(out / "latents" / f"{clip.name}.npz") as cached:
-                arrays = {key: torch.from_numpy(cached[key][train]) for key in cached.files}
-            clips.append(ClipLatents(audio=torch.from_numpy(clip.audio[train]), **arrays))
-        return cls(clips, window)
+        return cls(load_clip_latents(out, names=names), window)
 
     def draw_starts(self, generator: torch.Generator) -> tuple[int, int, int]:
         """(clip, window start, reference start): clips weighted by their windows; the reference window
@@ -163,7 +178,9 @@ class LatentWindows:
         )
 
 
-def unet_step_function(windows: LatentWindows, recipe: UnetRecipe) -> StepFunction:
+def unet_step_function(
+    windows: LatentWindows, recipe: UnetRecipe, syncnet: LatentSyncNet | None = None
+) -> StepFunction:
     alphas_cumprod = make_scheduler("ddim", 20).alphas_cumprod.float()  # the pipeline's betas
     size = windows.clips[0].face_mean.shape[-1]
     keep = torch.from_numpy(latent_mask(mouth_mask(size * 8), size))  # (h, w): 1 = keep, 0 = generate
@@ -190,10 +207,23 @@ def unet_step_function(windows: LatentWindows, recipe: UnetRecipe) -> StepFuncti
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         sample = torch.cat([noisy, mask, window.masked, window.reference], dim=1)
         audio = torch.zeros_like(window.audio) if drop_audio else window.audio
-        squared = (unet(sample, timestep, audio) - noise).square()
+        prediction = unet(sample, timestep, audio)
+        squared = (prediction - noise).square()
         loss = (squared * weight).mean() / weight.mean()
-        (loss * step_weight).backward()
-        mouth = squared.detach()[(1.0 - mask).expand_as(squared) > 0.5].mean()
-        return {"loss": float(loss.detach()), "mouth_mse": float(mouth), "t": float(timestep)}
+        losses = {"loss": float(loss.detach()), "t": float(timestep)}
+        total = loss * step_weight
+        if syncnet is not None:
+            losses["sync_loss"] = float("nan")  # the log skips it for the steps without speech
+        if syncnet is not None and recipe.sync_weight > 0 and not drop_audio:
+            implied = (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+            drawn = (mask * latents + (1 - mask) * implied)[0].transpose(0, 1)  # (F, 4, h, w)
+            frames = syncnet.config.frames
+            logits = syncnet(sliding_windows(drawn, frames), sliding_windows(window.audio, frames))
+            sync_loss = functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            total = total + recipe.sync_weight * sync_loss
+            losses["sync_loss"] = float(sync_loss.detach())
+        total.backward()
+        losses["mouth_mse"] = float(squared.detach()[(1.0 - mask).expand_as(squared) > 0.5].mean())
+        return losses
 
     return step

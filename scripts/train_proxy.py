@@ -33,10 +33,12 @@ MEDIA_DIR = REPO_ROOT.parent / "shared" / "media"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("prepare", "audio", "vae", "syncnet", "unet", "evaluate", "export", "unpack", "curves"))
+    stages = ("prepare", "audio", "vae", "syncnet", "unet", "evaluate", "export", "unpack", "curves")
+    parser.add_argument("stage", choices=stages)
     parser.add_argument("--out", type=Path, required=True, help="the run folder (outside the repository)")
     parser.add_argument("--steps", type=int, default=200, help="vae, syncnet, unet: steps this chunk runs at most")
-    parser.add_argument("--total-steps", type=int, help="vae, syncnet, unet: the stage's total steps (first chunk only)")
+    parser.add_argument("--total-steps", type=int,
+                        help="vae, syncnet, unet: the stage's total steps (first chunk only)")
     parser.add_argument("--init-from", type=Path, help="unet: start from this finished run's UNet (first chunk only)")
     parser.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
                         help="vae, syncnet, unet: set one field of the stage's recipe (first chunk only; repeatable)")

@@ -277,16 +277,15 @@ MICRO_SYNCNET = dict(frames=3, latent_rows=4, latent_size=8, audio_tokens=5, aud
 def test_the_syncnet_learns_which_speech_goes_with_which_mouth():
     """Audio rows made from the mouth's own latents: a few hundred steps must tell them from shifted rows."""
     from latentsync_cli.train.syncnet import (
-        LatentSyncNet,
         SyncNetConfig,
         SyncRecipe,
+        build_syncnet,
         evaluate_syncnet,
         sync_step_function,
     )
 
     config = SyncNetConfig(**MICRO_SYNCNET)
-    torch.manual_seed(0)
-    syncnet = LatentSyncNet(config)
+    syncnet = build_syncnet(0, config)
     windows = micro_windows()
     speaking = torch.randn((4 * 4 * 8, 5 * 16), generator=torch.Generator().manual_seed(1))
     for clip in windows.clips:  # each frame's rows: a fixed linear map of the mouth latents the net sees
@@ -304,10 +303,9 @@ def test_the_syncnet_learns_which_speech_goes_with_which_mouth():
 def test_the_sync_loss_reaches_the_unet_and_leaves_the_syncnet_frozen():
     from dataclasses import replace
 
-    from latentsync_cli.train.syncnet import LatentSyncNet, SyncNetConfig
+    from latentsync_cli.train.syncnet import SyncNetConfig, build_syncnet
 
-    torch.manual_seed(0)
-    syncnet = LatentSyncNet(SyncNetConfig(**MICRO_SYNCNET)).eval().requires_grad_(False)
+    syncnet = build_syncnet(0, SyncNetConfig(**MICRO_SYNCNET)).eval().requires_grad_(False)
     windows = micro_windows()
     gradients = {}
     for weight in (0.0, 1.0):

@@ -98,8 +98,7 @@ def syncnet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     if (folder / sync.FINAL_FILE).is_file():
         return True
     recipe = stage_recipe(folder, sync.SyncRecipe, overrides)
-    torch.manual_seed(recipe.seed)  # the SyncNet's initial weights
-    syncnet = sync.LatentSyncNet()
+    syncnet = sync.build_syncnet(recipe.seed)
     stage = Stage(folder, syncnet, recipe.schedule(), recipe.seed)
     settings = ChunkSettings(steps=steps, checkpoint_every=100, log_every=25, pid_file=out / PID_FILE)
     train_chunk(stage, sync.sync_step_function(load_clip_latents(out), recipe), settings, log)

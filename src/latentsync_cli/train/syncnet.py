@@ -103,6 +103,13 @@ class LatentSyncNet(nn.Module):
         return LOGIT_SCALE * (seen * heard).sum(-1)
 
 
+def build_syncnet(seed: int, config: SyncNetConfig = SyncNetConfig()) -> LatentSyncNet:
+    """PyTorch's default initialisation from `seed` (the global generator is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LatentSyncNet(config)
+
+
 def sliding_windows(frames: torch.Tensor, length: int) -> torch.Tensor:
     """(F, ...) -> (F - length + 1, length, ...): every run of `length` consecutive frames."""
     return torch.stack([frames[start : start + length] for start in range(len(frames) - length + 1)])

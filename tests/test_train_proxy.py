@@ -151,6 +151,50 @@ def test_the_chunk_writes_its_pid_and_removes_it(tmp_path):
     assert usage["from_step"] == 0 and usage["to_step"] == 2 and usage["threads"] == torch.get_num_threads()
 
 
+KILLED_CHUNK = """
+import sys, threading
+from pathlib import Path
+import torch
+from latentsync_cli.train.loop import ChunkSettings, Schedule, Stage, train_chunk
+
+release = threading.Event()
+
+def step(model, generator):
+    if stage.step == 4:  # after the checkpoint of step 4: wait here to be killed
+        release.wait()
+    loss = model(torch.ones(1, 2)).sum()
+    loss.backward()
+    return {"loss": float(loss)}
+
+stage = Stage(Path(sys.argv[1]), torch.nn.Linear(2, 2), Schedule(1e-3, total_steps=10, warmup_steps=0), seed=0)
+train_chunk(stage, step, ChunkSettings(steps=10, checkpoint_every=2), lambda line: None)
+"""
+
+
+def test_a_chunk_killed_outright_still_counts_its_work_to_the_last_checkpoint(tmp_path):
+    """SIGKILL runs no finally: the chunk's usage line is written at every checkpoint, not only at its end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    usage_file = tmp_path / "stage" / "usage.jsonl"
+    chunk = subprocess.Popen([sys.executable, "-c", KILLED_CHUNK, str(tmp_path / "stage")])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and chunk.poll() is None:
+            if usage_file.is_file() and json.loads(usage_file.read_text().splitlines()[-1])["to_step"] == 4:
+                break
+            time.sleep(0.1)
+    finally:
+        os.kill(chunk.pid, signal.SIGKILL)
+        chunk.wait()
+    lines = [json.loads(line) for line in usage_file.read_text().splitlines()]
+    assert len(lines) == 1  # one line per chunk, rewritten in place
+    assert lines[0]["from_step"] == 0 and lines[0]["to_step"] == 4 and lines[0]["cpu_s"] >= 0
+
+
 def test_reference_windows_never_share_a_frame_with_their_window():
     windows = micro_windows(window=4)
     generator = torch.Generator().manual_seed(1)

@@ -41,7 +41,7 @@ def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def usage(folder: Path) -> dict:
-    """Steps, wall and CPU seconds of every chunk of a stage (work lost to kills included)."""
+    """Steps, wall and CPU seconds of every chunk of a stage (a killed chunk's up to its last checkpoint)."""
     lines = [json.loads(line) for line in (folder / "usage.jsonl").read_text().splitlines() if line.strip()]
     return {"chunks": len(lines), "wall_s": round(sum(line["wall_s"] for line in lines), 1),
             "cpu_s": round(sum(line["cpu_s"] for line in lines), 1), "threads": sorted({line["threads"] for line in lines})}

@@ -5,7 +5,9 @@ A stage (the VAE, the UNet) trains in its own folder of the run:
     checkpoint.pt   model, optimizer, EMA weights, step, RNG states: written every
                     `checkpoint_every` steps and at the end of a chunk, atomically
     log.jsonl       one line per `log_every` steps: mean losses, learning rate, seconds
-    usage.jsonl     one line per chunk: its steps, wall and CPU seconds (work lost to a kill included)
+    usage.jsonl     one line per chunk: its steps, wall and CPU seconds, rewritten at every
+                    checkpoint and at the end, so that a chunk killed outright (SIGKILL) still
+                    counts up to its last checkpoint; the work a kill loses after it is not counted
 
 A chunk runs a fixed number of steps (never a wall-clock time: the process
 may be paused with SIGSTOP at any moment), then exits; the next chunk resumes
@@ -137,6 +139,14 @@ def train_chunk(stage: Stage, step_fn: StepFunction, settings: ChunkSettings, lo
         settings.pid_file.write_text(f"{os.getpid()}\n")
     stop = _stop_on_sigterm()
     first_step, wall, cpu = stage.step, time.perf_counter(), time.process_time()
+    chunk = f"{os.getpid()}-{time.time_ns()}"  # this chunk's line in usage.jsonl
+
+    def record_usage() -> None:
+        usage = {"chunk": chunk, "from_step": first_step, "to_step": stage.step,
+                 "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+                 "threads": torch.get_num_threads()}
+        replace_usage_line(stage.folder / USAGE_FILE, usage)
+
     window: list[dict[str, float]] = []
     window_start = (time.perf_counter(), time.process_time())
     stage.model.train()
@@ -148,16 +158,23 @@ def train_chunk(stage: Stage, step_fn: StepFunction, settings: ChunkSettings, lo
                 window, window_start = [], (time.perf_counter(), time.process_time())
             if stage.step % settings.checkpoint_every == 0:
                 stage.save()
+                record_usage()
         stage.save()
     finally:
         signal.signal(signal.SIGTERM, stop["previous"])
         if settings.pid_file is not None:
             settings.pid_file.unlink(missing_ok=True)
-        usage = {"from_step": first_step, "to_step": stage.step, "wall_s": round(time.perf_counter() - wall, 1),
-                 "cpu_s": round(time.process_time() - cpu, 1), "threads": torch.get_num_threads()}
-        with open(stage.folder / USAGE_FILE, "a") as handle:
-            handle.write(json.dumps(usage) + "\n")
+        record_usage()
     return stage.step - first_step
+
+
+def replace_usage_line(path: Path, usage: dict) -> None:
+    """Write `usage` as its chunk's line of usage.jsonl, in place of the line it wrote before (atomically)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line).get("chunk") != usage["chunk"]]
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text("".join(line + "\n" for line in [*kept, json.dumps(usage)]))
+    os.replace(temporary, path)
 
 
 def one_step(stage: Stage, step_fn: StepFunction, grad_clip: float) -> dict[str, float]:

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -57,6 +57,17 @@ class Schedule:
             return self.learning_rate * warmup
         progress = (step - decay_start) / max(1.0, self.total_steps - decay_start)
         return self.learning_rate * warmup * (1.0 - (1.0 - self.final_fraction) * min(1.0, progress))
+
+
+class Recipe:
+    """What every stage's recipe (a frozen dataclass with steps, learning_rate, warmup_steps and
+    decay_fraction) shares: its learning-rate schedule, and its fields as a dict for recipe.json."""
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.learning_rate, self.steps, self.warmup_steps, self.decay_fraction)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass

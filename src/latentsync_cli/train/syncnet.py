@@ -21,7 +21,7 @@ binary cross-entropy. `evaluate_syncnet` scores the held-out frames the same way
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
-from latentsync_cli.train.loop import Schedule, StepFunction
+from latentsync_cli.train.loop import Recipe, StepFunction
 
 SYNC_FRAMES = 5  # 0.2 s at 25 fps, as SyncNet's
 LOGIT_SCALE = 5.0  # cosine in [-1, 1] -> logit in [-5, 5]
@@ -38,7 +38,7 @@ FINAL_FILE = "syncnet.safetensors"
 
 
 @dataclass(frozen=True)
-class SyncRecipe:
+class SyncRecipe(Recipe):
     steps: int = 1500
     batch: int = 32
     learning_rate: float = 1e-3
@@ -46,12 +46,6 @@ class SyncRecipe:
     decay_fraction: float = 0.3
     min_shift: int = 5  # a negative's rows come from at least this many frames away
     seed: int = 3
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.learning_rate, self.steps, self.warmup_steps, self.decay_fraction)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

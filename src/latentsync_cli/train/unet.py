@@ -37,7 +37,7 @@ its frames (SYNC_FRAMES) in the window; the loss is its binary cross-entropy aga
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +50,12 @@ from latentsync_cli.models.motion import MotionModule
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.optimizers.schedulers import make_scheduler
-from latentsync_cli.train.loop import Schedule, StepFunction
+from latentsync_cli.train.loop import Recipe, StepFunction
 from latentsync_cli.train.syncnet import LatentSyncNet, sliding_windows
 
 
 @dataclass(frozen=True)
-class UnetRecipe:
+class UnetRecipe(Recipe):
     steps: int = 6000
     window: int = 16  # upstream's training window, and `normal` mode's
     learning_rate: float = 2e-4
@@ -69,12 +69,6 @@ class UnetRecipe:
     sync_weight: float = 0.0  # > 0: add the run's SyncNet loss on the implied clean latents (see the docstring)
     seed: int = 2
     init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.learning_rate, self.steps, self.warmup_steps, self.decay_fraction)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_unet(config: UNetConfig, seed: int) -> UNet3DConditionModel:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,14 @@ from safetensors.torch import load_file, save_file
 from latentsync_cli.face.mask import mouth_mask
 from latentsync_cli.models.vae import LATENT_SCALE, to_vae_range
 from latentsync_cli.train.data import Clip
-from latentsync_cli.train.loop import Schedule, StepFunction
+from latentsync_cli.train.loop import Recipe, StepFunction
 
 FINAL_FILE = "vae.safetensors"  # the trained VAE with its latent space rescaled, float32
 SCALE_FILE = "latent_scale.json"
 
 
 @dataclass(frozen=True)
-class VaeRecipe:
+class VaeRecipe(Recipe):
     steps: int = 1800
     batch: int = 8
     learning_rate: float = 5e-4
@@ -50,12 +50,6 @@ class VaeRecipe:
     kl_weight: float = 1e-6
     logvar_init: float = 0.0  # the posterior's initial log-variance; 0: PyTorch's default initialisation
     seed: int = 1
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.learning_rate, self.steps, self.warmup_steps, self.decay_fraction)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_vae(config: dict, seed: int, logvar_init: float = 0.0) -> AutoencoderKL:

@@ -27,12 +27,12 @@ latents themselves for the noise already scores under 0.01, whatever the face. Y
 those steps set the mouth's shape, and a small model trained that way takes its shape
 from the seed (docs/PERFORMANCE.md, "Where the seed's hold comes from").
 
-`sync_weight` > 0 adds upstream's other stage-2 term: the clean latents the noise
+`sync_weight` > 0 adds upstream's other stage-2 term. The clean latents the noise
 estimate implies, a_t^-1/2 (noisy - (1 - a_t)^1/2 noise estimate), with the kept part
 of the face taken from the target as the pipeline pastes it, are scored against the
 window's speech by the run's SyncNet (train/syncnet.py; frozen), over every run of
-its frames (SYNC_FRAMES) in the window; the loss is its binary cross-entropy against "in sync", times
-`sync_weight`. Steps whose audio is dropped have no speech to score and skip it.
+SYNC_FRAMES frames in the window. The term is its binary cross-entropy against "in
+sync", times `sync_weight`. Steps whose audio is dropped have no speech to score.
 """
 
 from __future__ import annotations

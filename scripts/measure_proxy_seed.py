@@ -110,7 +110,7 @@ def generate(models: ModelBundle, settings: RunSettings, faces: np.ndarray, audi
     return np.concatenate([to_uint8(output.wait()) for output in outputs]), torch.cat(generator.latents)
 
 
-def held_out(clip: Clip, frames: int, part: str = "held-out") -> tuple[np.ndarray, torch.Tensor, range]:
+def first_frames(clip: Clip, frames: int, part: str = "held-out") -> tuple[np.ndarray, torch.Tensor, range]:
     """The first `frames` frames of the clip's held-out part (or of its training part): faces, own speech, rows."""
     rows = (clip.held_out if part == "held-out" else range(clip.train_frames))[:frames]
     return clip.faces[rows.start : rows.stop], torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
@@ -120,7 +120,7 @@ def seed_against_speech(models, settings, clips, frames, media_dir, part: str = 
     extractor = AudioFeatureExtractor(models.audio_encoder)
     changes: dict[str, list[float]] = {}
     for clip in clips:
-        faces, own, rows = held_out(clip, frames, part)
+        faces, own, rows = first_frames(clip, frames, part)
         other = other_speech(media_dir, clip, extractor, rows)
         base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
         row = {
@@ -137,7 +137,7 @@ def seed_against_speech(models, settings, clips, frames, media_dir, part: str = 
 def seed_by_channel(models, settings, clips, frames) -> dict[str, float]:
     changes: dict[str, list[float]] = {}
     for clip in clips:
-        faces, own, _ = held_out(clip, frames)
+        faces, own, _ = first_frames(clip, frames)
         pixels = to_vae_range(to_chw(faces))
         _, first_latents = generate(models, settings, faces, own, MixedNoise(0, 0))
         second, second_latents = generate(models, settings, faces, own, MixedNoise(1, 1))
@@ -263,7 +263,7 @@ def main() -> int:
     parser.add_argument("--run", type=Path, help="a proxy training run folder (default: the shipped proxy, with the "
                                                  "data of --data)")
     parser.add_argument("--data", type=Path, help="a run folder whose data/ and latents/ to use (default: --run)")
-    parser.add_argument("--frames", type=int, default=32, help="held-out frames per clip")
+    parser.add_argument("--frames", type=int, default=32, help="frames per clip (of --part)")
     parser.add_argument("--part", choices=("held-out", "training"), default="held-out",
                         help="seed: the clips' held-out frames, or their first training frames (seen in training)")
     parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")

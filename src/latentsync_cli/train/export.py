@@ -12,7 +12,7 @@ measurement or a fine-tune (`--init-from`) when the run that made them is not at
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -108,7 +108,8 @@ def unpack_shipped(out: Path, package_dir: Path | None = None, log=print) -> Non
         if (out / stage).exists():
             raise SystemExit(f"{out / stage} exists: unpack into a run folder that has only data/")
         shipped = manifest["training"][stage]
-        known = {field: value for field, value in shipped["recipe"].items() if hasattr(recipe_type(), field)}
+        names = {field.name for field in fields(recipe_type)}
+        known = {name: value for name, value in shipped["recipe"].items() if name in names}
         stage_recipe(out / stage, recipe_type, {**known, "init_from": ""} if stage == "unet" else known)
         chunk = {"from_step": 0, "to_step": shipped["recipe"]["steps"], "wall_s": shipped["wall_s"],
                  "cpu_s": shipped["cpu_s"], "threads": shipped["threads"][0]}

@@ -59,6 +59,17 @@ class Schedule:
         return self.learning_rate * warmup * (1.0 - (1.0 - self.final_fraction) * min(1.0, progress))
 
 
+def draw_start(counts: list[int], generator: torch.Generator) -> tuple[int, int]:
+    """One draw, uniform over the window starts of several clips (counts[i] starts in clip i):
+    (clip index, start)."""
+    pick = int(torch.randint(0, sum(counts), (1,), generator=generator))
+    clip = 0
+    while pick >= counts[clip]:
+        pick -= counts[clip]
+        clip += 1
+    return clip, pick
+
+
 class Recipe:
     """What every stage's recipe (a frozen dataclass with steps, learning_rate, warmup_steps and
     decay_fraction) shares: its learning-rate schedule, and its fields as a dict for recipe.json."""

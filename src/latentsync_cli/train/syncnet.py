@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional
 
 from latentsync_cli.face.mask import latent_mask, mouth_mask
-from latentsync_cli.train.loop import Recipe, StepFunction
+from latentsync_cli.train.loop import Recipe, StepFunction, draw_start
 
 SYNC_FRAMES = 5  # 0.2 s at 25 fps, as SyncNet's
 LOGIT_SCALE = 5.0  # cosine in [-1, 1] -> logit in [-5, 5]
@@ -115,12 +115,8 @@ def sync_step_function(clips, recipe: SyncRecipe, config: SyncNetConfig = SyncNe
     counts = [clip.num_frames - length + 1 for clip in clips]
 
     def draw_pair(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pick = int(torch.randint(0, sum(counts), (1,), generator=generator))
-        index = 0
-        while pick >= counts[index]:
-            pick -= counts[index]
-            index += 1
-        clip, start = clips[index], pick
+        index, start = draw_start(counts, generator)
+        clip = clips[index]
         far = [s for s in range(counts[index]) if abs(s - start) >= recipe.min_shift]
         other = far[int(torch.randint(0, len(far), (1,), generator=generator))]
         frames = slice(start, start + length)

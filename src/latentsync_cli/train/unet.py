@@ -50,7 +50,7 @@ from latentsync_cli.models.motion import MotionModule
 from latentsync_cli.models.unet import UNet3DConditionModel
 from latentsync_cli.models.unet_config import UNetConfig
 from latentsync_cli.optimizers.schedulers import make_scheduler
-from latentsync_cli.train.loop import Recipe, StepFunction
+from latentsync_cli.train.loop import Recipe, StepFunction, draw_start
 from latentsync_cli.train.syncnet import LatentSyncNet, sliding_windows
 
 
@@ -145,12 +145,8 @@ class LatentWindows:
     def draw_starts(self, generator: torch.Generator) -> tuple[int, int, int]:
         """(clip, window start, reference start): clips weighted by their windows; the reference window
         shares no frame with the window."""
-        pick = int(torch.randint(0, sum(self.starts), (1,), generator=generator))
-        clip = 0
-        while pick >= self.starts[clip]:
-            pick -= self.starts[clip]
-            clip += 1
-        start, count, window = pick, self.starts[clip], self.window
+        clip, start = draw_start(self.starts, generator)
+        count, window = self.starts[clip], self.window
         before = max(0, start - window + 1)  # reference starts 0 .. start - window
         after = max(0, count - start - window)  # reference starts start + window .. count - 1
         choice = int(torch.randint(0, before + after, (1,), generator=generator))
@@ -208,14 +204,14 @@ def unet_step_function(
         total = loss * step_weight
         if syncnet is not None:
             losses["sync_loss"] = float("nan")  # the log skips it for the steps without speech
-        if syncnet is not None and recipe.sync_weight > 0 and not drop_audio:
-            implied = (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
-            drawn = (mask * latents + (1 - mask) * implied)[0].transpose(0, 1)  # (F, 4, h, w)
-            frames = syncnet.config.frames
-            logits = syncnet(sliding_windows(drawn, frames), sliding_windows(window.audio, frames))
-            sync_loss = functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            total = total + recipe.sync_weight * sync_loss
-            losses["sync_loss"] = float(sync_loss.detach())
+            if recipe.sync_weight > 0 and not drop_audio:
+                implied = (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+                drawn = (mask * latents + (1 - mask) * implied)[0].transpose(0, 1)  # (F, 4, h, w)
+                frames = syncnet.config.frames
+                logits = syncnet(sliding_windows(drawn, frames), sliding_windows(window.audio, frames))
+                sync_loss = functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+                total = total + recipe.sync_weight * sync_loss
+                losses["sync_loss"] = float(sync_loss.detach())
         total.backward()
         losses["mouth_mse"] = float(squared.detach()[(1.0 - mask).expand_as(squared) > 0.5].mean())
         return losses

@@ -12,6 +12,11 @@ the aligned faces and their audio rows), each frame its own reference, as in `sy
             with the clip's own speech: another speech (demo*_audio.wav), another initial
             noise (the VAE's posterior draws kept), another posterior draw (the initial noise
             kept); and the mouth PSNR against the real frames. Once per `--guidance`.
+  visible   the mouth's change when the UNet is handed the masked faces (the part of the face it
+            sees) of the frames 1 and 5 later, the speech, reference, seed and pasted-back pixels
+            kept; beside another speech's and the real mouth's change; and a ridge read-out (as
+            `audio` below) from the masked faces' latents to the mouth's grey level: how much of
+            the mouth the visible face tells (upstream's "shortcut learning").
   channels  the same frames made with seeds 0 and 1; the change in the mouth box when the
             generated latents of seed 0 take one channel from seed 1 and are decoded again.
   latents   per latent channel of one clip's cached VAE posteriors: the posterior's standard
@@ -87,11 +92,21 @@ class MixedNoise:
 
 
 class RecordingFaceGenerator(FaceGenerator):
-    """FaceGenerator that keeps the denoised latents of every window it decodes."""
+    """FaceGenerator that keeps the denoised latents of every window it decodes, and that can encode the
+    masked faces (the visible part the UNet is handed) from other frames: `visible`, (n, 3, R, R) uint8 per
+    window, or None for the window's own frames. The reference and the pasted-back pixels stay its own."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, visible: dict[int, torch.Tensor] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.latents: list[torch.Tensor] = []
+        self.visible = visible
+
+    def encode(self, batch, pixels):
+        masked_latents, reference_latents = super().encode(batch, pixels)
+        if self.visible is not None:  # the same posterior draws: they depend on the window's index only
+            others = [to_vae_range(self.visible[window.index].to(self.device)) for window in batch]
+            masked_latents, _ = super().encode(batch, others)
+        return masked_latents, reference_latents
 
     def decode(self, latents: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         self.latents.append(latents.transpose(0, 1).float().cpu())  # (4, n, h, w) -> (n, 4, h, w)
@@ -100,20 +115,31 @@ class RecordingFaceGenerator(FaceGenerator):
 
 @torch.no_grad()
 def generate(models: ModelBundle, settings: RunSettings, faces: np.ndarray, audio: torch.Tensor,
-             noise: MixedNoise) -> tuple[np.ndarray, torch.Tensor]:
-    """`sync`'s faces (uint8) and their denoised latents (n, 4, h, w) for aligned faces and audio rows."""
+             noise: MixedNoise, visible: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """`sync`'s faces (uint8) and their denoised latents (n, 4, h, w) for aligned faces and audio rows.
+
+    visible: other aligned faces (n, R, R, 3) whose masked version the UNet is handed instead of `faces`'."""
     pipeline = LipsyncPipeline(models, settings, StageTimer(settings.device))
     paste_mask = torch.from_numpy(mouth_mask(models.resolution))[None, None]
+    windows = face_windows(faces, settings.window)
+    by_window = None
+    if visible is not None:
+        by_window = {w.index: to_chw(visible[w.first_frame : w.first_frame + len(w.frames)]) for w in windows}
     generator = RecordingFaceGenerator(models, pipeline.plan, settings, pipeline.device, pipeline.timer, audio,
-                                       paste_mask, False, noise)
-    outputs = generator.generate(face_windows(faces, settings.window), pipeline.ladder.current)
+                                       paste_mask, False, noise, visible=by_window)
+    outputs = generator.generate(windows, pipeline.ladder.current)
     return np.concatenate([to_uint8(output.wait()) for output in outputs]), torch.cat(generator.latents)
 
 
 def first_frames(clip: Clip, frames: int, part: str = "held-out") -> tuple[np.ndarray, torch.Tensor, range]:
-    """The first `frames` frames of the clip's held-out part (or of its training part): faces, own speech, rows."""
-    rows = (clip.held_out if part == "held-out" else range(clip.train_frames))[:frames]
-    return clip.faces[rows.start : rows.stop], torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
+    """The first `frames` frames of the clip's held-out part (or of its training part): faces, own speech, rows.
+
+    part "still": the held-out part's first face on every frame (a portrait), with the same speech rows."""
+    rows = (range(clip.train_frames) if part == "training" else clip.held_out)[:frames]
+    faces = clip.faces[rows.start : rows.stop]
+    if part == "still":
+        faces = np.repeat(faces[:1], len(faces), axis=0)
+    return faces, torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
 
 
 def seed_against_speech(models, settings, clips, frames, media_dir, part: str = "held-out") -> dict[str, float]:
@@ -129,6 +155,26 @@ def seed_against_speech(models, settings, clips, frames, media_dir, part: str = 
             "another posterior draw": mouth_change(base, generate(models, settings, faces, own, MixedNoise(0, 1))[0]),
             "mouth PSNR (dB)": mouth_scores(faces, base)["mouth_psnr"],
         }
+        for name, value in row.items():
+            changes.setdefault(name, []).append(value)
+    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+
+
+def visible_face_against_speech(models, settings, clips, frames, media_dir, shifts=(1, 5)) -> dict[str, float]:
+    """The mouth's change when the UNet is handed the masked faces of `shift` frames later (the speech,
+    the reference, the seed and the pasted-back pixels kept), beside another speech's and the real mouth's."""
+    extractor = AudioFeatureExtractor(models.audio_encoder)
+    changes: dict[str, list[float]] = {}
+    for clip in clips:
+        faces, own, rows = first_frames(clip, frames)
+        base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
+        other = other_speech(media_dir, clip, extractor, rows)
+        row = {"another speech": mouth_change(base, generate(models, settings, faces, other, MixedNoise(0, 0))[0])}
+        for shift in shifts:
+            later = clip.faces[rows.start + shift : rows.stop + shift]
+            row[f"visible face {shift} frames later"] = mouth_change(
+                base, generate(models, settings, faces, own, MixedNoise(0, 0), visible=later)[0])
+            row[f"real mouth {shift} frames later"] = mouth_change(faces, later)
         for name, value in row.items():
             changes.setdefault(name, []).append(value)
     return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
@@ -235,17 +281,30 @@ def ridge_scores(clip_data: list[tuple], penalty: float, validation: bool) -> di
     return scores
 
 
-def speech_carries_mouth(clips: list[Clip], media_dir: Path) -> dict[str, dict]:
-    """Held-out correlation of a ridge fit from speech rows to the mouth box's mean grey level, per clip.
+SPEECH_FEATURES = ("audio encoder rows", "log-mel at the same positions")
+VISIBLE_FEATURES = ("visible face latents",)
 
-    Rows and grey levels are standardised per clip on its training frames. The penalty is picked
+
+def feature_rows(features: str, clip: Clip, data: Path, media_dir: Path) -> np.ndarray:
+    """(n, ...) per frame: the audio encoder's rows, the log-mel beneath them, or the masked face's latents."""
+    if features == "audio encoder rows":
+        return clip.audio
+    if features == "log-mel at the same positions":
+        return log_mel_rows(clip, media_dir)
+    return np.load(data / "latents" / f"{clip.name}.npz")["masked_mean"]  # the posterior means the UNet is handed
+
+
+def read_out_mouth(clips: list[Clip], data: Path, media_dir: Path, feature_sets: tuple[str, ...]) -> dict[str, dict]:
+    """Held-out correlation of a ridge fit from each frame's features to its mouth box's mean grey level, per clip.
+
+    Features and grey levels are standardised per clip on its training frames. The penalty is picked
     on the last quarter of each clip's training frames (fitted on the rest), then the fit is
     redone on all training frames and scored on the held-out ones."""
     results = {}
-    for features in ("audio encoder rows", "log-mel at the same positions"):
+    for features in feature_sets:
         clip_data = []
         for clip in clips:
-            rows = clip.audio if features == "audio encoder rows" else log_mel_rows(clip, media_dir)
+            rows = feature_rows(features, clip, data, media_dir)
             grey = np.stack(mouth_crops(clip.faces)).mean(axis=(1, 2, 3))
             train = clip.held_out.start
             clip_data.append((clip.name, standardised(rows.reshape(clip.num_frames, -1), train),
@@ -264,12 +323,13 @@ def main() -> int:
                                                  "data of --data)")
     parser.add_argument("--data", type=Path, help="a run folder whose data/ and latents/ to use (default: --run)")
     parser.add_argument("--frames", type=int, default=32, help="frames per clip (of --part)")
-    parser.add_argument("--part", choices=("held-out", "training"), default="held-out",
-                        help="seed: the clips' held-out frames, or their first training frames (seen in training)")
+    parser.add_argument("--part", choices=("held-out", "training", "still"), default="held-out",
+                        help="seed: the clips' held-out frames, their first training frames (seen in training), "
+                             "or the first held-out face as a still portrait under the held-out speech")
     parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")
     parser.add_argument("--window", type=int, default=16, help="x0: frames of the one window")
     parser.add_argument("--clip", default="demo2", help="latents, x0: the clip")
-    parser.add_argument("--only", choices=("seed", "channels", "latents", "x0", "audio"), action="append",
+    parser.add_argument("--only", choices=("seed", "visible", "channels", "latents", "x0", "audio"), action="append",
                         help="run only these")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--media", type=Path, default=MEDIA_DIR)
@@ -282,7 +342,7 @@ def main() -> int:
     models = run_models(args.run) if args.run else load_models("proxy")
     clips = load_clips(data)
     settings = mode_settings("normal")
-    only = set(args.only or ("seed", "channels", "latents", "x0", "audio"))
+    only = set(args.only or ("seed", "visible", "channels", "latents", "x0", "audio"))
     clip = next(clip for clip in clips if clip.name == args.clip)
     results: dict = {"weights": str(args.run or "proxy (shipped)"), "frames_per_clip": args.frames}
     if "seed" in only:
@@ -290,6 +350,10 @@ def main() -> int:
             results[f"seed, guidance {guidance}, {args.part} frames"] = row = seed_against_speech(
                 models, replace(settings, guidance=guidance), clips, args.frames, args.media, args.part)
             print(f"guidance {guidance}: {row}", flush=True)
+    if "visible" in only:
+        results["visible"] = visible_face_against_speech(models, settings, clips, args.frames, args.media)
+        results["visible, read-out"] = read_out_mouth(clips, data, args.media, VISIBLE_FEATURES)
+        print(f"visible: {results['visible']}; read-out: {results['visible, read-out']}", flush=True)
     if "channels" in only:
         results["channels"] = seed_by_channel(models, settings, clips, args.frames)
         print(f"channels: {results['channels']}", flush=True)
@@ -300,7 +364,7 @@ def main() -> int:
         results["x0"] = one_step_clean_estimate(models, data, clip, args.window)
         print(f"x0 ({args.clip}): {json.dumps(results['x0'])}", flush=True)
     if "audio" in only:
-        results["audio"] = speech_carries_mouth(clips, args.media)
+        results["audio"] = read_out_mouth(clips, data, args.media, SPEECH_FEATURES)
         print(f"audio: {results['audio']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

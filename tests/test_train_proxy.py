@@ -208,6 +208,30 @@ def test_reference_windows_never_share_a_frame_with_their_window():
     assert seen_clips == {0, 1}
 
 
+def frame_numbered_windows(window: int, visible_jitter: int) -> LatentWindows:
+    """Clips whose every latent holds its frame's number (and whose posteriors have no spread)."""
+    def numbered(n: int) -> torch.Tensor:
+        return torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 4, 8, 8).clone()
+
+    clips = [ClipLatents(numbered(n), torch.zeros(n, 4, 8, 8), numbered(n), torch.zeros(n, 4, 8, 8),
+                         torch.zeros(n, 5, 16)) for n in (20, 30)]
+    return LatentWindows(clips, window, visible_jitter)
+
+
+@pytest.mark.parametrize("jitter", [0, 2])
+def test_the_visible_face_comes_from_within_the_jitter_of_its_frame(jitter):
+    windows = frame_numbered_windows(window=4, visible_jitter=jitter)
+    generator = torch.Generator().manual_seed(3)
+    offsets = []
+    for _ in range(200):
+        window = windows.sample(generator)
+        frames, visible = window.latents[0, 0, :, 0, 0], window.masked[0, 0, :, 0, 0]
+        offsets += (visible - frames).tolist()
+    assert set(offsets) <= set(range(-jitter, jitter + 1))
+    if jitter:  # every offset occurs (near the clip's ends they are clamped inside it)
+        assert set(offsets) == set(range(-jitter, jitter + 1))
+
+
 def test_the_schedule_warms_up_holds_and_decays():
     schedule = Schedule(1.0, total_steps=100, warmup_steps=10, decay_fraction=0.2, final_fraction=0.1)
     assert schedule.learning_rate_at(0) == pytest.approx(0.1)

@@ -127,7 +127,7 @@ def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
         if not (out / "syncnet" / sync.FINAL_FILE).is_file():
             raise SystemExit(f"the SyncNet of {out} is not finished: run the `syncnet` stage first")
         syncnet = sync.load_trained_syncnet(out / "syncnet")
-    windows = LatentWindows.load(out, recipe.window)
+    windows = LatentWindows.load(out, recipe.window, visible_jitter=recipe.visible_jitter)
     unet = build_unet(proxy_unet_config(), recipe.seed)
     if recipe.init_from and not (folder / CHECKPOINT_FILE).is_file():  # a fine-tune's first chunk
         unet.load_state_dict(trained_unet_weights(Path(recipe.init_from)))

@@ -27,6 +27,11 @@ latents themselves for the noise already scores under 0.01, whatever the face. Y
 those steps set the mouth's shape, and a small model trained that way takes its shape
 from the seed (docs/PERFORMANCE.md, "Where the seed's hold comes from").
 
+`visible_jitter` J > 0 hands the model, for each frame, the masked latents of a frame drawn
+uniformly within J frames of it (in the same clip's training frames). The visible part of the
+face tells the mouth's state well (upstream's "shortcut learning"; docs/PERFORMANCE.md, "After
+run 4"); jittered, it tells only roughly when, and the speech is left to tell the rest.
+
 `sync_weight` > 0 adds upstream's other stage-2 term. The clean latents the noise
 estimate implies, a_t^-1/2 (noisy - (1 - a_t)^1/2 noise estimate), with the kept part
 of the face taken from the target as the pipeline pastes it, are scored against the
@@ -67,6 +72,7 @@ class UnetRecipe(Recipe):
     ema_decay: float = 0.999
     x0_weight_cap: float = 0.0  # 0: upstream's plain noise MSE (see the module's docstring)
     sync_weight: float = 0.0  # > 0: add the run's SyncNet loss on the implied clean latents (see the docstring)
+    visible_jitter: int = 0  # > 0: each frame's masked latents from a frame up to this many frames away (docstring)
     seed: int = 2
     init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
 
@@ -131,16 +137,17 @@ def frames_second(latents: torch.Tensor) -> torch.Tensor:
 class LatentWindows:
     """Draws training windows and their reference windows, from the training frames only."""
 
-    def __init__(self, clips: list[ClipLatents], window: int):
+    def __init__(self, clips: list[ClipLatents], window: int, visible_jitter: int = 0):
         self.clips = clips
         self.window = window
+        self.visible_jitter = visible_jitter  # see UnetRecipe
         self.starts = [clip.num_frames - window + 1 for clip in clips]  # window starts per clip
         if min(self.starts) < 2 * window:
             raise ValueError(f"every clip needs at least {3 * window - 1} training frames")
 
     @classmethod
-    def load(cls, out: Path, window: int, names: tuple[str, ...] | None = None) -> LatentWindows:
-        return cls(load_clip_latents(out, names=names), window)
+    def load(cls, out: Path, window: int, names: tuple[str, ...] | None = None, visible_jitter: int = 0) -> LatentWindows:
+        return cls(load_clip_latents(out, names=names), window, visible_jitter)
 
     def draw_starts(self, generator: torch.Generator) -> tuple[int, int, int]:
         """(clip, window start, reference start): clips weighted by their windows; the reference window
@@ -160,12 +167,21 @@ class LatentWindows:
         def draw(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
             return frames_second(mean + std * torch.randn(mean.shape, generator=generator))
 
+        latents = draw(clip.face_mean[frames], clip.face_std[frames])
+        visible = self.visible_rows(frames, clip.num_frames, generator)
         return Window(
-            latents=draw(clip.face_mean[frames], clip.face_std[frames]),
-            masked=draw(clip.masked_mean[frames], clip.masked_std[frames]),
+            latents=latents,
+            masked=draw(clip.masked_mean[visible], clip.masked_std[visible]),
             reference=draw(clip.face_mean[refs], clip.face_std[refs]),
             audio=clip.audio[frames],
         )
+
+    def visible_rows(self, frames: slice, num_frames: int, generator: torch.Generator) -> slice | torch.Tensor:
+        """The frames whose masked latents the window's frames get: their own, or each one within the jitter."""
+        if self.visible_jitter <= 0:
+            return frames
+        offsets = torch.randint(-self.visible_jitter, self.visible_jitter + 1, (self.window,), generator=generator)
+        return (torch.arange(frames.start, frames.stop) + offsets).clamp(0, num_frames - 1)
 
 
 def unet_step_function(

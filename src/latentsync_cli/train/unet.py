@@ -146,7 +146,9 @@ class LatentWindows:
             raise ValueError(f"every clip needs at least {3 * window - 1} training frames")
 
     @classmethod
-    def load(cls, out: Path, window: int, names: tuple[str, ...] | None = None, visible_jitter: int = 0) -> LatentWindows:
+    def load(
+        cls, out: Path, window: int, names: tuple[str, ...] | None = None, visible_jitter: int = 0
+    ) -> LatentWindows:
         return cls(load_clip_latents(out, names=names), window, visible_jitter)
 
     def draw_starts(self, generator: torch.Generator) -> tuple[int, int, int]:

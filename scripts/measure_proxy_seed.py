@@ -66,7 +66,7 @@ from latentsync_cli.pipeline.lipsync import LipsyncPipeline
 from latentsync_cli.pipeline.windows import SeededNoise
 from latentsync_cli.settings.run_settings import RunSettings
 from latentsync_cli.timing import StageTimer
-from latentsync_cli.train.data import Clip, load_clips
+from latentsync_cli.train.data import DEMO_CLIPS, Clip, load_clips
 from latentsync_cli.train.evaluate import mode_settings, other_speech, run_models
 from latentsync_cli.train.unet import frames_second
 from latentsync_cli.train.vae import SCALE_FILE
@@ -329,6 +329,8 @@ def main() -> int:
     parser.add_argument("--guidance", default="1.5", help="comma-separated guidance scales for the seed measurement")
     parser.add_argument("--window", type=int, default=16, help="x0: frames of the one window")
     parser.add_argument("--clip", default="demo2", help="latents, x0: the clip")
+    parser.add_argument("--clips", help="seed, visible, channels, audio: only these clips (comma-separated; "
+                                        "default: all three)")
     parser.add_argument("--only", choices=("seed", "visible", "channels", "latents", "x0", "audio"), action="append",
                         help="run only these")
     parser.add_argument("--threads", type=int, default=2)
@@ -340,10 +342,10 @@ def main() -> int:
         parser.error("--data (a run folder with data/ and latents/) is needed with the shipped proxy")
     torch.set_num_threads(args.threads)
     models = run_models(args.run) if args.run else load_models("proxy")
-    clips = load_clips(data)
+    clips = load_clips(data, tuple(args.clips.split(",")) if args.clips else DEMO_CLIPS)
     settings = mode_settings("normal")
     only = set(args.only or ("seed", "visible", "channels", "latents", "x0", "audio"))
-    clip = next(clip for clip in clips if clip.name == args.clip)
+    clip = load_clips(data, (args.clip,))[0]
     results: dict = {"weights": str(args.run or "proxy (shipped)"), "frames_per_clip": args.frames}
     if "seed" in only:
         for guidance in (float(value) for value in args.guidance.split(",")):

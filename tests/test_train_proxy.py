@@ -314,6 +314,18 @@ def test_recipe_fields_are_set_from_the_command_line_with_their_types():
         recipe_overrides(UnetRecipe, ["steps"])
 
 
+def test_an_unknown_clip_stops_the_unet_stage_before_it_writes_its_recipe(tmp_path):
+    from latentsync_cli.train.run import clip_names, unet_chunk
+    from latentsync_cli.train.vae import FINAL_FILE
+
+    assert clip_names("") is None and clip_names("demo2,demo3") == ("demo2", "demo3")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / FINAL_FILE).write_bytes(b"")
+    with pytest.raises(SystemExit, match="clips=demo9: each clip is one of demo1"):
+        unet_chunk(tmp_path, 1, {"clips": "demo9"}, quiet)
+    assert not (tmp_path / "unet").exists()
+
+
 def test_logvar_init_starts_every_latent_channel_narrow():
     config = {**tiny_vae_config(), "sample_size": 32}
     pixels = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1

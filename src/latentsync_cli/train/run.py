@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from latentsync_cli.train import syncnet as sync
-from latentsync_cli.train.data import load_clips
+from latentsync_cli.train.data import DEMO_CLIPS, load_clips
 from latentsync_cli.train.loop import CHECKPOINT_FILE, ChunkSettings, Stage, train_chunk
 from latentsync_cli.train.unet import LatentWindows, UnetRecipe, build_unet, load_clip_latents, unet_step_function
 from latentsync_cli.train.vae import (
@@ -117,9 +117,20 @@ def require_vae(out: Path) -> None:
         raise SystemExit(f"the VAE of {out} is not finished: run the `vae` stage first")
 
 
+def clip_names(text: str) -> tuple[str, ...] | None:
+    """UnetRecipe.clips as names ("": None, every clip); an unknown name stops the run with one line."""
+    if not text:
+        return None
+    names = tuple(text.split(","))
+    if not set(names) <= set(DEMO_CLIPS):
+        raise SystemExit(f"--recipe clips={text}: each clip is one of {','.join(DEMO_CLIPS)}")
+    return names
+
+
 def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
     """Train the UNet for up to `steps` more steps; returns True when it is finished."""
     require_vae(out)
+    clip_names(overrides.get("clips") or "")  # before the first chunk writes the recipe
     folder = out / "unet"
     recipe = stage_recipe(folder, UnetRecipe, overrides)
     syncnet = None
@@ -127,7 +138,7 @@ def unet_chunk(out: Path, steps: int, overrides: dict, log=print) -> bool:
         if not (out / "syncnet" / sync.FINAL_FILE).is_file():
             raise SystemExit(f"the SyncNet of {out} is not finished: run the `syncnet` stage first")
         syncnet = sync.load_trained_syncnet(out / "syncnet")
-    windows = LatentWindows.load(out, recipe.window, visible_jitter=recipe.visible_jitter)
+    windows = LatentWindows.load(out, recipe.window, clip_names(recipe.clips), visible_jitter=recipe.visible_jitter)
     unet = build_unet(proxy_unet_config(), recipe.seed)
     if recipe.init_from and not (folder / CHECKPOINT_FILE).is_file():  # a fine-tune's first chunk
         unet.load_state_dict(trained_unet_weights(Path(recipe.init_from)))

@@ -73,6 +73,7 @@ class UnetRecipe(Recipe):
     x0_weight_cap: float = 0.0  # 0: upstream's plain noise MSE (see the module's docstring)
     sync_weight: float = 0.0  # > 0: add the run's SyncNet loss on the implied clean latents (see the docstring)
     visible_jitter: int = 0  # > 0: each frame's masked latents from a frame up to this many frames away (docstring)
+    clips: str = ""  # the clips to train on, comma-separated; "": every clip of the run
     seed: int = 2
     init_from: str = ""  # a finished run folder whose UNet (EMA weights) this run starts from; "": from `seed`
 

@@ -14,9 +14,8 @@ the aligned faces and their audio rows), each frame its own reference, as in `sy
             kept); and the mouth PSNR against the real frames. Once per `--guidance`.
   visible   the mouth's change when the UNet is handed the masked faces (the part of the face it
             sees) of the frames 1 and 5 later, the speech, reference, seed and pasted-back pixels
-            kept; beside another speech's and the real mouth's change; and a ridge read-out (as
-            `audio` below) from the masked faces' latents to the mouth's grey level: how much of
-            the mouth the visible face tells (upstream's "shortcut learning").
+            kept; beside another speech's and the real mouth's change: how much the model takes
+            its mouth from the visible face (upstream's "shortcut learning").
   channels  the same frames made with seeds 0 and 1; the change in the mouth box when the
             generated latents of seed 0 take one channel from seed 1 and are decoded again.
   latents   per latent channel of one clip's cached VAE posteriors: the posterior's standard
@@ -28,8 +27,10 @@ the aligned faces and their audio rows), each frame its own reference, as in `sy
   audio     how much of the mouth the speech rows carry at all, with no UNet: a ridge
             regression from each frame's rows to its mouth box's mean grey level (an open
             mouth is darker), fitted on the training frames, scored by its correlation on
-            the held-out frames; once for the audio encoder's rows (what the UNet sees) and
-            once for the log-mel at the same positions (what the encoder sees).
+            the held-out frames; for the audio encoder's rows (what the UNet sees), the
+            log-mel at the same positions (what the encoder sees) and, to compare, the
+            masked faces' latents (the visible face the UNet is handed). Each against the
+            grey level as it is and with the light's drift over the clip removed.
 
 A model whose mouth follows the speech shows a larger change for the speech than for the
 seed; docs/PERFORMANCE.md ("Where the seed's hold comes from") has the numbers.
@@ -281,8 +282,7 @@ def ridge_scores(clip_data: list[tuple], penalty: float, validation: bool) -> di
     return scores
 
 
-SPEECH_FEATURES = ("audio encoder rows", "log-mel at the same positions")
-VISIBLE_FEATURES = ("visible face latents",)
+READ_OUT_FEATURES = ("audio encoder rows", "log-mel at the same positions", "visible face latents")
 
 
 def feature_rows(features: str, clip: Clip, data: Path, media_dir: Path) -> np.ndarray:
@@ -294,25 +294,39 @@ def feature_rows(features: str, clip: Clip, data: Path, media_dir: Path) -> np.n
     return np.load(data / "latents" / f"{clip.name}.npz")["masked_mean"]  # the posterior means the UNet is handed
 
 
+def mouth_grey(clip: Clip, brightness_removed: bool) -> np.ndarray:
+    """(n,) the mouth box's mean grey level per frame; or what is left of it after a straight-line fit (on the
+    training frames) on the visible face's mean grey level, so that the light's drift over a clip does not count."""
+    grey = np.stack(mouth_crops(clip.faces)).mean(axis=(1, 2, 3))
+    if not brightness_removed:
+        return grey
+    visible = clip.faces[:, mouth_mask(clip.faces.shape[1]) > 0.5].mean(axis=(1, 2))
+    train = clip.held_out.start
+    slope, intercept = np.polyfit(visible[:train], grey[:train], 1)
+    return grey - (intercept + slope * visible)
+
+
 def read_out_mouth(clips: list[Clip], data: Path, media_dir: Path, feature_sets: tuple[str, ...]) -> dict[str, dict]:
-    """Held-out correlation of a ridge fit from each frame's features to its mouth box's mean grey level, per clip.
+    """Held-out correlation of a ridge fit from each frame's features to its mouth's grey level, per clip: the
+    mouth box's mean grey level as it is, and with the light's drift removed (`mouth_grey`).
 
     Features and grey levels are standardised per clip on its training frames. The penalty is picked
     on the last quarter of each clip's training frames (fitted on the rest), then the fit is
     redone on all training frames and scored on the held-out ones."""
     results = {}
     for features in feature_sets:
-        clip_data = []
-        for clip in clips:
-            rows = feature_rows(features, clip, data, media_dir)
-            grey = np.stack(mouth_crops(clip.faces)).mean(axis=(1, 2, 3))
-            train = clip.held_out.start
-            clip_data.append((clip.name, standardised(rows.reshape(clip.num_frames, -1), train),
-                              standardised(grey, train), train))
-        penalty = max(RIDGE_PENALTIES,
-                      key=lambda value: np.mean(list(ridge_scores(clip_data, value, validation=True).values())))
-        held_out = ridge_scores(clip_data, penalty, validation=False)
-        results[features] = {"penalty": penalty, **{name: round(value, 3) for name, value in held_out.items()},
+        for brightness_removed in (False, True):
+            clip_data = []
+            for clip in clips:
+                rows = feature_rows(features, clip, data, media_dir)
+                train = clip.held_out.start
+                clip_data.append((clip.name, standardised(rows.reshape(clip.num_frames, -1), train),
+                                  standardised(mouth_grey(clip, brightness_removed), train), train))
+            penalty = max(RIDGE_PENALTIES,
+                          key=lambda value: np.mean(list(ridge_scores(clip_data, value, validation=True).values())))
+            held_out = ridge_scores(clip_data, penalty, validation=False)
+            name = f"{features}, light's drift removed" if brightness_removed else features
+            results[name] = {"penalty": penalty, **{clip: round(value, 3) for clip, value in held_out.items()},
                              "mean": round(float(np.mean(list(held_out.values()))), 3)}
     return results
 
@@ -354,8 +368,7 @@ def main() -> int:
             print(f"guidance {guidance}: {row}", flush=True)
     if "visible" in only:
         results["visible"] = visible_face_against_speech(models, settings, clips, args.frames, args.media)
-        results["visible, read-out"] = read_out_mouth(clips, data, args.media, VISIBLE_FEATURES)
-        print(f"visible: {results['visible']}; read-out: {results['visible, read-out']}", flush=True)
+        print(f"visible: {results['visible']}", flush=True)
     if "channels" in only:
         results["channels"] = seed_by_channel(models, settings, clips, args.frames)
         print(f"channels: {results['channels']}", flush=True)
@@ -366,7 +379,7 @@ def main() -> int:
         results["x0"] = one_step_clean_estimate(models, data, clip, args.window)
         print(f"x0 ({args.clip}): {json.dumps(results['x0'])}", flush=True)
     if "audio" in only:
-        results["audio"] = read_out_mouth(clips, data, args.media, SPEECH_FEATURES)
+        results["audio"] = read_out_mouth(clips, data, args.media, READ_OUT_FEATURES)
         print(f"audio: {results['audio']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -143,29 +143,32 @@ def first_frames(clip: Clip, frames: int, part: str = "held-out") -> tuple[np.nd
     return faces, torch.from_numpy(clip.audio[rows.start : rows.stop]), rows
 
 
+def mean_over_clips(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each measurement's mean over the clips' rows, rounded to 2 places."""
+    return {name: round(float(np.mean([row[name] for row in rows])), 2) for name in rows[0]}
+
+
 def seed_against_speech(models, settings, clips, frames, media_dir, part: str = "held-out") -> dict[str, float]:
     extractor = AudioFeatureExtractor(models.audio_encoder)
-    changes: dict[str, list[float]] = {}
+    measured = []
     for clip in clips:
         faces, own, rows = first_frames(clip, frames, part)
         other = other_speech(media_dir, clip, extractor, rows)
         base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
-        row = {
+        measured.append({
             "another speech": mouth_change(base, generate(models, settings, faces, other, MixedNoise(0, 0))[0]),
             "another initial noise": mouth_change(base, generate(models, settings, faces, own, MixedNoise(1, 0))[0]),
             "another posterior draw": mouth_change(base, generate(models, settings, faces, own, MixedNoise(0, 1))[0]),
             "mouth PSNR (dB)": mouth_scores(faces, base)["mouth_psnr"],
-        }
-        for name, value in row.items():
-            changes.setdefault(name, []).append(value)
-    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+        })
+    return mean_over_clips(measured)
 
 
 def visible_face_against_speech(models, settings, clips, frames, media_dir, shifts=(1, 5)) -> dict[str, float]:
     """The mouth's change when the UNet is handed the masked faces of `shift` frames later (the speech,
     the reference, the seed and the pasted-back pixels kept), beside another speech's and the real mouth's."""
     extractor = AudioFeatureExtractor(models.audio_encoder)
-    changes: dict[str, list[float]] = {}
+    measured = []
     for clip in clips:
         faces, own, rows = first_frames(clip, frames)
         base, _ = generate(models, settings, faces, own, MixedNoise(0, 0))
@@ -176,26 +179,25 @@ def visible_face_against_speech(models, settings, clips, frames, media_dir, shif
             row[f"visible face {shift} frames later"] = mouth_change(
                 base, generate(models, settings, faces, own, MixedNoise(0, 0), visible=later)[0])
             row[f"real mouth {shift} frames later"] = mouth_change(faces, later)
-        for name, value in row.items():
-            changes.setdefault(name, []).append(value)
-    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+        measured.append(row)
+    return mean_over_clips(measured)
 
 
 def seed_by_channel(models, settings, clips, frames) -> dict[str, float]:
-    changes: dict[str, list[float]] = {}
+    rows = []
     for clip in clips:
         faces, own, _ = first_frames(clip, frames)
         pixels = to_vae_range(to_chw(faces))
         _, first_latents = generate(models, settings, faces, own, MixedNoise(0, 0))
         second, second_latents = generate(models, settings, faces, own, MixedNoise(1, 1))
         base = decoded_and_pasted(models, first_latents, pixels)
-        changes.setdefault("whole seed", []).append(mouth_change(base, second))
+        row = {"whole seed": mouth_change(base, second)}
         for channel in range(first_latents.shape[1]):
             swapped = first_latents.clone()
             swapped[:, channel] = second_latents[:, channel]
-            changes.setdefault(f"channel {channel} from seed 1", []).append(
-                mouth_change(base, decoded_and_pasted(models, swapped, pixels)))
-    return {name: round(float(np.mean(values)), 2) for name, values in changes.items()}
+            row[f"channel {channel} from seed 1"] = mouth_change(base, decoded_and_pasted(models, swapped, pixels))
+        rows.append(row)
+    return mean_over_clips(rows)
 
 
 def latent_channels(run: Path, clip: Clip) -> dict[str, list[float]]:
@@ -313,15 +315,15 @@ def read_out_mouth(clips: list[Clip], data: Path, media_dir: Path, feature_sets:
     Features and grey levels are standardised per clip on its training frames. The penalty is picked
     on the last quarter of each clip's training frames (fitted on the rest), then the fit is
     redone on all training frames and scored on the held-out ones."""
+    greys = {removed: [standardised(mouth_grey(clip, removed), clip.held_out.start) for clip in clips]
+             for removed in (False, True)}
     results = {}
     for features in feature_sets:
+        rows = [standardised(feature_rows(features, clip, data, media_dir).reshape(clip.num_frames, -1),
+                             clip.held_out.start) for clip in clips]
         for brightness_removed in (False, True):
-            clip_data = []
-            for clip in clips:
-                rows = feature_rows(features, clip, data, media_dir)
-                train = clip.held_out.start
-                clip_data.append((clip.name, standardised(rows.reshape(clip.num_frames, -1), train),
-                                  standardised(mouth_grey(clip, brightness_removed), train), train))
+            clip_data = [(clip.name, clip_rows, grey, clip.held_out.start)
+                         for clip, clip_rows, grey in zip(clips, rows, greys[brightness_removed])]
             penalty = max(RIDGE_PENALTIES,
                           key=lambda value: np.mean(list(ridge_scores(clip_data, value, validation=True).values())))
             held_out = ridge_scores(clip_data, penalty, validation=False)
